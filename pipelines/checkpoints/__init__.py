@@ -1,0 +1,1 @@
+"""Checkpoint formats: our own (safetensors + JSON), safe EDM pickle import, SIMS bundles."""

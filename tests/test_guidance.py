@@ -1,0 +1,118 @@
+"""SIMS guidance: exact limits (omega 0 / -1) and the network calls each mode spends."""
+import pytest
+import torch
+
+from pipelines.errors import UserError
+from pipelines.guidance import SIMSDenoiser, parse_omega
+from pipelines.sampler import SamplerConfig, sample_from_seeds, sigma_steps
+
+SEEDS = [0, 1, 2, 3, 11]
+CFG = SamplerConfig(num_steps=8)
+
+
+def _sample(denoiser):
+    with torch.no_grad():
+        return sample_from_seeds(denoiser, SEEDS, (2,), CFG)
+
+
+def test_omega_zero_is_exactly_base(mlp_pair):
+    base, aux, _ = mlp_pair
+    x_base, nfe_base = _sample(base)
+    x_sims, nfe_sims = _sample(SIMSDenoiser(base, aux, 0.0))
+    assert torch.equal(x_base, x_sims)
+    assert nfe_base == nfe_sims == CFG.nfe
+
+
+def test_omega_minus_one_is_exactly_aux(mlp_pair):
+    base, aux, _ = mlp_pair
+    x_aux, _ = _sample(aux)
+    x_sims, _ = _sample(SIMSDenoiser(base, aux, -1.0))
+    assert torch.equal(x_aux, x_sims)
+
+
+def test_guided_denoiser_is_the_extrapolation(mlp_pair):
+    base, aux, _ = mlp_pair
+    x, sigma = torch.randn(6, 2), torch.full((6,), 1.3)
+    with torch.no_grad():
+        got = SIMSDenoiser(base, aux, 1.5)(x, sigma)
+        want = 2.5 * base(x, sigma) - 1.5 * aux(x, sigma)
+    torch.testing.assert_close(got, want)
+    # and it moves samples: omega != 0 changes the output
+    assert not torch.equal(_sample(SIMSDenoiser(base, aux, 1.5))[0], _sample(base)[0])
+
+
+class CountingBackbone(torch.nn.Module):
+    """Wraps a backbone and counts its encoder and decoder passes."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.encodes, self.decodes = inner, 0, 0
+        self.sample_shape = inner.sample_shape
+
+    def encode(self, *args, **kwargs):
+        self.encodes += 1
+        return self.inner.encode(*args, **kwargs)
+
+    def decode(self, feats):
+        self.decodes += 1
+        return self.inner.decode(feats)
+
+
+def _counted(mlp_pair):
+    base, aux, _ = mlp_pair
+    base.model, aux.model = CountingBackbone(base.model), CountingBackbone(aux.model)
+    return base, aux
+
+
+def _sigmas_evaluated(cfg):
+    t = sigma_steps(cfg).tolist()
+    return t[:-1] + t[1:-1]  # Euler evaluations at t_i, Heun corrections at t_{i+1} (i < N-1)
+
+
+def test_full_guidance_doubles_network_calls(mlp_pair):
+    base, aux = _counted(mlp_pair)
+    _sample(SIMSDenoiser(base, aux, 1.0))
+    assert base.model.decodes == aux.model.decodes == CFG.nfe
+    assert base.model.encodes == aux.model.encodes == CFG.nfe
+
+
+def test_interval_guides_only_inside_sigma_range(mlp_pair):
+    base, aux = _counted(mlp_pair)
+    lo, hi = 0.3, 2.0
+    guided = SIMSDenoiser(base, aux, 1.0, interval=(lo, hi))
+    _sample(guided)
+    inside = sum(lo <= s <= hi for s in _sigmas_evaluated(CFG))
+    assert 0 < inside < CFG.nfe
+    assert base.model.decodes == CFG.nfe      # base runs at every step
+    assert aux.model.decodes == inside        # auxiliary only inside the interval
+    assert guided.counts.guided == inside
+
+
+def test_shared_encoder_runs_encoder_once_per_step(mlp_pair):
+    base, aux = _counted(mlp_pair)
+    guided = SIMSDenoiser(base, aux, 1.0, shared_encoder=True)
+    _sample(guided)
+    assert base.model.encodes == CFG.nfe      # one encoder pass feeds both decoders
+    assert aux.model.encodes == 0
+    assert base.model.decodes == aux.model.decodes == CFG.nfe
+    assert guided.counts.encoder == CFG.nfe
+
+
+def test_shared_encoder_equals_full_guidance_when_encoders_match(mlp_pair):
+    base, aux, _ = mlp_pair
+    aux.model.inp.load_state_dict(base.model.inp.state_dict())  # decoder-only fine-tune keeps the encoder
+    full, _ = _sample(SIMSDenoiser(base, aux, 1.0))
+    shared, _ = _sample(SIMSDenoiser(base, aux, 1.0, shared_encoder=True))
+    torch.testing.assert_close(full, shared)
+
+
+@pytest.mark.parametrize("bad", ["abc", "", None, "nan", float("inf")])
+def test_non_numeric_omega_is_refused(bad):
+    with pytest.raises(UserError, match="omega"):
+        parse_omega(bad)
+
+
+def test_nonzero_omega_needs_aux(mlp_pair):
+    base, _, _ = mlp_pair
+    with pytest.raises(UserError, match="auxiliary"):
+        SIMSDenoiser(base, None, 1.0)
