@@ -24,8 +24,11 @@ def test_single_image_regenerates_from_its_seed(mlp_pair):
     cfg = SamplerConfig(num_steps=6, S_churn=10)  # churn exercises the per-sample noise too
     with torch.no_grad():
         batch, _ = sample_from_seeds(base, [5, 42, 7], (2,), cfg)
+        again, _ = sample_from_seeds(base, [5, 42, 7], (2,), cfg)
         alone, _ = sample_from_seeds(base, [42], (2,), cfg)
-    torch.testing.assert_close(batch[1:2], alone, rtol=0, atol=1e-6)
+    assert torch.equal(batch, again)  # same seeds, same batching: bit-for-bit
+    # Alone, float32 matmul blocking may differ with batch size: equal to rounding error.
+    torch.testing.assert_close(batch[1:2], alone, rtol=0, atol=1e-5)
     assert torch.equal(SeededNoise([42]).randn((2,)), SeededNoise([5, 42]).randn((2,))[1:])
 
 

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Set up (with test extras) and run the whole test suite, browser tests included when chromium exists.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh --dev
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: browser tests will be skipped"
+fi
+export GRADIO_ANALYTICS_ENABLED=False DEEPFACE_BACKEND_ENGINE=pytorch
+.venv/bin/python -m pytest -q "$@" tests
