@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import UserError
@@ -70,7 +70,7 @@ def read_bundle_metadata(path) -> dict:
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get("sims_bundle")
-    except Exception as e:  # safetensors raises several types for foreign files
+    except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"{path} is not a readable SIMS bundle ({e}).") from None
     if raw is None:
         raise UserError(f"{path} is not a SIMS bundle (no 'sims_bundle' metadata). "

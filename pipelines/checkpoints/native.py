@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorsError
+
 from safetensors.torch import load_file, save_file
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from ..errors import UserError
 from ..models import ModelConfig, build_model
@@ -53,7 +53,7 @@ def read_metadata(path) -> dict[str, Any]:
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get("sims")
-    except (SafetensorsError, OSError, ValueError) as e:
+    except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"{path} is not a readable .safetensors checkpoint ({e}). "
                         "Re-export it, or import an EDM pickle with `python -m pipelines import-edm`.") from None
     if raw is None:
@@ -71,7 +71,7 @@ def load_model(path, device="cpu") -> tuple[Precond, dict[str, Any]]:
     model = build_model(ModelConfig.from_dict(meta["model"]))
     try:
         state = load_file(str(path), device="cpu")
-    except (SafetensorsError, OSError) as e:
+    except (SafetensorError, OSError) as e:
         raise UserError(f"{path}: weights are corrupt or truncated ({e}). Re-download or re-export it.") from None
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
