@@ -12,6 +12,7 @@ fine-tuning trains.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -187,7 +188,9 @@ class UNetBlock(nn.Module):
         # [N, 3C, H, W] -> [N*heads, C/heads, 3, HW]: channel 3i is q_i, 3i+1 is k_i, 3i+2 is v_i.
         q, k, v = qkv.reshape(n * heads, c // heads, 3, h * w).unbind(2)
         # Attention weights in fp32 even under autocast (EDM's AttentionOp does the same).
-        with torch.autocast(qkv.device.type, enabled=False):
+        no_autocast = (torch.autocast(qkv.device.type, enabled=False)
+                       if torch.amp.is_autocast_available(qkv.device.type) else contextlib.nullcontext())
+        with no_autocast:
             logits = torch.einsum("ncq,nck->nqk", q.float(), k.float() / math.sqrt(k.shape[1]))
             weights = logits.softmax(dim=2).to(q.dtype)
         a = torch.einsum("nqk,nck->ncq", weights, v)

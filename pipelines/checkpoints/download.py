@@ -1,0 +1,140 @@
+"""Fetch a file by URL into a local cache (once, resumable, sha256 recorded) or pass a local path through.
+
+Cache layout: `<cache_dir>/<host>/<url path>`; the sha256 of each finished download is kept in a
+sidecar `<file>.sha256` (sha256sum format). A partial download lives at `<file>.part` and is resumed
+with an HTTP Range request on the next call.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import requests
+from tqdm import tqdm
+
+from ..errors import UserError
+
+CHUNK = 1 << 16  # small enough that a dropped connection keeps almost all it received
+TIMEOUT_S = 30
+
+
+def default_cache_dir() -> Path:
+    """$SIMS_CACHE_DIR, else ~/.cache/sims-studio."""
+    return Path(os.environ.get("SIMS_CACHE_DIR") or Path.home() / ".cache" / "sims-studio")
+
+
+def is_url(src) -> bool:
+    """True for http(s) URLs."""
+    return isinstance(src, str) and src.lower().startswith(("http://", "https://"))
+
+
+def sha256_file(path) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def recorded_sha256(path) -> str:
+    """sha256 from the file's sidecar when it is up to date, else computed (and the sidecar written)."""
+    path = Path(path)
+    sidecar = _sidecar(path)
+    if sidecar.exists() and sidecar.stat().st_mtime >= path.stat().st_mtime:
+        return sidecar.read_text().split()[0]
+    digest = sha256_file(path)
+    try:
+        sidecar.write_text(f"{digest}  {path.name}\n")
+    except OSError:
+        pass  # read-only location: the hash is still returned, just not cached
+    return digest
+
+
+def cache_path(url: str, cache_dir=None) -> Path:
+    """Where `url` is stored in the cache."""
+    parts = urlparse(url)
+    segments = [s for s in unquote(parts.path).split("/") if s not in ("", ".", "..")]
+    if not segments:
+        raise UserError(f"URL {url!r} does not name a file; pass the full URL of the .pkl file.")
+    safe = [re.sub(r"[^A-Za-z0-9._-]", "_", s) for s in [parts.netloc or "host", *segments]]
+    return Path(cache_dir or default_cache_dir()).joinpath(*safe)
+
+
+def fetch(url_or_path, cache_dir=None, expected_sha256: str | None = None, progress: bool = True) -> Path:
+    """Local path -> itself (checked); URL -> cached download. Verifies `expected_sha256` if given."""
+    if not is_url(url_or_path):
+        path = Path(url_or_path).expanduser()
+        if not path.is_file():
+            raise UserError(f"File not found: {path}. Check the path, or pass an http(s) URL to download it.")
+        _check_sha(path, recorded_sha256(path) if expected_sha256 else None, expected_sha256, delete=False)
+        return path
+    url = str(url_or_path)
+    target = cache_path(url, cache_dir)
+    fresh = not target.exists()
+    if fresh:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _download(url, target, progress)
+    _check_sha(target, recorded_sha256(target), expected_sha256, delete=fresh)
+    return target
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _check_sha(path: Path, actual: str | None, expected: str | None, delete: bool) -> None:
+    if not expected or actual is None or actual.lower() == expected.strip().lower():
+        return
+    if delete:
+        path.unlink(missing_ok=True)
+        _sidecar(path).unlink(missing_ok=True)
+        what = "The download was deleted; check the hash, then run again to download it afresh."
+    else:
+        what = f"Delete {path} (and its .sha256) to download it again, or check the expected hash."
+    raise UserError(f"sha256 mismatch for {path}: expected {expected.strip().lower()}, got {actual}. {what}")
+
+
+def _download(url: str, target: Path, progress: bool) -> None:
+    """Stream `url` to `target` via `<target>.part`, resuming a previous partial download."""
+    part = target.with_name(target.name + ".part")
+    have = part.stat().st_size if part.exists() else 0
+    headers = {"Range": f"bytes={have}-"} if have else {}
+    try:
+        resp = requests.get(url, headers=headers, stream=True, timeout=TIMEOUT_S)
+    except requests.RequestException as e:
+        raise UserError(f"Could not reach {url} ({type(e).__name__}). Download the file by hand (browser, curl) "
+                        f"and pass its local path instead of the URL.") from None
+    with resp:
+        if resp.status_code == 416 and have:  # nothing left to send: the .part may be complete or stale
+            part.unlink()
+            return _download(url, target, progress)
+        if resp.status_code >= 400:
+            raise UserError(f"Downloading {url} failed: HTTP {resp.status_code} {resp.reason}. Check the URL, "
+                            f"or download the file by hand and pass its local path.")
+        resumed = have and resp.status_code == 206
+        if not resumed:
+            have = 0  # server ignored the Range header: start over
+        length = resp.headers.get("Content-Length")
+        total = have + int(length) if length and length.isdigit() else None
+        got = have
+        try:
+            with open(part, "ab" if resumed else "wb") as f, \
+                    tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=target.name,
+                         disable=not progress) as bar:
+                for chunk in resp.iter_content(CHUNK):
+                    f.write(chunk)
+                    got += len(chunk)
+                    bar.update(len(chunk))
+        except requests.RequestException as e:
+            raise UserError(f"Download of {url} was interrupted ({type(e).__name__}) after {got} bytes; "
+                            f"run the same command again to resume from {part}.") from None
+    if total is not None and got != total:
+        raise UserError(f"Download of {url} ended early ({got} of {total} bytes); run the same command "
+                        f"again to resume from {part}.")
+    digest = sha256_file(part)
+    part.replace(target)
+    _sidecar(target).write_text(f"{digest}  {target.name}\n")
