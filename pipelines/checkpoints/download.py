@@ -107,7 +107,8 @@ def _download(url: str, target: Path, progress: bool) -> None:
         resp = requests.get(url, headers=headers, stream=True, timeout=TIMEOUT_S)
     except requests.RequestException as e:
         raise UserError(f"Could not reach {url} ({type(e).__name__}). Download the file by hand (browser, curl) "
-                        f"and pass its local path instead of the URL.") from None
+                        f"and pass its local path instead of the URL, or save it as {target} so that this "
+                        "URL is found in the cache.") from None
     with resp:
         if resp.status_code == 416 and have:  # nothing left to send: the .part may be complete or stale
             part.unlink()

@@ -19,7 +19,7 @@ import math
 import pickle
 import pickletools
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
