@@ -1,0 +1,31 @@
+"""Where the bundled demo assets live and the recipe that rebuilds them."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..models import ModelConfig
+from ..networks.songunet import songunet_config
+from ..sampler import SamplerConfig
+
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+DEMO_MODEL = ASSETS / "demo" / "digits_base.safetensors"
+DEMO_CLASSIFIER = ASSETS / "digits_classifier.safetensors"
+RESOLUTION = 8
+
+# Sampler used everywhere in the demo: 12 Heun steps (NFE 23) is plenty at 8x8.
+DEMO_SAMPLER = SamplerConfig(num_steps=12)
+
+# Digit groups of the demo's headline shift.
+LOW, HIGH = "0-4", "5-9"
+
+
+def demo_model_config() -> ModelConfig:
+    """The demo's SongUNet: the 'tiny' preset at 8x8 grey."""
+    return ModelConfig(backbone="songunet",
+                       network=songunet_config("tiny", img_resolution=RESOLUTION, img_channels=1))
+
+
+def base_recipe(total_kimg: float = 300.0) -> dict:
+    """Training recipe of the demo base model (TrainConfig fields)."""
+    return dict(batch_size=128, lr=2e-3, lr_rampup_kimg=10, ema_halflife_kimg=20, ema_rampup_ratio=0.1,
+                total_kimg=total_kimg, checkpoint_kimg=None, seed=0, device="cpu")
