@@ -262,6 +262,17 @@ def test_other_code_globals_are_refused(tmp_path, fake_persistence, make):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("target", [b"torch._utils\n_rebuild_tensor_v2", b"collections\nOrderedDict",
+                                    b"torch.nn.modules.container\nModuleDict"])
+def test_build_cannot_modify_allowed_globals(tmp_path, target):
+    # Hand-assembled: GLOBAL <target>; BUILD with state (None, {"__defaults__": (1,)}) i.e. setattr on it.
+    data = b"\x80\x04c" + target + b"\nN}X\x0c\x00\x00\x00__defaults__K\x01\x85s\x86b."
+    (tmp_path / "b.pkl").write_bytes(data)
+    with pytest.raises(UserError, match="could not be read"):
+        edm_pickle.read_edm_pickle(tmp_path / "b.pkl")
+    assert edm_pickle._rebuild_tensor_v2.__defaults__ == (False, None, None)
+
+
 def malicious_src(marker):
     return (f"import os\nopen({str(marker)!r}, 'w').write('pwned')\nos.system(\"touch '{marker}'\")\n"
             "class SongUNet: pass\n")

@@ -134,17 +134,35 @@ def _int_tuple(x) -> bool:
     return isinstance(x, (tuple, list, torch.Size)) and all(isinstance(i, int) for i in x)
 
 
+class _Callable:
+    """An allowed function as the unpickler sees it: callable, but a BUILD opcode cannot alter it
+    (a bare function would accept attribute writes such as `__defaults__`)."""
+    __slots__ = ("_fn",)
+
+    def __init__(self, fn):
+        object.__setattr__(self, "_fn", fn)
+
+    def __call__(self, *args, **kwargs):
+        return self._fn(*args, **kwargs)
+
+    def __setattr__(self, name, value):
+        raise pickle.UnpicklingError("the pickle tried to modify a loader function")
+
+    def __setstate__(self, state):
+        raise pickle.UnpicklingError("the pickle tried to modify a loader function")
+
+
 ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,
-    ("torch.nn.modules.container", "ModuleDict"): ModuleDictStub,
+    ("torch_utils.persistence", "_reconstruct_persistent_obj"): _Callable(_reconstruct_persistent_obj),
+    ("torch.nn.modules.container", "ModuleDict"): ModuleDictStub,  # a class: NEWOBJ needs a type
     ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    ("torch.storage", "_load_from_bytes"): _load_storage,
-    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
-    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
-    ("numpy", "dtype"): _numpy_dtype,
+    ("torch._utils", "_rebuild_parameter"): _Callable(_rebuild_parameter),
+    ("torch._utils", "_rebuild_parameter_with_state"): _Callable(_rebuild_parameter),
+    ("torch._utils", "_rebuild_tensor_v2"): _Callable(_rebuild_tensor_v2),
+    ("torch.storage", "_load_from_bytes"): _Callable(_load_storage),
+    ("numpy.core.multiarray", "scalar"): _Callable(_numpy_scalar),
+    ("numpy._core.multiarray", "scalar"): _Callable(_numpy_scalar),
+    ("numpy", "dtype"): _Callable(_numpy_dtype),
 }
 
 
