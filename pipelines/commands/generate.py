@@ -12,9 +12,9 @@ from tqdm import tqdm
 from ..checkpoints.bundle import load_bundle
 from ..checkpoints.native import load_model
 from ..errors import UserError
-from ..generate import generate_images, generate_sims, parse_seeds
-from ..guidance import parse_omega
-from ..sampler import SamplerConfig
+from ..generate import generate_batches, parse_seeds
+from ..guidance import SIMSDenoiser, parse_omega
+from ..sampler import SamplerConfig, to_uint8
 
 
 def _sampler_args(p: argparse.ArgumentParser):
@@ -45,16 +45,21 @@ def _seeds(spec):
         raise UserError(str(e)) from None
 
 
-def _write(out: str, images: np.ndarray, seeds, info: dict):
+def _write(out: str, x, seeds, info: dict):
+    """Images (NCHW) -> PNG folder or npz 'images' (uint8 NHWC); flat data -> npz 'samples' (float32)."""
     from ..imageio import write_image_folder
     out_path = Path(out)
+    is_image = x.ndim == 4
+    if out_path.suffix != ".npz" and not is_image:
+        raise UserError(f"This model makes {x.shape[1]}-D points, not images: pass --out FILE.npz.")
+    arrays = {"images": to_uint8(x)} if is_image else {"samples": x.numpy()}
     if out_path.suffix == ".npz":
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(out_path, images=images, seeds=np.asarray(seeds), info=json.dumps(info))
+        np.savez(out_path, **arrays, seeds=np.asarray(seeds), info=json.dumps(info))
     else:
-        write_image_folder(out_path, images)
+        write_image_folder(out_path, arrays["images"])
         (out_path / "generation.json").write_text(json.dumps({**info, "seeds": list(seeds)}, indent=1))
-    print(f"wrote {len(images)} images to {out_path}")
+    print(f"wrote {len(x)} {'images' if is_image else 'samples'} to {out_path}")
 
 
 def _bar(total):
@@ -67,9 +72,9 @@ def run_generate(args) -> int:
     seeds, sampler = _seeds(args.seeds), _sampler_from(args)
     bar, progress = _bar(len(seeds))
     t0 = time.time()
-    images = generate_images(model, seeds, sampler, args.batch, args.device, progress=progress)
+    x, _ = generate_batches(model, model, seeds, sampler, args.batch, args.device, progress=progress)
     bar.close()
-    _write(args.out, images, seeds, {"model": args.model, "sampler": sampler.__dict__, "nfe": sampler.nfe,
+    _write(args.out, x, seeds, {"model": args.model, "sampler": sampler.__dict__, "nfe": sampler.nfe,
                                      "seconds": round(time.time() - t0, 2)})
     return 0
 
@@ -102,10 +107,12 @@ def run_sample_sims(args) -> int:
     seeds = _seeds(args.seeds)
     bar, progress = _bar(len(seeds))
     t0 = time.time()
-    images, nfe = generate_sims(base, aux, omega, seeds, sampler, interval, shared, args.batch, args.device,
-                                progress=progress)
+    guided = SIMSDenoiser(base, aux, omega, interval=interval, shared_encoder=shared)
+    x, _ = generate_batches(guided, base, seeds, sampler, args.batch, args.device, progress=progress)
     bar.close()
-    _write(args.out, images, seeds, {"bundle": args.bundle, "base": args.base, "aux": args.aux, "omega": omega,
+    runs = -(-len(seeds) // args.batch)
+    nfe = (guided.counts.base + guided.counts.aux) // runs
+    _write(args.out, x, seeds, {"bundle": args.bundle, "base": args.base, "aux": args.aux, "omega": omega,
                                      "interval": interval, "shared_encoder": shared, "sampler": sampler.__dict__,
                                      "network_passes_per_sample": nfe, "seconds": round(time.time() - t0, 2)})
     return 0
