@@ -1,0 +1,130 @@
+"""`python -m pipelines mad`: self-consuming loops on 2-D data (the paper's Fig. 4 and Fig. 5 studies)."""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from ..errors import UserError
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 125,250 (got {text!r})")
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0,1.5,3 (got {text!r})")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("mad", help="self-consuming loops on 2-D data: Fig. 4 sweep or Fig. 5 pollution study",
+                       description="Many independent runs trained at once (batched MLPs). Defaults are the paper's "
+                                   "Fig. 4 settings; the full scale (1000 runs x 100 generations) needs a GPU.")
+    p.add_argument("--experiment", choices=["fig4", "pollution"], default="fig4")
+    p.add_argument("--world", choices=["gaussian", "mixture"], default="gaussian")
+    p.add_argument("--loop", choices=["augment", "synthetic", "fresh"], default="augment",
+                   help="augment: D_r u D_s^{t-1}; synthetic: D_s^{t-1}; fresh: new D_r^t u D_s^{t-1}")
+    p.add_argument("--runs", type=int, default=100, help="independent runs (paper: 1000)")
+    p.add_argument("--generations", type=int, default=100)
+    p.add_argument("--n-real", type=int, default=1000, help="|D_r|")
+    p.add_argument("--sizes", type=_ints, default=[125, 250, 500, 1000], help="|D_s^t| values (fig4)")
+    p.add_argument("--omegas", type=_floats, default=[0, 1, 2, 3, 4], help="omega grid, must include 0")
+    p.add_argument("--gen1-omegas", type=_floats, default=[], help="extra omegas for the generation-1 curve")
+    p.add_argument("--n-s", type=int, default=2000, help="samples the auxiliary model is fine-tuned on")
+    p.add_argument("--n-eval", type=int, default=1000, help="points drawn per generation and run")
+    p.add_argument("--ot-points", type=int, default=500, help="points per side of each exact OT problem")
+    p.add_argument("--base-epochs", type=int, default=100)
+    p.add_argument("--aux-epochs", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=2048)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--steps", type=int, default=20, help="Heun steps (NFE 2*steps-1; 20 -> 39 like the paper)")
+    p.add_argument("--converged-from", type=int, default=20, help="G^inf averages generations from here on")
+    p.add_argument("--pollution", type=_ints, default=[0, 250, 500, 1000, 2000],
+                   help="|D_p| values (pollution experiment)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--out", default="out/mad", help="output folder (results.json + figures)")
+    p.add_argument("--png", choices=["auto", "kaleido", "matplotlib", "none"], default="auto")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved settings and exit")
+    p.set_defaults(run=run)
+
+
+def _loop_config(args):
+    from ..experiments.mad.loops import LoopConfig
+    from ..experiments.mad.training import ToyDiffusion, TrainConfig
+    return LoopConfig(loop=args.loop, runs=args.runs, generations=args.generations, n_real=args.n_real,
+                      n_syn=max(args.sizes), n_aux=args.n_s, n_eval=args.n_eval, ot_points=args.ot_points,
+                      seed=args.seed, device=args.device,
+                      base=TrainConfig(args.base_epochs, args.batch_size, args.lr),
+                      aux=TrainConfig(args.aux_epochs, args.batch_size, args.lr),
+                      diffusion=ToyDiffusion(num_steps=args.steps))
+
+
+def _check_device(device: str):
+    import torch
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device} asked for a GPU but torch sees none; use --device cpu.")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise UserError(f"--device must be cpu or cuda[:N] (got {device!r}).")
+
+
+def run(args) -> int:
+    import torch
+    from tqdm import tqdm
+    from ..experiments.mad.worlds import make_world
+    _check_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    world = make_world(args.world)
+    if args.experiment == "pollution":
+        return _run_pollution(args, world)
+    from ..experiments.mad.fig4 import SweepConfig, run_sweep
+    from ..experiments.mad.report import build_report, table_markdown, write_report
+    cfg = SweepConfig(loop=_loop_config(args), sizes=args.sizes, omegas=args.omegas,
+                      gen1_omegas=args.gen1_omegas, converged_from=args.converged_from)
+    if args.dry_run:
+        print(json.dumps({"world": asdict(world), "sweep": asdict(cfg)}, indent=1))
+        return 0
+    total = 1 + len(cfg.sizes) * len(cfg.omegas) * cfg.loop.generations
+    bar = tqdm(total=total, desc="mad fig4")
+
+    def progress(msg):
+        bar.update(1)
+        bar.set_postfix_str(msg)
+    t0 = time.time()
+    result = run_sweep(cfg, world, progress)
+    bar.close()
+    report = build_report(result, world, seconds=time.time() - t0)
+    written = write_report(report, Path(args.out), png=args.png)
+    for metric in ("w2_ot", "w2_gauss"):
+        print(f"\n{metric}: E[dist(G^inf)]/E[dist(G^1)], {cfg.loop.runs} runs x {cfg.loop.generations} generations")
+        print(table_markdown(report, metric))
+    print(f"\nPNG renderer: {written['png_renderer']}")
+    print("wrote", *written["files"], sep="\n  ")
+    return 0
+
+
+def _run_pollution(args, world) -> int:
+    from ..experiments.mad.pollution import PollutionConfig, pollution_table, run_pollution
+    cfg = PollutionConfig(loop=_loop_config(args), pollution=args.pollution, omegas=args.omegas)
+    if args.dry_run:
+        print(json.dumps({"world": asdict(world), "pollution": asdict(cfg)}, indent=1))
+        return 0
+    t0 = time.time()
+    report = run_pollution(cfg, world)
+    report["wall_seconds"] = time.time() - t0
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pollution.json").write_text(json.dumps(report, indent=1))
+    print(pollution_table(report))
+    print("wrote", out / "pollution.json")
+    return 0

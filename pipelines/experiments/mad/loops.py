@@ -1,0 +1,163 @@
+"""Self-consuming loops (SIMS Sec. 4.2; Alemohammad et al.) with R independent runs at once.
+
+Generation t trains a fresh model on D^t and draws the generation's synthetic data from it:
+- 'augment' (synthetic augmentation): D^t = D_r u D_s^{t-1};
+- 'synthetic' (fully synthetic): D^t = D_s^{t-1};
+- 'fresh' (fresh data): D^t = D_r^t u D_s^{t-1}, D_r^t a new real sample each generation.
+D^1 = D_r in every loop. 'standard' training samples the base; 'sims' also fine-tunes a copy
+of the base on n_s of its own samples (the auxiliary model) and draws the generation's data
+with D = (1 + omega) D_base - omega D_aux. Each generation's output has max(|D_s|, n_eval)
+points per run: D_s^t is its first |D_s| points, the distances use it all.
+
+Randomness: one torch generator per (seed, generation, purpose); the auxiliary model has its
+own streams, so SIMS with omega = 0 reproduces standard training bit for bit.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ...errors import UserError
+from .distance import gaussian_w2_runs, ot_w2_runs
+from .training import ToyDiffusion, TrainConfig, finetune_copy, new_denoiser, sample_runs, sims_sample, train_runs
+
+LOOPS = ("augment", "synthetic", "fresh")
+TRAININGS = ("standard", "sims")
+
+# purposes of the random streams (part of the seed of each generator)
+REAL, REF, INIT, TRAIN, AUX_SET, AUX_TRAIN, OUT, FRESH = range(8)
+
+
+def stream(seed: int, generation: int, purpose: int, device="cpu") -> torch.Generator:
+    """Independent generator for one (seed, generation, purpose)."""
+    state = np.random.SeedSequence(entropy=int(seed), spawn_key=(int(generation), int(purpose)))
+    return torch.Generator(device).manual_seed(int(state.generate_state(1, dtype=np.uint64)[0] >> 1))
+
+
+@dataclass
+class LoopConfig:
+    """One loop of R runs (defaults: the paper's Fig. 4 settings)."""
+    loop: str = "augment"
+    training: str = "sims"
+    omega: float = 0.0
+    runs: int = 100
+    generations: int = 100
+    n_real: int = 1000          # |D_r|
+    n_syn: int = 1000           # |D_s^t|
+    n_aux: int = 2000           # n_s: samples the auxiliary model is fine-tuned on
+    n_eval: int = 1000          # points drawn per generation and run (>= n_syn)
+    ot_points: int = 500        # points per side of each exact OT problem
+    seed: int = 0
+    device: str = "cpu"         # training/sampling device; data and latents are drawn on the CPU
+    base: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=100))
+    aux: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=50))
+    diffusion: ToyDiffusion = field(default_factory=ToyDiffusion)
+
+    def __post_init__(self):
+        if self.loop not in LOOPS:
+            raise UserError(f"Unknown loop '{self.loop}'; choose one of {LOOPS}.")
+        if self.training not in TRAININGS:
+            raise UserError(f"Unknown training '{self.training}'; choose one of {TRAININGS}.")
+        for name in ("runs", "generations", "n_real", "n_syn", "n_aux", "n_eval", "ot_points"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be >= 1 (got {getattr(self, name)}).")
+        if self.ot_points > self.n_out:
+            raise UserError(f"ot_points ({self.ot_points}) cannot exceed the points drawn per generation "
+                            f"({self.n_out}); lower ot_points or raise n_eval.")
+        if self.training == "standard" and self.omega != 0:
+            raise UserError("Standard training has no auxiliary model: use omega 0 or training 'sims'.")
+
+    @property
+    def n_out(self) -> int:
+        return max(self.n_syn, self.n_eval)
+
+
+@dataclass
+class Generation:
+    """What generation t produced: its models and its output points [R, n_out, d]."""
+    t: int
+    base: torch.nn.Module
+    aux: torch.nn.Module | None
+    out: torch.Tensor
+
+
+@dataclass
+class LoopResult:
+    """Distances per generation and run ([G, R]), both views."""
+    config: LoopConfig
+    w2_ot: np.ndarray
+    w2_gauss: np.ndarray
+
+
+class LoopRunner:
+    """Holds a loop's real data and reference sample; runs generations one by one."""
+
+    def __init__(self, cfg: LoopConfig, world):
+        self.cfg, self.world = cfg, world
+        self.diff = cfg.diffusion.for_world(world)
+        self.device = torch.device(cfg.device)
+        self.real = world.sample(cfg.runs, cfg.n_real, stream(cfg.seed, 0, REAL))[0].to(self.device)
+        self.ref, _ = world.sample(cfg.runs, cfg.ot_points, stream(cfg.seed, 0, REF))
+        self.true_mean, self.true_cov = world.moments()
+
+    def training_data(self, t: int, previous: torch.Tensor | None) -> torch.Tensor:
+        """D^t for this loop ([R, N, d]); `previous` is D_s^{t-1} (None at t = 1)."""
+        if t == 1:
+            return self.real
+        if self.cfg.loop == "augment":
+            return torch.cat([self.real, previous], 1)
+        if self.cfg.loop == "synthetic":
+            return previous
+        fresh, _ = self.world.sample(self.cfg.runs, self.cfg.n_real, stream(self.cfg.seed, t, FRESH))
+        return torch.cat([fresh.to(self.device), previous], 1)
+
+    def train_generation(self, t: int, data: torch.Tensor, with_aux: bool):
+        """Base on D^t and, for SIMS, the auxiliary model fine-tuned on n_s base samples."""
+        cfg, dim = self.cfg, data.shape[-1]
+        base = new_denoiser(cfg.runs, dim, self.diff, stream(cfg.seed, t, INIT)).to(self.device)
+        train_runs(base, data, cfg.base, self.diff, stream(cfg.seed, t, TRAIN, self.device))
+        aux = None
+        if with_aux:
+            synth = sample_runs(base, cfg.runs, cfg.n_aux, dim, self.diff, stream(cfg.seed, t, AUX_SET))
+            aux = finetune_copy(base, synth, cfg.aux, self.diff, stream(cfg.seed, t, AUX_TRAIN, self.device))
+        return base, aux
+
+    def draw(self, t: int, base, aux, omega: float) -> torch.Tensor:
+        """The generation's output with guidance omega (same latents for every omega)."""
+        return sims_sample(base, aux, omega, self.cfg.n_out, self.diff, stream(self.cfg.seed, t, OUT))
+
+    def generation(self, t: int, previous: torch.Tensor | None) -> Generation:
+        """Train generation t on D^t and draw its output."""
+        base, aux = self.train_generation(t, self.training_data(t, previous), self.cfg.training == "sims")
+        return Generation(t, base, aux, self.draw(t, base, aux, self.cfg.omega))
+
+    def distances(self, out: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """(exact-OT W2 on ot_points per side, closed-form Gaussian W2 on all points), per run."""
+        k = self.cfg.ot_points
+        out = out.cpu()
+        return (ot_w2_runs(out[:, :k], self.ref),
+                gaussian_w2_runs(out, self.true_mean, self.true_cov))
+
+    def run(self, first: Generation | None = None,
+            progress: Callable[[int], None] | None = None) -> LoopResult:
+        """All generations; `first` reuses an already drawn generation 1 (same seed and settings)."""
+        cfg = self.cfg
+        w_ot, w_g = [], []
+        previous = None
+        for t in range(1, cfg.generations + 1):
+            gen = first if (t == 1 and first is not None) else self.generation(t, previous)
+            d_ot, d_g = self.distances(gen.out)
+            w_ot.append(d_ot)
+            w_g.append(d_g)
+            previous = gen.out[:, :cfg.n_syn]
+            if progress is not None:
+                progress(t)
+        return LoopResult(cfg, np.stack(w_ot), np.stack(w_g))
+
+
+def run_loop(cfg: LoopConfig, world, progress=None) -> LoopResult:
+    """Run one loop from scratch."""
+    return LoopRunner(cfg, world).run(progress=progress)
