@@ -1,0 +1,84 @@
+"""Files under the data directory: sample PNGs, content hashes, grids."""
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+CHUNK = 1 << 20
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path) -> str:
+    """Hex sha256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def png_bytes(img: np.ndarray) -> bytes:
+    """uint8 HWC (C = 1 or 3) -> PNG bytes."""
+    pil = Image.fromarray(img[:, :, 0], "L") if img.shape[2] == 1 else Image.fromarray(img, "RGB")
+    buf = io.BytesIO()
+    pil.save(buf, format="png")
+    return buf.getvalue()
+
+
+def write_png(path: Path, img: np.ndarray) -> str:
+    """Write one image atomically; returns its content hash."""
+    data = png_bytes(img)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return sha256_bytes(data)
+
+
+def read_png(path: Path) -> np.ndarray:
+    """PNG -> uint8 HWC (grey keeps one channel)."""
+    with Image.open(path) as pil:
+        arr = np.asarray(pil.convert("L") if pil.mode not in ("L", "RGB") else pil)
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def read_pngs(paths) -> np.ndarray:
+    """Many PNGs of one shape -> uint8 NHWC."""
+    return np.stack([read_png(Path(p)) for p in paths])
+
+
+def sample_relpath(model_id: int, seed: int) -> str:
+    """Where a pool sample lives, relative to the data directory (1000 files per folder)."""
+    return f"samples/m{model_id}/{seed // 1000:05d}/{seed:08d}.png"
+
+
+def upscale(img: np.ndarray, size: int) -> np.ndarray:
+    """Nearest-neighbour upscale of a small uint8 HWC image to about `size` pixels (crisp pixels)."""
+    k = max(1, size // img.shape[0])
+    return img.repeat(k, axis=0).repeat(k, axis=1)
+
+
+def grid(images: np.ndarray, cols: int | None = None, cell: int = 64, pad: int = 2) -> np.ndarray:
+    """Tile uint8 NHWC images into one RGB uint8 image with nearest-neighbour upscaling."""
+    n = len(images)
+    cols = cols or int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    k = max(1, cell // images.shape[1])
+    h, w = images.shape[1] * k, images.shape[2] * k
+    out = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), 24, np.uint8)
+    for i, img in enumerate(images):
+        r, c = divmod(i, cols)
+        big = upscale(img, h)
+        if big.shape[2] == 1:
+            big = np.repeat(big, 3, axis=2)
+        y, x = pad + r * (h + pad), pad + c * (w + pad)
+        out[y:y + h, x:x + w] = big
+    return out

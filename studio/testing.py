@@ -1,0 +1,56 @@
+"""Helpers for tests, benchmarks and browser walks: tiny models, a tiny classifier, waiting on jobs."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from pipelines.errors import UserError
+
+
+def make_tiny_model(path, seed: int = 0, resolution: int = 8, channels: int = 1, model_channels: int = 8) -> Path:
+    """Save an untrained, CPU-cheap SongUNet checkpoint (our format) to `path`."""
+    import torch
+    from pipelines.checkpoints.native import save_model
+    from pipelines.models import ModelConfig, build_model
+    from pipelines.networks.songunet import songunet_config
+    torch.manual_seed(seed)
+    cfg = ModelConfig(backbone="songunet", network=songunet_config(
+        "tiny", img_resolution=resolution, img_channels=channels, model_channels=model_channels,
+        channel_mult=[1], num_blocks=1))
+    model = build_model(cfg)
+    return save_model(path, model, cfg, dataset={"name": "none (untrained test model)"},
+                      provenance={"name": f"tiny test model (seed {seed})"})
+
+
+def make_tiny_classifier(path, seed: int = 0) -> Path:
+    """Save an untrained digits classifier (valid file, arbitrary but deterministic predictions)."""
+    import torch
+    from pipelines.attributes.digits import DigitsNet, save_digits_classifier
+    torch.manual_seed(seed)
+    save_digits_classifier(path, DigitsNet(), {"note": "untrained test classifier"})
+    return Path(path)
+
+
+def wait_for_job(db, job_id: int, timeout: float = 120.0, states=("succeeded", "failed", "cancelled",
+                                                                    "interrupted")):
+    """Poll until the job reaches one of `states`; returns its JobView."""
+    from .services import jobs
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        view = jobs.get(db, job_id)
+        if view.state in states:
+            return view
+        time.sleep(0.2)
+    view = jobs.get(db, job_id)
+    raise TimeoutError(f"job #{job_id} still {view.state} after {timeout} s: {view.message}\n{view.log_tail}")
+
+
+def expect_success(db, job_id: int, timeout: float = 120.0):
+    """Wait for a job and raise with its log if it did not succeed."""
+    view = wait_for_job(db, job_id, timeout)
+    if view.state != "succeeded":
+        raise AssertionError(f"job #{job_id} {view.state}: {view.message}\n{view.traceback or view.log_tail}")
+    return view
+
+
+__all__ = ["make_tiny_model", "make_tiny_classifier", "wait_for_job", "expect_success", "UserError"]
