@@ -7,6 +7,7 @@ a bad set fails with a message naming an offending file instead of deep inside t
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import zipfile
@@ -216,6 +217,23 @@ def _check_labels(labels, n: int, name: str) -> np.ndarray:
     return labels.astype(np.int64)
 
 
+def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """(images float [1797, 8, 8] in 0..16, labels int) of scikit-learn's digits.
+
+    Reads the CSV that `sklearn.datasets.load_digits` reads (shipped inside the scikit-learn
+    package) without importing scikit-learn, whose import costs seconds per process (DDP
+    workers, job subprocesses); falls back to load_digits if the file is not where expected."""
+    spec = importlib.util.find_spec("sklearn")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(root) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            data = np.loadtxt(path, delimiter=",")
+            return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    return d.images, d.target.astype(np.int64)
+
+
 class DigitsDataset(TensorImageDataset):
     """scikit-learn's digits: 1797 real 8x8 greyscale images, labels 0-9, shipped with the package.
 
@@ -225,18 +243,17 @@ class DigitsDataset(TensorImageDataset):
     """
 
     def __init__(self, resolution: int = 8, mode: str = "nearest"):
-        from sklearn.datasets import load_digits
         if resolution not in (8, 16, 32, 64):
             raise UserError(f"digits resolution must be 8, 16, 32 or 64 (got {resolution}).")
         if mode not in ("nearest", "bilinear"):
             raise UserError(f"digits upsampling must be 'nearest' or 'bilinear' (got {mode!r}).")
-        d = load_digits()
-        x = torch.from_numpy(np.round(d.images * (255.0 / 16.0))).to(torch.float32)[:, None]  # [N,1,8,8]
+        images, target = load_digits_arrays()
+        x = torch.from_numpy(np.round(images * (255.0 / 16.0))).to(torch.float32)[:, None]  # [N,1,8,8]
         if resolution != 8:
             kw = {} if mode == "nearest" else {"align_corners": False}
             x = torch.nn.functional.interpolate(x, size=(resolution, resolution), mode=mode, **kw)
         imgs = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
-        super().__init__(imgs, d.target, name=f"digits:{resolution}" + ("" if mode == "nearest" else f":{mode}"))
+        super().__init__(imgs, target, name=f"digits:{resolution}" + ("" if mode == "nearest" else f":{mode}"))
         self.mode = mode
 
 

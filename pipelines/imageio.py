@@ -107,7 +107,7 @@ def decode_image(data: bytes, name: str = "") -> np.ndarray:
         with Image.open(io.BytesIO(data)) as pil:
             if pil.mode not in ("L", "RGB"):
                 pil = pil.convert("L" if pil.mode in ("1", "I", "I;16", "F", "LA") else "RGB")
-            arr = np.asarray(pil)
+            arr = np.array(pil)  # a writable copy (torch.from_numpy warns on read-only arrays)
     except (OSError, ValueError) as e:
         raise UserError(f"{name or 'image'} is not a readable image ({e}); remove or re-export it.") from None
     return arr[:, :, None] if arr.ndim == 2 else arr

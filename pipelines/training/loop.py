@@ -53,6 +53,7 @@ class _Run:
     step: int = 0
     loss_history: list = field(default_factory=list)
     last_loss: float | None = None
+    pending: list = field(default_factory=lambda: [0.0, 0.0])  # loss sum/count since the last report (this rank)
 
     @property
     def trainable(self) -> list[nn.Parameter]:
@@ -204,6 +205,8 @@ def _resume(run: _Run) -> None:
     run.nimg, run.step = int(state["nimg"]), int(state["step"])
     run.loss_history = [list(x) for x in state["loss_history"]]
     run.last_loss = run.loss_history[-1][1] if run.loss_history else None
+    # The saved pending loss is already summed over ranks: only rank 0 carries it on.
+    run.pending = [float(v) for v in state["pending_loss"]] if run.env.is_main else [0.0, 0.0]
     files.restore_rng(state["rng"])
     if run.env.is_main:
         files.truncate_log(run.run_dir, run.nimg)
@@ -214,6 +217,7 @@ def _save_state(run: _Run) -> None:
         files.save_state(run.run_dir, {
             "net": run.net.state_dict(), "ema": run.ema.state_dict(), "optimizer": run.optimizer.state_dict(),
             "nimg": run.nimg, "step": run.step, "loss_history": run.loss_history, "rng": files.capture_rng(),
+            "pending_loss": run.pending,  # a cancel between reports: the next report still averages the same steps
             "sampler": {"kind": "epoch-permutation", "seed": run.cfg.seed, "step": run.step,
                         "position": run.step * run.cfg.batch_size},
             "fingerprint_json": json.dumps(run.fingerprint), "train_config_json": json.dumps(run.cfg.to_dict()),
@@ -318,7 +322,7 @@ def train(model_cfg: ModelConfig | dict | None, dataset, cfg: TrainConfig | dict
 def _loop(run: _Run, progress, should_stop) -> dict[str, Any]:
     env, cfg, total = run.env, run.cfg, run.cfg.total_nimg
     batches = _batches(run, run.step)
-    acc = torch.zeros(2, dtype=torch.float64, device=env.device)
+    acc = torch.tensor(run.pending, dtype=torch.float64, device=env.device)
     t_last, n_last, t_start, n_start = time.perf_counter(), run.nimg, time.perf_counter(), run.nimg
     status = "done"
     while run.nimg < total:
@@ -348,8 +352,9 @@ def _loop(run: _Run, progress, should_stop) -> dict[str, Any]:
             if progress is not None and env.is_main:
                 progress({"kimg": run.nimg / 1000, "total_kimg": cfg.total_kimg, "nimg": run.nimg,
                           "step": run.step, "loss": run.last_loss, "images_per_s": rate,
-                          "eta_s": (total - run.nimg) / max(rate, 1e-9), "checkpoint": str(path) if path else None})
+                          "eta_s": max(total - run.nimg, 0) / max(rate, 1e-9), "checkpoint": str(path) if path else None})
     if status == "cancelled":
+        run.pending = env.all_reduce_sum(acc.clone()).tolist()
         _save_state(run)
     elif env.any(not files.checkpoint_path(run.run_dir, run.nimg).exists()):
         _save_checkpoint(run)  # a rerun of a finished run whose final checkpoint was deleted
