@@ -22,6 +22,8 @@ COMMANDS = {
     "label": "attributes",
     "fid": "attributes",
     "ref-stats": "attributes",
+    "fit-probe": "attributes",
+    "build-digits-classifier": "attributes",
     "mad": "mad",
     "build-demo": "demo",
     "demo-shift": "demo",
@@ -34,13 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "import EDM checkpoints, label, measure.")
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
     for module in dict.fromkeys(COMMANDS.values()):
-        try:
-            mod = importlib.import_module(f"pipelines.commands.{module}")
-        except ModuleNotFoundError as e:
-            if e.name == f"pipelines.commands.{module}":
-                continue  # command not built in this checkout
-            raise
-        mod.register(sub)
+        importlib.import_module(f"pipelines.commands.{module}").register(sub)
     return parser
 
 
