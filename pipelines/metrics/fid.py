@@ -111,6 +111,36 @@ class InceptionFeatureExtractor:
         return self.features_of_batches(images[s:s + batch_size] for s in range(0, n, batch_size))
 
 
+class StandInInception(torch.nn.Module):
+    """Offline stand-in with Inception's contract ((n, 3, 299, 299) in [0, 255] -> (n, 2048)).
+
+    For tests and benchmarks only, where the real Inception file cannot be had: 'inception-v3'
+    is torchvision's Inception-v3 architecture with random weights (same cost as the real one),
+    'tiny' two strided convolutions. Its features are not FID; `feature_id` says 'swapped:'.
+    """
+
+    def __init__(self, kind: str = "tiny", seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        if kind == "inception-v3":
+            import torchvision
+
+            self.body = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=True)
+            self.body.fc = torch.nn.Identity()
+        elif kind == "tiny":
+            self.body = torch.nn.Sequential(
+                torch.nn.Conv2d(3, 16, 5, stride=4), torch.nn.ReLU(), torch.nn.Conv2d(16, 64, 5, stride=4),
+                torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(), torch.nn.Linear(1024, 2048))
+        else:
+            raise ValueError(f"unknown stand-in {kind!r}")
+        self.kind = kind
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[0, 255] images -> (n, 2048), normalised as clean-fid normalises for Inception."""
+        return self.body((x - 128) / 128)
+
+
 class DigitsFeatureExtractor:
     """The demo digits classifier's penultimate features: the metric is 'FD-digits', not FID."""
 
