@@ -54,3 +54,32 @@ def expect_success(db, job_id: int, timeout: float = 120.0):
 
 
 __all__ = ["make_tiny_model", "make_tiny_classifier", "wait_for_job", "expect_success", "UserError"]
+
+
+def run_now(studio, job_id: int):
+    """Run a queued job in this process (tests: no worker start-up cost); returns its JobView."""
+    from .jobs.worker import run_job
+    from .services import jobs
+    run_job(job_id, str(studio.settings.data_dir), studio.db.url)
+    return jobs.get(studio.db, job_id)
+
+
+def tiny_studio(data_dir, n_pool: int = 0, steps: int = 2, label: bool = True):
+    """A studio (no runner) with a tiny model, a tiny digits classifier and the digits groupings.
+
+    Returns (studio, model_id). With n_pool > 0 the pool is generated (and labelled) in-process.
+    """
+    from .core import open_studio
+    from .services import attributes, pool, registry
+    from .settings import Settings
+    data_dir = Path(data_dir)
+    st = open_studio(Settings(data_dir=data_dir), start_runner=False, demo=False)
+    clf = make_tiny_classifier(data_dir.parent / "tiny_digits.safetensors")
+    attributes.register_classifier(st.db, "digits", {"weights": str(clf)})
+    attributes.register_builtin_groupings(st.db, "digits")
+    mid = registry.register_checkpoint(st.db, st.settings, make_tiny_model(data_dir.parent / "tiny.safetensors"))
+    if n_pool:
+        assert run_now(st, pool.submit_generate(st.db, mid, n_pool, steps=steps)).state == "succeeded"
+        if label:
+            assert run_now(st, pool.submit_label(st.db, mid, "digits")).state == "succeeded"
+    return st, mid

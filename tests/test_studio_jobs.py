@@ -107,3 +107,12 @@ def test_one_device_bound_job_at_a_time(studio, tmp_path):
     assert jobs.get(studio.db, b).state == "queued"
     expect_success(studio.db, a, timeout=120)
     expect_success(studio.db, b, timeout=120)
+
+
+def test_orm_matches_the_migrations(studio):
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+    from studio.models import Base
+    with studio.db.engine.connect() as c:
+        diff = compare_metadata(MigrationContext.configure(c), Base.metadata)
+    assert diff == [], f"models.py changed without a migration: {diff}"

@@ -1,0 +1,149 @@
+"""Target shares, building S (messages for impossible plans), fine-tuning the auxiliary model."""
+import os
+import signal
+import time
+
+import pytest
+from safetensors.torch import load_file
+
+from pipelines.errors import UserError
+from studio.jobs.runner import JobRunner
+from studio.services import attributes, finetune, jobs, labels, pool, sets, target
+from studio.testing import expect_success, run_now, tiny_studio, wait_for_job
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    st, mid = tiny_studio(tmp_path_factory.mktemp("shift") / "data", n_pool=80)
+    g = next(g for g in attributes.list_groupings(st.db, "digits") if g["name"] == "digits 0-4 vs 5-9")
+    yield st, mid, g
+    st.close()
+
+
+def test_normalise_keeps_the_moved_slider_and_sums_to_100():
+    out = target.normalise([70, 50, 50], changed=0)
+    assert out[0] == 70 and sum(out) == pytest.approx(100) and out[1] == out[2] == 15
+    out = target.normalise([10, 0, 0, 0], changed=0)
+    assert out == [10, 30, 30, 30]
+    assert sum(target.normalise([33.3, 33.3, 33.3, 0.2, 7])) == pytest.approx(100)
+
+
+def test_shares_not_summing_to_100_are_refused_with_the_sum():
+    with pytest.raises(UserError, match=r"sum to 90\.0%, not 100%.*Normalise"):
+        target.check_shares(["a", "b"], [60, 30])
+    assert target.check_shares(["a", "b"], [70, 30]) == {"a": 0.7, "b": 0.3}
+
+
+def test_suggested_mix_matches_the_papers_example():
+    mix = target.suggest_mix({"f": 0.5, "m": 0.5}, {"f": 0.7, "m": 0.3}, omega0=1.0)
+    assert mix == pytest.approx({"f": 0.3, "m": 0.7})
+    with pytest.raises(UserError, match="no samples in the labelled pool"):
+        target.suggest_mix({"a": 1.0, "b": 0.0}, {"a": 0.5, "b": 0.5}, 1.0)
+
+
+def test_base_fractions_have_wilson_intervals(world):
+    st, mid, g = world
+    bf = pool.base_fractions(st.db, mid, g)
+    fr = bf["groups"]
+    assert sum(v["count"] for v in fr.values()) == bf["assigned"] <= 80
+    assert all(v["lo"] <= v["fraction"] <= v["hi"] for v in fr.values())
+
+
+def test_impossible_sets_are_refused_with_clear_messages(world):
+    st, mid, g = world
+    have = pool.group_counts(st.db, mid, g["id"])
+    big = max(have, key=lambda k: have.get(k, 0))
+    with pytest.raises(UserError, match="more than the labelled pool can supply"):
+        sets.plan(st.db, mid, g, {"0-4": 0.5, "5-9": 0.5}, n_s=1000, grow=False)
+    with pytest.raises(UserError, match="too rare"):
+        sets.plan(st.db, mid, g, {"0-4": 0.5, "5-9": 0.5}, n_s=1000, grow=True, max_pool=300)
+    with pytest.raises(UserError, match="sum to 100%"):
+        sets.plan(st.db, mid, g, {"0-4": 0.5, "5-9": 0.4}, n_s=10, grow=False)
+    g10 = next(x for x in attributes.list_groupings(st.db, "digits") if x["name"] == "all ten digits")
+    counts10 = pool.group_counts(st.db, mid, g10["id"])
+    empty = next(d for d in g10["groups"] if counts10.get(d, 0) == 0)
+    mix = {d: (1.0 if d == empty else 0.0) for d in g10["groups"]}
+    with pytest.raises(UserError, match=f"Group '{empty}' is empty"):
+        sets.plan(st.db, mid, g10, mix, n_s=5, grow=True)
+    assert big in have
+
+
+def test_build_set_grows_the_pool_when_short(world):
+    st, mid, g = world
+    have = pool.group_counts(st.db, mid, g["id"])
+    small = min(("0-4", "5-9"), key=lambda k: have.get(k, 0))
+    other = "5-9" if small == "0-4" else "0-4"
+    n_small = have[small] + 5  # more than the pool holds: the job must generate and label more
+    mix = {small: n_small / (n_small + 10), other: 10 / (n_small + 10)}
+    set_id, job = sets.submit_build(st.db, mid, g["id"], mix, n_s=n_small + 10, grow=True, steps=2)
+    view = run_now(st, job)
+    assert view.state == "succeeded", view.message
+    s = sets.get_set(st.db, set_id)
+    assert s["state"] == "ready" and s["counts"] == {small: n_small, other: 10}
+    assert sets.member_count(st.db, set_id) == n_small + 10
+    assert pool.pool_size(st.db, mid) > 80
+
+
+def test_not_preferred_set(world):
+    st, mid, g = world
+    ids = [r["id"] for r in pool.gallery_page(st.db, mid, per_page=6).rows]
+    with pytest.raises(UserError, match="not preferred"):
+        sets.build_not_preferred(st.db, 10 ** 6)
+    labels.set_not_preferred(st.db, ids)
+    sid = sets.build_not_preferred(st.db, mid)
+    assert sets.get_set(st.db, sid)["n_s"] == 6 and sets.member_count(st.db, sid) == 6
+
+
+def _set(st, mid, g, n=24):
+    return sets.build_not_preferred(st.db, mid) if n is None else \
+        run_now(st, sets.submit_build(st.db, mid, g["id"], {"0-4": 0.5, "5-9": 0.5}, n_s=n, steps=2)[1]) and \
+        sets.list_sets(st.db, mid)[0]["id"]
+
+
+def test_finetune_registers_budget_checkpoints_and_bad_settings_are_refused(world):
+    st, mid, g = world
+    sid = _set(st, mid, g)
+    with pytest.raises(UserError, match="checkpoint interval"):
+        finetune.submit(st.db, sid, total_kimg=0.1, checkpoint_kimg=0.5, lr=1e-3, batch_size=8)
+    job = finetune.submit(st.db, sid, total_kimg=0.064, checkpoint_kimg=0.032, lr=1e-3, batch_size=8)
+    view = run_now(st, job)
+    assert view.state == "succeeded", view.traceback
+    assert view.result["nimg"] == 64
+    assert [c["kimg"] for c in finetune.checkpoints(st.db, job)] == [0.032, 0.064]
+    curve = finetune.loss_curve(st.settings, st.db, job)
+    assert curve and curve[-1]["nimg"] == 64
+
+
+@pytest.mark.slow
+def test_killed_finetune_is_interrupted_then_resumes_to_the_same_result(world):
+    """Kill the worker mid-run, restart the runner: interrupted; resume: same images seen, same weights."""
+    st, mid, g = world
+    sid = _set(st, mid, g)
+    kw = dict(total_kimg=0.768, checkpoint_kimg=0.128, lr=1e-3, batch_size=8)
+    straight = finetune.submit(st.db, sid, **kw)
+    ref = run_now(st, straight)
+    assert ref.state == "succeeded"
+
+    job = finetune.submit(st.db, sid, **kw)
+    runner = JobRunner(st.db, st.settings, poll_s=0.1).start()
+    wait_for_job(st.db, job, states=("running",), timeout=120)
+    while not finetune.checkpoints(st.db, job):
+        time.sleep(0.1)
+    os.killpg(runner.children[job].pid, signal.SIGKILL)
+    runner.stop()  # the studio goes down too
+    runner = JobRunner(st.db, st.settings, poll_s=0.1)
+    runner.tick()  # a restarted studio looks at its jobs first
+    view = jobs.get(st.db, job)
+    assert view.state == "interrupted", view.message
+    done_before = len(finetune.checkpoints(st.db, job))
+    assert 0 < done_before < 6
+    jobs.resume(st.db, job)
+    runner.start()
+    view = expect_success(st.db, job, timeout=300)
+    runner.stop()
+    assert view.result["nimg"] == ref.result["nimg"] == 768
+    assert [c["kimg"] for c in finetune.checkpoints(st.db, job)] == \
+        [c["kimg"] for c in finetune.checkpoints(st.db, straight)]
+    a = load_file(str(st.settings.abs(finetune.checkpoints(st.db, straight)[-1]["path"])))
+    b = load_file(str(st.settings.abs(finetune.checkpoints(st.db, job)[-1]["path"])))
+    assert all((a[k] == b[k]).all() for k in a)  # exact resume: bit-identical weights
