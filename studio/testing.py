@@ -18,7 +18,7 @@ def make_tiny_model(path, seed: int = 0, resolution: int = 8, channels: int = 1,
         "tiny", img_resolution=resolution, img_channels=channels, model_channels=model_channels,
         channel_mult=[1], num_blocks=1))
     model = build_model(cfg)
-    return save_model(path, model, cfg, dataset={"name": "none (untrained test model)"},
+    return save_model(path, model, cfg, dataset={"name": f"digits:{resolution}", "note": "untrained test model"},
                       provenance={"name": f"tiny test model (seed {seed})"})
 
 

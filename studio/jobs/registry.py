@@ -11,7 +11,7 @@ TASKS = {
     "build_set": "build_set",
     "finetune": "finetune",
     "sweep": "sweep",
-    "find_omega": "sweep",
+    "find_omega": "find_omega",
     "import_model": "import_model",
     "export_dataset": "export_dataset",
 }

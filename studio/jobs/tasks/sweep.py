@@ -1,0 +1,79 @@
+"""Job 'sweep': precompute the omega grid of previews (live scrubbing) and measure fractions/FD over (omega, budget).
+
+Nothing cached is recomputed: previews are looked up by render key, measurements by
+(checkpoint, omega, grouping, settings key).
+"""
+from __future__ import annotations
+
+import numpy as np
+from sqlalchemy import select
+
+from ...models import Metric, Model
+from ...services.evaluate import Measurer, pair_paths, render, render_cached
+from ...services.attributes import get_grouping
+from .common import set_threads
+
+
+def has_point(ctx, checkpoint_id: int, omega: float, grouping_id: int, key: str) -> bool:
+    """True when this (checkpoint, omega) was already measured with these settings."""
+    with ctx.db.session(read_only=True) as s:
+        return s.scalar(select(Metric.id).where(
+            Metric.kind == "fraction", Metric.checkpoint_id == checkpoint_id, Metric.grouping_id == grouping_id,
+            Metric.settings_key == key, Metric.omega == round(float(omega), 4)).limit(1)) is not None
+
+
+def measure_point(ctx, measurer: Measurer, checkpoint_id: int, omega: float, p: dict) -> dict:
+    """Render n samples at omega, store fraction (+CI) and FD rows; returns {group: fraction, 'fd': ...}."""
+    base_row, base_path, aux_path = pair_paths(ctx.db, ctx.settings, checkpoint_id)
+    seeds = range(int(p["metric_seed0"]), int(p["metric_seed0"]) + int(p["n"]))
+    interval = tuple(p["interval"]) if p.get("interval") else None
+    images = render(base_path, aux_path, omega, seeds, p["steps"], interval, p.get("shared_encoder", False),
+                    ctx.device)
+    fr, assigned = measurer.fractions(images)
+    fd = measurer.distances(images, assigned)
+    common = dict(model_id=base_row.id, checkpoint_id=checkpoint_id, grouping_id=p["grouping_id"],
+                  omega=round(float(omega), 4), settings_key=p["settings_key"], n=int(p["n"]))
+    rows = [dict(kind="fraction", group_name=g, value=float(f), ci_lo=lo, ci_hi=hi, **{**common, "n": k})
+            for g, (f, lo, hi, k) in fr.items()]
+    if fd is not None:
+        rows.append(dict(kind="fd", value=float(fd["overall"]), **common))
+        if fd.get("reweighted") is not None:
+            rows.append(dict(kind="fd_reweighted", value=float(fd["reweighted"]), **common))
+        rows += [dict(kind="fd_group", group_name=g, value=float(v), **common)
+                 for g, v in fd["per_group"].items() if np.isfinite(v)]
+    ctx.metrics(rows)
+    return {"fractions": {g: v[0] for g, v in fr.items()}, "fd": fd}
+
+
+def run(ctx) -> dict:
+    """Previews for the picked checkpoint, then measurements over every (checkpoint, omega)."""
+    set_threads()
+    p = ctx.params
+    interval = tuple(p["interval"]) if p.get("interval") else None
+    previews = [float(w) for w in p.get("preview_omegas", [])]
+    points = [(int(c), float(w)) for c in p["checkpoint_ids"] for w in p["metric_omegas"]]
+    todo = [(c, w) for c, w in points if not has_point(ctx, c, w, p["grouping_id"], p["settings_key"])]
+    total = max(len(previews) + len(todo), 1)
+    done = 0
+    for w in previews:
+        render_cached(ctx.db, ctx.settings, p["preview_checkpoint"], w, p["preview_seeds"], p["preview_steps"],
+                      interval, p.get("shared_encoder", False), ctx.device)
+        done += 1
+        ctx.progress(done / total, f"preview omega={w:+.2f} ({done}/{len(previews)})")
+    ctx.log(f"{len(previews)} previews cached; measuring {len(todo)} of {len(points)} points (rest cached)")
+    if todo:
+        with ctx.db.session(read_only=True) as s:
+            base = s.get(Model, pair_paths(ctx.db, ctx.settings, todo[0][0])[0].id)
+            s.expunge(base)
+        measurer = Measurer(ctx.db, ctx.settings, base, get_grouping(ctx.db, p["grouping_id"]), ctx.device)
+        for c, w in todo:
+            out = measure_point(ctx, measurer, c, w, p)
+            done += 1
+            desc = ", ".join(f"{g} {100 * f:.0f}%" for g, f in out["fractions"].items())
+            ctx.progress(done / total, f"checkpoint #{c} omega={w:+.2f}: {desc}")
+            ctx.log(f"ckpt {c} omega {w:+.2f}: {desc}" + (f", {measurer.metric} {out['fd']['overall']:.2f}"
+                                                           if out["fd"] else ""))
+        if measurer.ref_error:
+            ctx.log(f"distances skipped: {measurer.ref_error}")
+            return {"message": f"measured {len(todo)} points (no distances: {measurer.ref_error})"}
+    return {"message": f"{len(previews)} previews and {len(todo)} measurements ({len(points) - len(todo)} cached)"}

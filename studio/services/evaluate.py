@@ -1,0 +1,215 @@
+"""Guided rendering and measurement shared by the Guide tab and its jobs.
+
+`render_cached` renders fixed seeds at one omega (same initial noise at every omega, so changes
+are visible) and caches the result on disk + in the `renders` table keyed by everything that
+determines the pixels. `measure` gives group fractions (Wilson CIs) and Fréchet distances per
+group against the real reference set (FD-digits for the demo classifier, FID otherwise).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from pipelines.errors import UserError
+
+from ..db import Database
+from ..models import Checkpoint, Model, Render
+from ..settings import Settings
+from ..storage import grid, write_png
+
+_MODELS: "OrderedDict[tuple, object]" = OrderedDict()
+_MODELS_LOCK = threading.Lock()
+_MAX_MODELS = 6
+
+
+def load_cached(path: Path, device: str = "cpu"):
+    """Load a native checkpoint once per process (small LRU keyed by path, mtime and device)."""
+    from pipelines.checkpoints.native import load_model
+    key = (str(path), path.stat().st_mtime_ns, device)
+    with _MODELS_LOCK:
+        if key in _MODELS:
+            _MODELS.move_to_end(key)
+            return _MODELS[key]
+    model, _ = load_model(path, device=device)
+    with _MODELS_LOCK:
+        _MODELS[key] = model
+        while len(_MODELS) > _MAX_MODELS:
+            _MODELS.popitem(last=False)
+    return model
+
+
+def pair_paths(db: Database, settings: Settings, checkpoint_id: int) -> tuple[Model, Path, Path]:
+    """(base model row, base path, aux checkpoint path) of an auxiliary checkpoint."""
+    with db.session(read_only=True) as s:
+        ck = s.get(Checkpoint, int(checkpoint_id)) if checkpoint_id not in (None, "") else None
+        if ck is None:
+            raise UserError("Pick an auxiliary checkpoint (run a fine-tune in the Fine-tune tab first).")
+        base = s.get(Model, ck.base_model_id)
+        s.expunge(base)
+        return base, settings.abs(base.path), settings.abs(ck.path)
+
+
+def interval_from_skip(steps: int, skip: int, sampler_kwargs: dict | None = None):
+    """Guidance interval (sigma_lo, sigma_hi) that leaves the first `skip` Heun steps unguided (paper App. A)."""
+    from pipelines.sampler import SamplerConfig, sigma_steps
+    skip = int(skip or 0)
+    if skip <= 0:
+        return None
+    if skip >= int(steps):
+        raise UserError(f"Skipping {skip} of {steps} steps leaves nothing to guide; skip fewer steps.")
+    t = sigma_steps(SamplerConfig(num_steps=int(steps), **(sampler_kwargs or {})))
+    return (0.0, float(t[skip]))
+
+
+def render_key(base_hash: str, checkpoint_id: int, omega: float, interval, seeds, steps: int,
+               shared_encoder: bool) -> str:
+    """Cache key: everything that determines the rendered pixels."""
+    blob = json.dumps({"base": base_hash, "ckpt": int(checkpoint_id), "omega": round(float(omega), 4),
+                       "interval": [round(v, 6) for v in interval] if interval else None,
+                       "seeds": [int(s) for s in seeds], "steps": int(steps), "shared": bool(shared_encoder)},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def render_cached(db: Database, settings: Settings, checkpoint_id: int, omega: float, seeds, steps: int,
+                  interval=None, shared_encoder: bool = False, device: str = "cpu") -> dict:
+    """Grid of `seeds` at `omega`: from the cache if there, else rendered now and cached."""
+    t0 = time.perf_counter()
+    base_row, base_path, aux_path = pair_paths(db, settings, checkpoint_id)
+    key = render_key(base_row.content_hash, checkpoint_id, omega, interval, seeds, steps, shared_encoder)
+    with db.session(read_only=True) as s:
+        row = s.scalar(select(Render).where(Render.key == key))
+        hit = row is not None and settings.abs(row.path).exists()
+        path = row.path if hit else None
+    if hit:
+        return {"grid": str(settings.abs(path)), "npz": str(settings.abs(path).with_suffix(".npz")),
+                "cached": True, "seconds": time.perf_counter() - t0, "key": key}
+    images = render(base_path, aux_path, omega, seeds, steps, interval, shared_encoder, device)
+    rel = f"cache/renders/{key[:2]}/{key}.png"
+    out = settings.abs(rel)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out.with_suffix(".npz"), images=images, seeds=np.asarray(list(seeds)), omega=float(omega))
+    write_png(out, grid(images, cols=int(np.ceil(np.sqrt(len(images)))), cell=48))
+    try:
+        with db.session() as s:
+            s.add(Render(key=key, model_id=base_row.id, checkpoint_id=int(checkpoint_id), omega=float(omega),
+                         settings={"interval": list(interval) if interval else None, "seeds": [int(x) for x in seeds],
+                                   "steps": int(steps), "shared_encoder": bool(shared_encoder)}, path=rel))
+    except IntegrityError:
+        pass  # a job or another tab rendered the same key a moment ago: same pixels
+    return {"grid": str(out), "npz": str(out.with_suffix(".npz")), "cached": False,
+            "seconds": time.perf_counter() - t0, "key": key}
+
+
+def render(base_path: Path, aux_path: Path, omega: float, seeds, steps: int, interval=None,
+           shared_encoder: bool = False, device: str = "cpu", batch_size: int = 64) -> np.ndarray:
+    """uint8 NHWC samples of the SIMS-guided model for `seeds` (seeded noise: same start at every omega)."""
+    from pipelines.generate import generate_images, generate_sims
+    from pipelines.sampler import SamplerConfig
+    base = load_cached(base_path, device)
+    sampler = SamplerConfig(num_steps=int(steps))
+    if float(omega) == 0.0:  # the base model alone: half the work
+        return generate_images(base, list(seeds), sampler, batch_size=batch_size, device=device)
+    aux = load_cached(aux_path, device)
+    images, _ = generate_sims(base, aux, float(omega), list(seeds), sampler, interval=interval,
+                              shared_encoder=shared_encoder, batch_size=batch_size, device=device)
+    return images
+
+
+# ----------------------------------------------------------------------------
+# Measurement: group fractions and per-group Fréchet distance
+
+
+def feature_kind(classifier: str) -> str:
+    """Feature space for Fréchet distances: the demo classifier's ('FD-digits') or Inception (FID)."""
+    return "digits" if classifier == "digits" else "inception"
+
+
+def metric_name(classifier: str) -> str:
+    """'FD-digits' for the demo, else 'FID'."""
+    return "FD-digits" if classifier == "digits" else "FID"
+
+
+def reference_images(settings: Settings, base: Model) -> np.ndarray:
+    """Real images to compare against: the model's recorded dataset (digits) or uploaded reference images."""
+    from pipelines.imageio import read_images
+    name = str((base.meta.get("dataset") or {}).get("name") or "")
+    if name.startswith("digits"):
+        from pipelines.data import open_dataset
+        ds = open_dataset(name)
+        return np.stack([ds[i][0].permute(1, 2, 0).numpy() for i in range(len(ds))])
+    folder = settings.path("reference", f"m{base.id}")
+    if (folder / "dataset.json").exists() or any(folder.glob("*/*.png")):
+        return read_images(folder)[0]
+    raise UserError(f"No real reference images for model '{base.name}': upload some (Models tab -> Real reference "
+                    "images) to measure per-group distances. Group fractions do not need them.")
+
+
+class Measurer:
+    """Classifier + features + per-group reference statistics for one (base model, grouping)."""
+
+    def __init__(self, db: Database, settings: Settings, base: Model, grouping: dict, device: str = "cpu"):
+        from .attributes import engine_grouping, load_classifier
+        self.grouping = grouping
+        self.eg = engine_grouping(grouping)
+        self.clf = load_classifier(db, grouping["classifier"], device=device)
+        self.classes = list(self.clf.classes)
+        self.metric = metric_name(grouping["classifier"])
+        self._settings, self._base, self._device, self._db = settings, base, device, db
+        self._extractor = None
+        self.ref = None
+        self.ref_error: str | None = None
+
+    def fractions(self, images: np.ndarray) -> tuple[dict, np.ndarray]:
+        """({group: (fraction, lo, hi, count)}, assigned labels) of generated images."""
+        from pipelines.attributes.groupings import group_fractions
+        assigned, _ = self.eg.assign(self.clf.predict_proba(images), self.classes, self.grouping["threshold"])
+        fr = group_fractions(assigned, self.eg)
+        return {g: (f, lo, hi, int((assigned == g).sum())) for g, (f, lo, hi) in fr.items()}, assigned
+
+    def _reference(self):
+        from pipelines.metrics.fid import compute_features, get_feature_extractor, stats_from_features, ReferenceStats
+        if self.ref is not None or self.ref_error is not None:
+            return self.ref
+        try:
+            options = {}
+            with self._db.session(read_only=True) as s:
+                from ..models import Classifier
+                row = s.scalar(select(Classifier).where(Classifier.name == self.grouping["classifier"]))
+                if row is not None and feature_kind(row.name) == "digits":
+                    options = {"weights": (row.options or {}).get("weights")}
+            self._extractor = get_feature_extractor(feature_kind(self.grouping["classifier"]), device=self._device,
+                                                    **options)
+            cache = self._settings.path("cache", "refstats",
+                                        f"m{self._base.id}-g{self.grouping['id']}-"
+                                        f"{hashlib.sha256(self._extractor.feature_id.encode()).hexdigest()[:12]}.npz")
+            if cache.exists():
+                self.ref = ReferenceStats.load(cache)
+            else:
+                real = reference_images(self._settings, self._base)
+                feats = compute_features(real, self._extractor, self._settings.path("cache", "features"))
+                assigned, _ = self.eg.assign(self.clf.predict_proba(real), self.classes, self.grouping["threshold"])
+                self.ref = stats_from_features(feats, self.metric, self._extractor.feature_id, assigned,
+                                               self.eg.group_names, info={"source": f"model {self._base.id}"})
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                self.ref.save(cache)
+        except UserError as e:
+            self.ref_error = str(e)
+        return self.ref
+
+    def distances(self, images: np.ndarray, assigned) -> dict | None:
+        """fd_report (overall, per_group, reweighted) or None when no reference is available."""
+        from pipelines.metrics.fid import compute_features, fd_report
+        ref = self._reference()
+        if ref is None:
+            return None
+        feats = compute_features(images, self._extractor, None)
+        return fd_report(feats, ref, assigned, feature=self._extractor.feature_id)

@@ -1,0 +1,99 @@
+"""Export: the shifted model as a SIMS bundle (with a model card), and a shifted dataset zip in EDM's layout."""
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+from sqlalchemy import select
+
+from pipelines.errors import UserError
+
+from ..db import Database
+from ..models import Job, Metric, Model, SyntheticSet
+from ..settings import Settings
+from . import jobs as jobs_service
+from .evaluate import interval_from_skip, metric_name
+from .finetune import get_checkpoint
+from .guide import OMEGA_MAX, OMEGA_MIN, GuideSettings
+
+
+def _name(name: str, default: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", (name or "").strip()).strip("-.")
+    return name or default
+
+
+def _measured(db: Database, checkpoint_id: int, omega: float) -> dict:
+    # Every measurement at this (checkpoint, omega), for the card; newest settings first.
+    with db.session(read_only=True) as s:
+        rows = s.scalars(select(Metric).where(Metric.checkpoint_id == checkpoint_id,
+                                              Metric.omega == round(float(omega), 4))
+                         .order_by(Metric.id.desc())).all()
+    out: dict = {}
+    for m in rows:
+        entry = out.setdefault(m.settings_key, {"n": m.n, "fractions": {}, "fd_per_group": {}})
+        if m.kind == "fraction":
+            entry["fractions"].setdefault(m.group_name, [round(m.value, 4), round(m.ci_lo, 4), round(m.ci_hi, 4)])
+        elif m.kind == "fd_group":
+            entry["fd_per_group"].setdefault(m.group_name, round(m.value, 4))
+        elif m.kind in ("fd", "fd_reweighted"):
+            entry.setdefault(m.kind, round(m.value, 4))
+    return out
+
+
+def provenance(db: Database, checkpoint_id: int) -> dict:
+    """The chain base model -> synthetic set -> fine-tune -> checkpoint, from the database."""
+    ck = get_checkpoint(db, checkpoint_id)
+    with db.session(read_only=True) as s:
+        base = s.get(Model, ck["base_model_id"])
+        sset = s.get(SyntheticSet, ck["set_id"]) if ck["set_id"] else None
+        job = s.get(Job, ck["job_id"])
+        return {
+            "base_model": {"name": base.name, "source": base.source, "source_ref": base.source_ref,
+                           "sha256": base.content_hash, "dataset": base.meta.get("dataset"),
+                           "provenance": base.meta.get("provenance")},
+            "synthetic_set": None if sset is None else {
+                "id": sset.id, "kind": sset.kind, "n_s": sset.n_s, "counts": sset.counts, "target": sset.target,
+                "aux_mix": sset.mix, "base_fractions": sset.base_fractions},
+            "finetune": {"job": job.id, "config": job.params.get("config"), "budget_kimg": ck["kimg"]},
+        }
+
+
+def export_bundle(db: Database, settings: Settings, checkpoint_id: int, omega: float, steps: int = 18,
+                  skip_steps: int = 0, shared_encoder: bool = False, name: str = "", classifier: str = "") -> dict:
+    """Write the SIMS bundle (+ its Markdown card) under exports/; returns paths and the card."""
+    from pipelines.checkpoints.bundle import save_bundle
+    from pipelines.guidance import parse_omega
+    from pipelines.sampler import SamplerConfig
+    omega = parse_omega(omega)
+    if not OMEGA_MIN <= omega <= OMEGA_MAX:
+        raise UserError(f"omega must be between {OMEGA_MIN} and {OMEGA_MAX}.")
+    ck = get_checkpoint(db, checkpoint_id)
+    with db.session(read_only=True) as s:
+        base_path = settings.abs(s.get(Model, ck["base_model_id"]).path)
+    interval = interval_from_skip(steps, skip_steps)
+    card = {"title": "SIMS-shifted model", "omega": omega, "budget_kimg": ck["kimg"],
+            "guidance_interval_skip_first_steps": int(skip_steps or 0),
+            "measured": _measured(db, ck["id"], omega), "distance_metric": metric_name(classifier) if classifier else None,
+            "provenance_chain": provenance(db, ck["id"]), "exported": datetime.now().isoformat(timespec="seconds")}
+    out = settings.path("exports", _name(name, f"sims-ckpt{ck['id']}-omega{omega:+.2f}") + ".safetensors")
+    save_bundle(out, base_path, settings.abs(ck["path"]), omega, interval, SamplerConfig(num_steps=int(steps)),
+                shared_encoder, card)
+    return {"bundle": str(out), "card": str(out.with_suffix(".md")), "card_data": card,
+            "command": f"python -m pipelines sample-sims --bundle {out} --seeds 0-63 --out samples.npz"}
+
+
+def submit_dataset_export(db: Database, checkpoint_id: int, omega: float, n: int, classifier: str,
+                          gs: GuideSettings, name: str = "", device: str = "cpu") -> int:
+    """Queue a job that renders n shifted images, labels them and writes an EDM-layout zip."""
+    from pipelines.guidance import parse_omega
+    omega = parse_omega(omega)
+    n = int(n or 0)
+    if not 1 <= n <= 5_000_000:
+        raise UserError(f"Number of images must be between 1 and 5,000,000 (got {n}).")
+    ck = get_checkpoint(db, checkpoint_id)
+    fname = _name(name, f"shifted-ckpt{ck['id']}-omega{omega:+.2f}-{n}") + ".zip"
+    return jobs_service.submit(db, "export_dataset", {
+        "checkpoint_id": ck["id"], "omega": omega, "n": n, "classifier": classifier or None, "steps": gs.steps,
+        "interval": list(gs.interval()) if gs.interval() else None, "shared_encoder": gs.shared_encoder,
+        "seed0": 2_000_000, "file": f"exports/{fname}"}, title=f"Export {n} images at omega {omega:+.2f}",
+        device=device)

@@ -1,0 +1,157 @@
+"""Guide tab service: live previews at omega, the omega grid job, curves, (omega, budget) heat map, find omega."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from sqlalchemy import select
+
+from pipelines.errors import UserError
+
+from ..db import Database
+from ..models import Checkpoint, Metric
+from ..settings import Settings
+from . import jobs as jobs_service
+from .attributes import get_grouping
+from .evaluate import interval_from_skip, render_cached
+from .finetune import checkpoints, get_checkpoint
+
+OMEGA_MIN, OMEGA_MAX, OMEGA_STEP = -1.0, 3.0, 0.25
+METRIC_SEED0 = 1_000_000  # measurement seeds never overlap the pool's (which start at 0)
+
+
+@dataclass(frozen=True)
+class GuideSettings:
+    """Everything besides (checkpoint, omega) that changes what a guided sample looks like or how it is measured."""
+    preview_steps: int = 12
+    preview_count: int = 64
+    steps: int = 18
+    n: int = 256
+    skip_steps: int = 0
+    shared_encoder: bool = False
+
+    def interval(self, steps: int | None = None):
+        """Sigma interval of guidance for a run with `steps` steps (None = whole trajectory)."""
+        return interval_from_skip(steps or self.steps, self.skip_steps)
+
+    def key(self) -> str:
+        """Short hash of the measurement settings (curves of different settings never mix)."""
+        blob = json.dumps({"steps": self.steps, "n": self.n, "seed0": METRIC_SEED0, "skip": self.skip_steps,
+                           "shared": self.shared_encoder}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def check(self) -> "GuideSettings":
+        """Refuse nonsense with a message."""
+        if not 1 <= self.preview_steps <= 256 or not 1 <= self.steps <= 256:
+            raise UserError("Sampler steps must be between 1 and 256.")
+        if not 16 <= self.n <= 100_000:
+            raise UserError(f"Samples per omega must be between 16 and 100,000 (got {self.n}).")
+        if not 1 <= self.preview_count <= 256:
+            raise UserError("The preview grid holds 1 to 256 samples.")
+        self.interval(self.preview_steps)  # raises if skip >= steps
+        self.interval()
+        return self
+
+
+def omega_grid(step: float = OMEGA_STEP) -> list[float]:
+    """Slider positions from -1 to 3."""
+    n = int(round((OMEGA_MAX - OMEGA_MIN) / step))
+    return [round(OMEGA_MIN + i * step, 4) for i in range(n + 1)]
+
+
+def preview(db: Database, settings: Settings, checkpoint_id: int, omega: float, gs: GuideSettings,
+            device: str = "cpu") -> dict:
+    """Grid of the fixed preview seeds at omega (cached, else rendered now)."""
+    from pipelines.guidance import parse_omega
+    omega = parse_omega(omega)
+    if not OMEGA_MIN <= omega <= OMEGA_MAX:
+        raise UserError(f"omega must be between {OMEGA_MIN} and {OMEGA_MAX} (got {omega}).")
+    return render_cached(db, settings, checkpoint_id, omega, range(gs.preview_count), gs.preview_steps,
+                         gs.interval(gs.preview_steps), gs.shared_encoder, device)
+
+
+def submit_sweep(db: Database, checkpoint_id: int, grouping_id: int, gs: GuideSettings, all_budgets: bool = True,
+                 metric_omegas=None, device: str = "cpu") -> int:
+    """Queue the omega-grid job: previews for this checkpoint, measurements over (omega, budget)."""
+    gs.check()
+    ck = get_checkpoint(db, checkpoint_id)
+    grouping = get_grouping(db, grouping_id)
+    ids = [c["id"] for c in checkpoints(db, ck["job_id"])] if all_budgets else [ck["id"]]
+    metric_omegas = list(metric_omegas or omega_grid(0.5))
+    params = {"preview_checkpoint": ck["id"], "preview_omegas": omega_grid(), "preview_seeds": list(range(gs.preview_count)),
+              "preview_steps": gs.preview_steps, "checkpoint_ids": ids, "metric_omegas": metric_omegas,
+              "grouping_id": grouping["id"], "n": gs.n, "steps": gs.steps, "metric_seed0": METRIC_SEED0,
+              "interval": _as_list(gs.interval()), "shared_encoder": gs.shared_encoder, "settings_key": gs.key(),
+              "guide": asdict(gs)}
+    return jobs_service.submit(db, "sweep", params, device=device,
+                               title=f"Omega grid: {len(omega_grid())} previews, {len(ids)}x{len(metric_omegas)} "
+                                     f"measurements ({gs.n} samples each)")
+
+
+def submit_find_omega(db: Database, checkpoint_id: int, grouping_id: int, group: str, target_fraction: float,
+                      gs: GuideSettings, iterations: int = 4, device: str = "cpu") -> int:
+    """Queue the search for the omega whose `group` fraction is closest to the target."""
+    gs.check()
+    ck = get_checkpoint(db, checkpoint_id)
+    grouping = get_grouping(db, grouping_id)
+    if group not in grouping["groups"]:
+        raise UserError(f"'{group}' is not a group of {grouping['name']}.")
+    if not 0 <= float(target_fraction) <= 1:
+        raise UserError("The target fraction must be between 0% and 100%.")
+    params = {"checkpoint_id": ck["id"], "grouping_id": grouping["id"], "group": group,
+              "target": float(target_fraction), "iterations": int(iterations), "n": gs.n, "steps": gs.steps,
+              "metric_seed0": METRIC_SEED0, "interval": _as_list(gs.interval()), "shared_encoder": gs.shared_encoder,
+              "settings_key": gs.key()}
+    return jobs_service.submit(db, "find_omega", params, device=device,
+                               title=f"Find omega: {group} -> {100 * float(target_fraction):.0f}% "
+                                     f"(checkpoint {ck['kimg']:g} kimg)")
+
+
+def _as_list(interval):
+    return list(interval) if interval else None
+
+
+def curves(db: Database, checkpoint_id: int, grouping_id: int, gs: GuideSettings) -> dict:
+    """Measured curves vs omega for one checkpoint: fractions (+CI) and distances per group."""
+    with db.session(read_only=True) as s:
+        rows = s.scalars(select(Metric).where(
+            Metric.checkpoint_id == int(checkpoint_id), Metric.grouping_id == int(grouping_id),
+            Metric.settings_key == gs.key()).order_by(Metric.omega, Metric.id)).all()
+    out: dict = {"fraction": {}, "fd_group": {}, "fd": {}, "fd_reweighted": {}}
+    for m in rows:  # later rows for the same point replace earlier ones
+        if m.kind in ("fraction", "fd_group"):
+            out[m.kind].setdefault(m.group_name, {})[m.omega] = (m.value, m.ci_lo, m.ci_hi)
+        elif m.kind in ("fd", "fd_reweighted"):
+            out[m.kind][m.omega] = m.value
+    return out
+
+
+def heatmap(db: Database, checkpoint_id: int, grouping_id: int, group: str, gs: GuideSettings) -> dict:
+    """(budget x omega) matrices of the group's fraction and of the overall distance, for the whole run."""
+    ck = get_checkpoint(db, checkpoint_id)
+    budgets = checkpoints(db, ck["job_id"])
+    ids = {c["id"]: c["kimg"] for c in budgets}
+    with db.session(read_only=True) as s:
+        rows = s.execute(select(Metric.kind, Metric.checkpoint_id, Metric.omega, Metric.value).where(
+            Metric.checkpoint_id.in_(list(ids)), Metric.grouping_id == int(grouping_id),
+            Metric.settings_key == gs.key(),
+            ((Metric.kind == "fraction") & (Metric.group_name == group)) | (Metric.kind == "fd"))).all()
+    omegas = sorted({r[2] for r in rows})
+    kimgs = [c["kimg"] for c in budgets]
+    frac = np.full((len(kimgs), len(omegas)), np.nan)
+    fd = np.full_like(frac, np.nan)
+    for kind, cid, w, v in rows:
+        i, j = kimgs.index(ids[cid]), omegas.index(w)
+        (frac if kind == "fraction" else fd)[i, j] = v
+    return {"omegas": omegas, "kimgs": kimgs, "fraction": frac, "fd": fd}
+
+
+def run_checkpoints(db: Database, model_id: int | None = None) -> list[tuple[str, int]]:
+    """(label, checkpoint id) choices for the budget picker, newest run first."""
+    with db.session(read_only=True) as s:
+        q = select(Checkpoint).order_by(Checkpoint.job_id.desc(), Checkpoint.kimg)
+        if model_id is not None:
+            q = q.where(Checkpoint.base_model_id == int(model_id))
+        return [(f"run #{c.job_id} · {c.kimg:g} kimg", c.id) for c in s.scalars(q)]

@@ -1,0 +1,89 @@
+"""Guide and export: cached previews, the omega grid job, curves, heat map, find omega, bundle and dataset."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pipelines.errors import UserError
+from studio.services import attributes, export, finetune, guide, pool, sets
+from studio.storage import read_png
+from studio.testing import run_now, tiny_studio
+
+GS = guide.GuideSettings(preview_steps=2, preview_count=4, steps=2, n=16)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    st, mid = tiny_studio(tmp_path_factory.mktemp("guide") / "data", n_pool=40)
+    g = next(g for g in attributes.list_groupings(st.db, "digits") if g["name"] == "digits 0-4 vs 5-9")
+    sid, job = sets.submit_build(st.db, mid, g["id"], {"0-4": 0.5, "5-9": 0.5}, n_s=16, steps=2)
+    assert run_now(st, job).state == "succeeded"
+    ft = finetune.submit(st.db, sid, total_kimg=0.032, checkpoint_kimg=0.016, lr=1e-3, batch_size=8)
+    assert run_now(st, ft).state == "succeeded"
+    cks = finetune.checkpoints(st.db, ft)
+    yield st, mid, g, cks
+    st.close()
+
+
+def test_preview_is_cached_and_omega_zero_is_the_base_model(world):
+    st, mid, g, cks = world
+    first = guide.preview(st.db, st.settings, cks[-1]["id"], 1.5, GS)
+    again = guide.preview(st.db, st.settings, cks[-1]["id"], 1.5, GS)
+    assert not first["cached"] and again["cached"] and again["grid"] == first["grid"]
+    zero = np.load(guide.preview(st.db, st.settings, cks[-1]["id"], 0.0, GS)["npz"])["images"]
+    seed0 = next(r for r in pool.gallery_page(st.db, mid, per_page=5).rows if r["seed"] == 0)
+    assert (zero[0] == read_png(st.settings.abs(seed0["path"]))).all()  # same noise, same sampler
+    moved = np.load(first["npz"])["images"]
+    assert moved.shape == zero.shape
+    with pytest.raises(UserError, match="between -1.0 and 3.0"):
+        guide.preview(st.db, st.settings, cks[-1]["id"], 5, GS)
+
+
+def test_sweep_fills_the_cache_and_the_curves(world):
+    st, mid, g, cks = world
+    job = guide.submit_sweep(st.db, cks[-1]["id"], g["id"], GS, metric_omegas=[-1, 0, 1])
+    view = run_now(st, job)
+    assert view.state == "succeeded", view.traceback
+    assert all(guide.preview(st.db, st.settings, cks[-1]["id"], w, GS)["cached"] for w in guide.omega_grid())
+    c = guide.curves(st.db, cks[-1]["id"], g["id"], GS)
+    assert sorted(c["fraction"]["0-4"]) == [-1, 0, 1]
+    for w in (-1, 0, 1):
+        assert c["fraction"]["0-4"][w][0] + c["fraction"]["5-9"][w][0] == pytest.approx(1) or \
+            np.isnan(c["fraction"]["0-4"][w][0])
+    assert set(c["fd"]) == {-1, 0, 1}  # FD-digits against the real digits
+    h = guide.heatmap(st.db, cks[-1]["id"], g["id"], "5-9", GS)
+    assert h["kimgs"] == [0.016, 0.032] and h["omegas"] == [-1, 0, 1] and np.isfinite(h["fraction"]).all()
+    # a second sweep finds everything cached
+    view = run_now(st, guide.submit_sweep(st.db, cks[-1]["id"], g["id"], GS, metric_omegas=[-1, 0, 1]))
+    assert "0 measurements (6 cached)" in view.message
+
+
+def test_find_omega_reports_the_closest_fraction(world):
+    st, mid, g, cks = world
+    view = run_now(st, guide.submit_find_omega(st.db, cks[-1]["id"], g["id"], "5-9", 0.7, GS, iterations=2))
+    assert view.state == "succeeded", view.traceback
+    assert -1 <= view.result["omega"] <= 3 and 0 <= view.result["fraction"] <= 1
+    assert "omega =" in view.message and "FD-digits" in view.result["metric"]
+
+
+def test_exported_bundle_samples_from_the_cli(world, tmp_path):
+    st, mid, g, cks = world
+    out = export.export_bundle(st.db, st.settings, cks[-1]["id"], 1.0, steps=2, name="demo", classifier="digits")
+    card = out["card_data"]
+    assert card["provenance_chain"]["synthetic_set"]["counts"] == {"0-4": 8, "5-9": 8}
+    assert card["measured"]  # the sweep's numbers at omega = 1
+    r = subprocess.run([sys.executable, "-m", "pipelines", "sample-sims", "--bundle", out["bundle"], "--seeds", "0-3",
+                        "--out", str(tmp_path / "s.npz")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert np.load(tmp_path / "s.npz")["images"].shape[0] == 4
+
+
+def test_exported_dataset_zip_has_images_and_labels(world):
+    from pipelines.imageio import read_images
+    st, mid, g, cks = world
+    view = run_now(st, export.submit_dataset_export(st.db, cks[-1]["id"], 1.0, 10, "digits", GS))
+    assert view.state == "succeeded", view.traceback
+    images, labels = read_images(st.settings.abs(view.result["file"]))
+    assert images.shape == (10, 8, 8, 1) and labels.shape == (10,)
+    assert sum(view.result["label_counts"].values()) == 10
