@@ -97,7 +97,8 @@ def _reference(args, extractor, clf):
     if clf is None:
         return stats_from_features(feats, extractor.metric, extractor.feature_id, info=info)
     result = _label(args, clf, ref)
-    info.update(classifier=clf.cache_id, grouping=result.grouping.to_dict(), threshold=args.threshold,
+    info.update(classifier=clf.cache_id, classifier_name=clf.name, grouping=result.grouping.to_dict(),
+                threshold=args.threshold,
                 counts=result.counts())
     return stats_from_features(feats, extractor.metric, extractor.feature_id, result.assigned,
                                result.grouping.group_names, info)
@@ -139,6 +140,10 @@ def run_fid(args) -> int:
     gen_groups = None
     if args.per_group:
         result = _label(args, clf, args.gen)
+        ref_clf = ref.info.get("classifier_name")
+        if ref_clf and ref_clf != clf.name:
+            raise UserError(f"the reference groups were labelled by {ref_clf}, not {clf.name}; "
+                            "use the same --classifier for both sets")
         ref_grouping = ref.info.get("grouping")
         if ref_grouping and ref_grouping != result.grouping.to_dict():
             raise UserError(f"the reference was grouped by {ref_grouping}, the generated set by "
