@@ -41,6 +41,7 @@ def _env():
     return env
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_match_one_process(tmp_path):
     script = tmp_path / "ddp_train.py"
     script.write_text(SCRIPT)
@@ -48,7 +49,7 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                           str(script), str(ddp_dir)], env=_env(), capture_output=True, text=True, timeout=600)
     assert ddp.returncode == 0, ddp.stdout[-3000:] + ddp.stderr[-3000:]
-    assert ddp.stdout.count("RESULT done 32") == 2  # both ranks finish the same budget
+    assert ddp.stdout.count("done 32") == 2  # both ranks finish the same budget (lines may interleave)
     one = subprocess.run([sys.executable, str(script), str(single_dir)], env=_env(), capture_output=True,
                          text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]

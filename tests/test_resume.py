@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -51,6 +52,7 @@ def _assert_same_run(a: Path, b: Path):
     assert [(r["nimg"], r["loss"]) for r in read_log(a)] == [(r["nimg"], r["loss"]) for r in read_log(b)]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_is_bit_identical(tmp_path):
     full, killed = tmp_path / "full", tmp_path / "killed"
     proc = _run(killed, stderr=subprocess.PIPE)

@@ -82,6 +82,17 @@ def test_budget_in_images_seen_and_checkpoints(tmp_path):
     assert longer["nimg"] == 160 and [n for n, _ in list_checkpoints(tmp_path)] == [64, 112, 160]
 
 
+def test_dataloader_workers_do_not_change_the_result(tmp_path):
+    # Image files decoded in 2 worker processes give the same batches, so the same weights.
+    from pipelines.imageio import write_image_folder
+    digits = DigitsDataset()
+    write_image_folder(tmp_path / "data", digits.images[:40].permute(0, 2, 3, 1).numpy(), digits.labels[:40])
+    runs = [train(unet(), tmp_path / "data", cfg(num_workers=w, total_kimg=0.032), tmp_path / f"w{w}")
+            for w in (0, 2)]
+    a, b = (load_file(r["final_checkpoint"]) for r in runs)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_config_errors(tmp_path):
     for bad in (0, -1):
         with pytest.raises(UserError, match="budget must be > 0 kimg"):

@@ -16,7 +16,9 @@ def ema_beta(nimg: int, batch_size: int, halflife_kimg: float, rampup_ratio: flo
 
 @torch.no_grad()
 def update_ema(ema: nn.Module, net: nn.Module, beta: float) -> None:
-    """ema <- net + beta * (ema - net) for trainable parameters; frozen ones stay bit-identical."""
-    for p_ema, p_net in zip(ema.parameters(), net.parameters()):
-        if p_net.requires_grad:
-            p_ema.copy_(p_net.detach().lerp(p_ema, beta))
+    """ema <- ema + (1 - beta) * (net - ema) for trainable parameters; frozen ones stay bit-identical."""
+    pairs = [(p_ema, p_net.detach()) for p_ema, p_net in zip(ema.parameters(), net.parameters())
+             if p_net.requires_grad]
+    if pairs:
+        # One fused call over all tensors (hundreds of kernel launches fewer per step on GPUs).
+        torch._foreach_lerp_([e for e, _ in pairs], [n for _, n in pairs], 1.0 - beta)

@@ -319,40 +319,51 @@ def train(model_cfg: ModelConfig | dict | None, dataset, cfg: TrainConfig | dict
         env.close()
 
 
+def _report(run: _Run, acc: torch.Tensor, clock: list, ckpt: bool, save: bool, progress) -> None:
+    """Average the loss since the last report over ranks, log it, save what is due, call `progress`."""
+    env, cfg = run.env, run.cfg
+    total_loss, count = env.all_reduce_sum(acc.clone()).tolist()
+    acc.zero_()
+    now = time.perf_counter()
+    rate = (run.nimg - clock[1]) / max(now - clock[0], 1e-9)
+    clock[:] = [now, run.nimg]
+    run.last_loss = total_loss / max(count, 1)
+    run.loss_history.append([run.nimg, run.last_loss])
+    if env.is_main:
+        files.append_log(run.run_dir, {"nimg": run.nimg, "kimg": run.nimg / 1000, "step": run.step,
+                                       "loss": run.last_loss, "images_per_s": rate,
+                                       "lr": run.optimizer.param_groups[0]["lr"], "time": time.time()})
+    path = _save_checkpoint(run) if ckpt else None
+    if save:
+        _save_state(run)
+    if progress is not None and env.is_main:
+        progress({"kimg": run.nimg / 1000, "total_kimg": cfg.total_kimg, "nimg": run.nimg, "step": run.step,
+                  "loss": run.last_loss, "images_per_s": rate,
+                  "eta_s": max(cfg.total_nimg - run.nimg, 0) / max(rate, 1e-9),
+                  "checkpoint": str(path) if path else None})
+
+
 def _loop(run: _Run, progress, should_stop) -> dict[str, Any]:
     env, cfg, total = run.env, run.cfg, run.cfg.total_nimg
     batches = _batches(run, run.step)
     acc = torch.tensor(run.pending, dtype=torch.float64, device=env.device)
-    t_last, n_last, t_start, n_start = time.perf_counter(), run.nimg, time.perf_counter(), run.nimg
+    t_start, n_start = time.perf_counter(), run.nimg
+    clock = [t_start, n_start]
     status = "done"
-    while run.nimg < total:
-        if should_stop is not None and env.any(bool(should_stop())):
-            status = "cancelled"
-            break
-        prev = run.nimg
-        acc += _train_step(run, batches)
-        finished = run.nimg >= total
-        ckpt = finished or _crossed(prev, run.nimg, cfg.checkpoint_kimg)
-        save = ckpt if cfg.state_kimg is None else finished or _crossed(prev, run.nimg, cfg.state_kimg)
-        if run.step % cfg.log_every == 0 or ckpt or save:
-            total_loss, count = env.all_reduce_sum(acc.clone()).tolist()
-            acc.zero_()
-            now = time.perf_counter()
-            rate = (run.nimg - n_last) / max(now - t_last, 1e-9)
-            t_last, n_last = now, run.nimg
-            run.last_loss = total_loss / max(count, 1)
-            run.loss_history.append([run.nimg, run.last_loss])
-            record = {"nimg": run.nimg, "kimg": run.nimg / 1000, "step": run.step, "loss": run.last_loss,
-                      "images_per_s": rate, "lr": run.optimizer.param_groups[0]["lr"], "time": time.time()}
-            if env.is_main:
-                files.append_log(run.run_dir, record)
-            path = _save_checkpoint(run) if ckpt else None
-            if save:
-                _save_state(run)
-            if progress is not None and env.is_main:
-                progress({"kimg": run.nimg / 1000, "total_kimg": cfg.total_kimg, "nimg": run.nimg,
-                          "step": run.step, "loss": run.last_loss, "images_per_s": rate,
-                          "eta_s": max(total - run.nimg, 0) / max(rate, 1e-9), "checkpoint": str(path) if path else None})
+    try:
+        while run.nimg < total:
+            if should_stop is not None and env.any(bool(should_stop())):
+                status = "cancelled"
+                break
+            prev = run.nimg
+            acc += _train_step(run, batches)
+            finished = run.nimg >= total
+            ckpt = finished or _crossed(prev, run.nimg, cfg.checkpoint_kimg)
+            save = ckpt if cfg.state_kimg is None else finished or _crossed(prev, run.nimg, cfg.state_kimg)
+            if run.step % cfg.log_every == 0 or ckpt or save:
+                _report(run, acc, clock, ckpt, save, progress)
+    finally:
+        batches.close()  # stops DataLoader workers
     if status == "cancelled":
         run.pending = env.all_reduce_sum(acc.clone()).tolist()
         _save_state(run)
