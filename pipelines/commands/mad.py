@@ -54,6 +54,8 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--out", default="out/mad", help="output folder (results.json + figures)")
     p.add_argument("--png", choices=["auto", "kaleido", "matplotlib", "none"], default="auto")
+    p.add_argument("--merge", nargs="+", metavar="RESULTS_JSON",
+                   help="merge results.json files of one sweep split by --sizes (or re-plot one) into --out")
     p.add_argument("--dry-run", action="store_true", help="print the resolved settings and exit")
     p.set_defaults(run=run)
 
@@ -84,11 +86,13 @@ def run(args) -> int:
     _check_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.merge:
+        return _merge(args)
     world = make_world(args.world)
     if args.experiment == "pollution":
         return _run_pollution(args, world)
     from ..experiments.mad.fig4 import SweepConfig, run_sweep
-    from ..experiments.mad.report import build_report, table_markdown, write_report
+    from ..experiments.mad.report import build_report, write_report
     cfg = SweepConfig(loop=_loop_config(args), sizes=args.sizes, omegas=args.omegas,
                       gen1_omegas=args.gen1_omegas, converged_from=args.converged_from)
     if args.dry_run:
@@ -105,10 +109,31 @@ def run(args) -> int:
     bar.close()
     report = build_report(result, world, seconds=time.time() - t0)
     written = write_report(report, Path(args.out), png=args.png)
-    for metric in ("w2_ot", "w2_gauss"):
-        print(f"\n{metric}: E[dist(G^inf)]/E[dist(G^1)], {cfg.loop.runs} runs x {cfg.loop.generations} generations")
-        print(table_markdown(report, metric))
+    _print_tables(report)
     print(f"\nPNG renderer: {written['png_renderer']}")
+    print("wrote", *written["files"], sep="\n  ")
+    return 0
+
+
+def _print_tables(report: dict) -> None:
+    from ..experiments.mad.report import table_markdown
+    loop = report["config"]["loop"]
+    for metric in ("w2_ot", "w2_gauss"):
+        print(f"\n{metric}: E[dist(G^inf)]/E[dist(G^1)], {loop['runs']} runs x {loop['generations']} generations")
+        print(table_markdown(report, metric))
+
+
+def _merge(args) -> int:
+    from ..experiments.mad.report import merge_reports, write_report
+    reports = []
+    for path in args.merge:
+        try:
+            reports.append(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError) as e:
+            raise UserError(f"Cannot read {path}: {e}. Pass results.json files written by `mad`.") from None
+    report = merge_reports(reports)
+    written = write_report(report, Path(args.out), png=args.png)
+    _print_tables(report)
     print("wrote", *written["files"], sep="\n  ")
     return 0
 

@@ -168,3 +168,24 @@ def write_report(report: dict, out_dir, png: str = "auto") -> dict:
     path.write_text(json.dumps(report, indent=1))
     written["files"].insert(0, str(path))
     return written
+
+
+def merge_reports(reports: list[dict]) -> dict:
+    """Join reports of one sweep split by |D_s| (same seed and settings otherwise) into one."""
+    if not reports:
+        raise UserError("Nothing to merge: give at least one results.json.")
+    first = reports[0]
+    key = lambda r: {k: v for k, v in r["config"]["loop"].items() if k != "n_syn"}  # noqa: E731
+    for r in reports[1:]:
+        if key(r) != key(first) or r["config"]["omegas"] != first["config"]["omegas"] or r["world"] != first["world"]:
+            raise UserError("These results come from different settings (seed, runs, omegas, world...); "
+                            "only shards of one sweep that differ in --sizes can be merged.")
+    merged = json.loads(json.dumps(first))
+    merged["config"]["sizes"] = sorted({s for r in reports for s in r["config"]["sizes"]})
+    merged["wall_seconds"] = [r.get("wall_seconds") for r in reports]
+    for metric, m in merged["metrics"].items():
+        loops = {(c["n_syn"], c["omega"]): c for r in reports for c in r["metrics"][metric]["loops"]}
+        table = {row["n_syn"]: row for r in reports for row in r["metrics"][metric]["table"]}
+        m["loops"] = [loops[k] for k in sorted(loops)]
+        m["table"] = [table[k] for k in sorted(table)]
+    return merged
