@@ -157,7 +157,7 @@ def _execute(model_cfg, dataset, cfg, args, base=None) -> int:
                                                              "[{elapsed}<{remaining}{postfix}]")
 
     def progress(info):
-        bar.update(info["kimg"] - bar.n)
+        bar.update(min(info["kimg"], bar.total) - bar.n)  # the last step may overshoot the budget
         bar.set_postfix(loss=f"{info['loss']:.4f}", img_s=f"{info['images_per_s']:.0f}")
         if info["checkpoint"]:
             bar.write(f"checkpoint {info['checkpoint']}")
