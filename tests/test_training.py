@@ -120,6 +120,15 @@ def test_resume_refuses_a_different_recipe(tmp_path):
 # ----------------------------------------------------------------------------
 # Decoder-only, conditioning, fine-tuning.
 
+def test_vp_preconditioning_trains_with_vp_loss(tmp_path):
+    vp = ModelConfig(backbone="mlp", network={"dim": 2, "hidden": 32, "depth": 2}, precond="vp")
+    result = train(vp, points(), cfg(lr=1e-2, total_kimg=0.32, log_every=10), tmp_path)
+    meta = read_metadata(result["final_checkpoint"])
+    assert meta["training"]["loss"] == "vp" and meta["model"]["precond"] == "vp"
+    losses = [loss for _, loss in result["loss_history"]]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
 def test_decoder_only_leaves_encoder_bit_identical(tmp_path):
     torch.manual_seed(0)
     init = build_model(unet()).state_dict()

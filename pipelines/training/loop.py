@@ -159,15 +159,14 @@ def _setup(model_cfg, dataset, cfg: TrainConfig, run_dir: Path, init_checkpoint,
     if weights is not None:
         net.load_state_dict(weights)
     _check_data(net, model_cfg, dataset)
-    net.train()
+    net.train().to(env.device)
     loss_fn = make_loss(cfg.loss or model_cfg.precond)
     x0, lab0 = dataset.get_batch([0])
-    probe_labels = _one_hot(lab0, model_cfg.label_dim)
-    _select_trainable(net, cfg.decoder_only,
-                      lambda: loss_fn(net, to_model_input(x0), probe_labels, None, torch.Generator().manual_seed(0)))
+    x0, probe_labels = to_model_input(x0).to(env.device), _one_hot(lab0, model_cfg.label_dim)
+    probe_labels = probe_labels.to(env.device) if probe_labels is not None else None
+    _select_trainable(net, cfg.decoder_only, lambda: loss_fn(net, x0, probe_labels, None,
+                                                             torch.Generator(env.device).manual_seed(0)))
     ema = copy.deepcopy(net).eval().requires_grad_(False)
-    net.to(env.device)
-    ema.to(env.device)
     if cfg.precision == "bf16":
         net.amp_dtype = ema.amp_dtype = torch.bfloat16
     optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=cfg.lr,
