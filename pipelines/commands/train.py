@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 from pathlib import Path
 
@@ -153,7 +154,8 @@ def _execute(model_cfg, dataset, cfg, args, base=None) -> int:
         print(json.dumps(resolved, indent=2))
         return 0
     stop = _StopFlag()
-    bar = tqdm(total=cfg.total_kimg, unit="kimg", bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} kimg "
+    main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 talks
+    bar = tqdm(total=cfg.total_kimg, unit="kimg", disable=not main_rank, bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} kimg "
                                                              "[{elapsed}<{remaining}{postfix}]")
 
     def progress(info):
@@ -166,6 +168,8 @@ def _execute(model_cfg, dataset, cfg, args, base=None) -> int:
         result = train(model_cfg, dataset, cfg, args.run_dir, init_checkpoint=base, progress=progress,
                        should_stop=stop)
     bar.close()
+    if not main_rank:
+        return 130 if result["status"] == "cancelled" else 0
     if result["status"] == "cancelled":
         print(f"cancelled at {result['kimg']:.3f} kimg; state saved. Rerun the same command to resume.")
         return 130
