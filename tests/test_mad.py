@@ -14,6 +14,7 @@ from pipelines.experiments.mad.distance import gaussian_w2, ot_w2
 from pipelines.experiments.mad.fig4 import SweepConfig, converged_ratio, run_sweep, summarize
 from pipelines.experiments.mad.loops import LoopConfig, LoopRunner, run_loop
 from pipelines.experiments.mad.pollution import PollutionConfig, run_pollution
+from pipelines.experiments.mad.shift import ShiftConfig, run_shift, select_mix
 from pipelines.experiments.mad.report import build_report, make_figures, merge_reports, write_figures
 from pipelines.experiments.mad.training import ToyDiffusion, TrainConfig, new_denoiser, train_runs
 from pipelines.experiments.mad.worlds import GaussianWorld, MixtureWorld, make_world
@@ -265,3 +266,27 @@ def test_cli_mad_end_to_end_and_errors(tmp_path, capsys):
     assert cli_main(["mad", "--device", "cuda:0"] if not torch.cuda.is_available() else ["mad", "--device", "tpu"]) == 2
     assert cli_main(["mad", "--dry-run"]) == 0
     assert '"generations": 100' in capsys.readouterr().out
+
+
+def test_select_mix_takes_exact_group_counts_and_explains_shortfalls():
+    pts = torch.arange(2 * 10 * 2, dtype=torch.float32).reshape(2, 10, 2)
+    labels = torch.tensor([[0, 1] * 5, [1] * 8 + [0] * 2])
+    out = select_mix(pts, labels, [2, 3])
+    assert out.shape == (2, 5, 2)
+    assert torch.equal(out[1, :2], pts[1, 8:10])  # run 1's only two group-0 points come first
+    with pytest.raises(UserError, match="group-0 points, 3 needed"):
+        select_mix(pts, labels, [3, 1])
+
+
+def test_shift_study_moves_the_generated_mix_away_from_the_auxiliary_mix():
+    """Auxiliary set 20% left / 80% right: omega > 0 raises the left share, omega = -1 lowers it."""
+    cfg = ShiftConfig(loop=LoopConfig(runs=2, n_real=300, n_aux=300, n_eval=300, ot_points=50,
+                                      base=TrainConfig(epochs=100), aux=TrainConfig(epochs=50),
+                                      diffusion=ToyDiffusion(hidden=32, depth=2, num_steps=10)),
+                      aux_mix=(0.2, 0.8), omegas=(-1.0, 0.0, 2.0))
+    rep = run_shift(cfg, MixtureWorld())
+    left = {row["omega"]: row["fractions"]["left"] for row in rep["rows"]}
+    assert left[-1.0] < left[0.0] - 0.05 and left[2.0] > left[0.0] + 0.05
+    assert abs(sum(rep["rows"][0]["fractions"].values()) - 1) < 1e-9
+    with pytest.raises(UserError, match="labelled world"):
+        run_shift(cfg, GaussianWorld())

@@ -28,7 +28,9 @@ def register(sub) -> None:
     p = sub.add_parser("mad", help="self-consuming loops on 2-D data: Fig. 4 sweep or Fig. 5 pollution study",
                        description="Many independent runs trained at once (batched MLPs). Defaults are the paper's "
                                    "Fig. 4 settings; the full scale (1000 runs x 100 generations) needs a GPU.")
-    p.add_argument("--experiment", choices=["fig4", "pollution"], default="fig4")
+    p.add_argument("--experiment", choices=["fig4", "pollution", "shift"], default="fig4",
+                   help="fig4: loops over |D_s| x omega; pollution: Fig. 5 analogue; shift: 2-D group shift "
+                        "(needs --world mixture)")
     p.add_argument("--world", choices=["gaussian", "mixture"], default="gaussian")
     p.add_argument("--loop", choices=["augment", "synthetic", "fresh"], default="augment",
                    help="augment: D_r u D_s^{t-1}; synthetic: D_s^{t-1}; fresh: new D_r^t u D_s^{t-1}")
@@ -36,7 +38,7 @@ def register(sub) -> None:
     p.add_argument("--generations", type=int, default=100)
     p.add_argument("--n-real", type=int, default=1000, help="|D_r|")
     p.add_argument("--sizes", type=_ints, default=[125, 250, 500, 1000], help="|D_s^t| values (fig4)")
-    p.add_argument("--omegas", type=_floats, default=[0, 1, 2, 3, 4], help="omega grid, must include 0")
+    p.add_argument("--omegas", type=_floats, default=[0, 1, 2, 3, 4], help="omega grid, must include 0 (negative first value: --omegas=-1,0,1)")
     p.add_argument("--gen1-omegas", type=_floats, default=[], help="extra omegas for the generation-1 curve")
     p.add_argument("--n-s", type=int, default=2000, help="samples the auxiliary model is fine-tuned on")
     p.add_argument("--n-eval", type=int, default=1000, help="points drawn per generation and run")
@@ -49,6 +51,8 @@ def register(sub) -> None:
     p.add_argument("--converged-from", type=int, default=20, help="G^inf averages generations from here on")
     p.add_argument("--pollution", type=_ints, default=[0, 250, 500, 1000, 2000],
                    help="|D_p| values (pollution experiment)")
+    p.add_argument("--aux-mix", type=_floats, default=[0.3, 0.7],
+                   help="group shares of the auxiliary set (shift experiment), world's group order")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -91,6 +95,8 @@ def run(args) -> int:
     world = make_world(args.world)
     if args.experiment == "pollution":
         return _run_pollution(args, world)
+    if args.experiment == "shift":
+        return _run_shift(args, world)
     from ..experiments.mad.fig4 import SweepConfig, run_sweep
     from ..experiments.mad.report import build_report, write_report
     cfg = SweepConfig(loop=_loop_config(args), sizes=args.sizes, omegas=args.omegas,
@@ -152,4 +158,22 @@ def _run_pollution(args, world) -> int:
     (out / "pollution.json").write_text(json.dumps(report, indent=1))
     print(pollution_table(report))
     print("wrote", out / "pollution.json")
+    return 0
+
+
+def _run_shift(args, world) -> int:
+    from ..experiments.mad.shift import ShiftConfig, run_shift, shift_table
+    cfg = ShiftConfig(loop=_loop_config(args), aux_mix=args.aux_mix, omegas=args.omegas)
+    if args.dry_run:
+        print(json.dumps({"world": asdict(world), "shift": asdict(cfg)}, indent=1))
+        return 0
+    t0 = time.time()
+    report = run_shift(cfg, world)
+    report["wall_seconds"] = time.time() - t0
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "shift.json").write_text(json.dumps(report, indent=1))
+    print(f"base pool fractions: {report['base_pool_fractions']}; auxiliary mix: {report['aux_mix']}")
+    print(shift_table(report))
+    print("wrote", out / "shift.json")
     return 0

@@ -92,6 +92,10 @@ class MixtureWorld:
         x = self._means[labels] + (self._chols[labels] @ z[..., None])[..., 0]
         return x.to(torch.float32), labels
 
+    def component(self, g: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, covariance) of group g's component, float64."""
+        return self._means[g].clone(), self._covs[g].clone()
+
     def log_densities(self, x: torch.Tensor) -> torch.Tensor:
         """log(w_k N(x; mu_k, Sigma_k)) for each component k: [..., K]."""
         x = x.to(torch.float64)[..., None, :]
