@@ -122,6 +122,17 @@ def load_digits_classifier(path=None, device=None) -> DigitsClassifier:
     return clf
 
 
+_LOADED: dict[tuple, DigitsClassifier] = {}
+
+
+def features(images, path=None, device=None, batch_size: int = 256) -> np.ndarray:
+    """(N, 128) FD-digits features of images from the bundled (or given) classifier, loaded once."""
+    key = (str(path or DEFAULT_PATH), str(device))
+    if key not in _LOADED:
+        _LOADED[key] = load_digits_classifier(path, device=device)
+    return _LOADED[key].features(images, batch_size)
+
+
 def _factory(weights=None, device=None, **_ignored) -> DigitsClassifier:
     return load_digits_classifier(weights, device=device)
 
