@@ -116,3 +116,23 @@ def test_nonzero_omega_needs_aux(mlp_pair):
     base, _, _ = mlp_pair
     with pytest.raises(UserError, match="auxiliary"):
         SIMSDenoiser(base, None, 1.0)
+
+
+def test_shared_encoder_with_a_decoder_only_unet():
+    """A UNet auxiliary that differs from the base only in `dec.*` (decoder-only fine-tune):
+    one shared encoder pass gives the same guided samples as two full passes."""
+    from pipelines.models import ModelConfig, build_model
+    from pipelines.networks.songunet import songunet_config
+    cfg = ModelConfig(backbone="songunet", network=songunet_config("tiny", img_resolution=8, img_channels=1))
+    torch.manual_seed(0)
+    base = build_model(cfg).eval()
+    aux = build_model(cfg).eval()
+    aux.load_state_dict(base.state_dict())
+    with torch.no_grad():
+        for p in aux.model.decoder_parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    full = sample_from_seeds(SIMSDenoiser(base, aux, 1.0), [0, 1], (1, 8, 8), SamplerConfig(num_steps=4))[0]
+    shared = sample_from_seeds(SIMSDenoiser(base, aux, 1.0, shared_encoder=True), [0, 1], (1, 8, 8),
+                               SamplerConfig(num_steps=4))[0]
+    torch.testing.assert_close(full, shared, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(full, sample_from_seeds(base, [0, 1], (1, 8, 8), SamplerConfig(num_steps=4))[0])
