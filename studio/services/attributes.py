@@ -134,3 +134,12 @@ def _engine_grouping(name: str, items: tuple) -> "object":
 def engine_grouping(g: dict):
     """The engine's Grouping object for a grouping dict (cached)."""
     return _engine_grouping(g["name"], tuple((k, tuple(v)) for k, v in g["groups"].items()))
+
+
+def get_classes(db: Database, classifier: str) -> list[str]:
+    """Class names of a registered classifier."""
+    with db.session(read_only=True) as s:
+        row = s.scalar(select(Classifier).where(Classifier.name == classifier))
+        if row is None:
+            raise UserError(f"Classifier {classifier!r} is not registered.")
+        return list(row.classes)

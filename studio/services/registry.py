@@ -140,3 +140,23 @@ def card(db: Database, model_id: int) -> ModelCard:
                      network=m.config.get("network", {}), dataset=m.meta.get("dataset", {}),
                      training=m.meta.get("training", {}), provenance=m.meta.get("provenance", {}),
                      pool_size=int(pool or 0), created_at=f"{m.created_at:%Y-%m-%d %H:%M}")
+
+
+def register_upload(db: Database, settings: Settings, path) -> tuple[str, int]:
+    """An uploaded checkpoint: ours is registered now ('model', id); an EDM pickle is imported by a job ('job', id)."""
+    from ..uploads import check_checkpoint, store_upload
+    path = check_checkpoint(path, settings.max_upload_mb)
+    if path.suffix.lower() == ".safetensors":
+        return "model", register_checkpoint(db, settings, path, source="upload", source_ref=path.name)
+    stored = store_upload(path, settings.path("uploads"))
+    return "job", submit_import(db, settings, str(stored), name=path.stem)
+
+
+def set_reference_images(db: Database, settings: Settings, model_id: int, files) -> int:
+    """Store checked real images as the model's reference set (per-group FD); returns how many."""
+    from ..uploads import import_reference_images
+    get_model(db, model_id)
+    n = import_reference_images(files, settings.path("reference", f"m{int(model_id)}"), settings.max_upload_mb)
+    for old in settings.path("cache", "refstats").glob(f"m{int(model_id)}-*.npz"):
+        old.unlink()  # statistics of the previous reference set are stale
+    return n

@@ -1,0 +1,118 @@
+"""The studio page: header pickers (model, grouping, device), one tab per module, one timer for job panels."""
+from __future__ import annotations
+
+import gradio as gr
+
+from ..core import Studio
+from ..services import attributes, jobs
+from . import build_tab, export_tab, finetune_tab, generate_tab, guide_tab, jobs_tab, models_tab, target_tab
+from .common import CSS, TERMINAL, THEME, Page, job_html, latest_job, model_choices
+
+TABS = (("Models", models_tab), ("Generate & label", generate_tab), ("Target", target_tab),
+        ("Build set", build_tab), ("Fine-tune", finetune_tab), ("Guide", guide_tab), ("Export", export_tab))
+TICK_S = 1.0
+
+
+def grouping_choices(db) -> list[tuple[str, int]]:
+    """(label, id) of every grouping."""
+    return [(f"{g['classifier']} · {g['name']}", g["id"]) for g in attributes.list_groupings(db)]
+
+
+def _default_grouping(db):
+    choices = grouping_choices(db)
+    preferred = [v for label, v in choices if label.endswith("digits 0-4 vs 5-9")]
+    return (preferred or [v for _, v in choices] or [None])[0]
+
+
+def _devices() -> list[str]:
+    import torch
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def build_ui(studio: Studio) -> gr.Blocks:
+    """Compose the tabs into one Blocks app."""
+    db = studio.db
+    page = Page(studio)
+    with gr.Blocks(title="SIMS Studio") as demo:
+        with gr.Row(elem_id="studio-header", equal_height=True):
+            gr.Markdown("# SIMS Studio\nSteer a diffusion model with its own synthetic data", scale=3)
+            page.model = gr.Dropdown(model_choices(db), label="Base model", elem_id="pick-model", scale=3)
+            page.grouping = gr.Dropdown(grouping_choices(db), value=_default_grouping(db), label="Grouping",
+                                        elem_id="pick-grouping", scale=2)
+            page.device = gr.Radio(_devices(), value=_devices()[-1], label="Device", elem_id="pick-device", scale=1)
+        tabs_loaders = []
+        with gr.Tabs():
+            for title, module in TABS:
+                with gr.Tab(title, id=title.lower().replace(" & ", "-").replace(" ", "-")) as tab:
+                    start = len(page.loaders)
+                    module.build(page)
+                    tabs_loaders.append((tab, page.loaders[start:]))
+            with gr.Tab("Jobs", id="jobs") as jtab:
+                start = len(page.loaders)
+                jobs_table = jobs_tab.build(page)
+                tabs_loaders.append((jtab, page.loaders[start:]))
+        _wire_timer(page, demo, jobs_table)
+        _wire_loading(page, demo, tabs_loaders)
+    return demo
+
+
+def _wire_loading(page: Page, demo: gr.Blocks, tabs_loaders) -> None:
+    """On page open: pick a model, follow each panel's newest job, fill every tab; on tab select: refresh it."""
+    db = page.db
+
+    def initial():
+        choices = model_choices(db)
+        return (gr.Dropdown(choices=choices, value=choices[0][1] if choices else None),
+                *[latest_job(db, f.kinds) for f in page.followers])
+
+    load = demo.load(initial, None, [page.model, *[f.job for f in page.followers]])
+    for fn, inputs, outputs in page.loaders:
+        load = load.then(fn, inputs, outputs)
+    for tab, loaders in tabs_loaders:
+        for fn, inputs, outputs in loaders:
+            tab.select(fn, inputs, outputs, show_progress="hidden")
+
+
+def _wire_timer(page: Page, demo: gr.Blocks, jobs_table) -> None:
+    """One timer refreshes every job panel (and live extras) plus the jobs table."""
+    db = page.db
+    followers = page.followers
+    live_outputs = [o for f in followers for o in f.live_outputs]
+
+    def tick(*job_ids):
+        panels, dones, lives, active = [], [], [], False
+        for f, jid in zip(followers, job_ids):
+            view = None
+            if jid is not None:
+                try:
+                    view = jobs.get(db, int(jid))
+                except Exception:
+                    view = None
+            panels.append(job_html(view))
+            active = active or (view is not None and view.state not in TERMINAL)
+            dones.append(f"{view.id}:{view.state}" if view is not None and view.state in TERMINAL else gr.skip())
+            if f.live is not None:
+                vals = f.live(jid) if view is not None and view.state not in TERMINAL else \
+                    [gr.skip()] * len(f.live_outputs)
+                lives.extend(vals)
+        # The timer runs only while some job is active: an idle page makes no requests.
+        return (*panels, *dones, *lives, jobs_tab.table_rows(db), gr.Timer(active=active))
+
+    timer = gr.Timer(TICK_S, active=False)
+    timer.tick(tick, [f.job for f in followers],
+               [*[f.panel for f in followers], *[f.done for f in followers], *live_outputs, jobs_table, timer],
+               show_progress="hidden", concurrency_limit=None)
+
+    def show(jid):
+        view = jobs.get(db, int(jid)) if jid is not None else None
+        return job_html(view), gr.Timer(active=view is not None and view.state not in TERMINAL) \
+            if view is not None and view.state not in TERMINAL else gr.skip()
+
+    for f in followers:  # show a newly submitted (or reloaded) job at once and wake the timer
+        f.job.change(show, f.job, [f.panel, timer], show_progress="hidden")
+
+
+def launch_kwargs(studio: Studio) -> dict:
+    """Arguments for `demo.launch` that every launcher (CLI, tests) must pass."""
+    return {"theme": THEME, "css": CSS, "allowed_paths": [str(studio.settings.data_dir)],
+            "max_file_size": f"{studio.settings.max_upload_mb}mb", "footer_links": ["settings"]}
