@@ -90,7 +90,7 @@ def _wire_timer(page: Page, demo: gr.Blocks, jobs_table) -> None:
                     view = None
             panels.append(job_html(view))
             active = active or (view is not None and view.state not in TERMINAL)
-            dones.append(f"{view.id}:{view.state}" if view is not None and view.state in TERMINAL else gr.skip())
+            dones.append([view.id, view.state] if view is not None and view.state in TERMINAL else gr.skip())
             if f.live is not None:
                 vals = f.live(jid) if view is not None and view.state not in TERMINAL else \
                     [gr.skip()] * len(f.live_outputs)

@@ -20,12 +20,17 @@ STATE_COLORS = {"queued": "#64748b", "starting": "#0ea5e9", "running": "#4f46e5"
 
 
 def hidden_value(value=None) -> gr.JSON:
-    """Per-browser value that lives in the page but is not shown.
+    """Per-browser list/dict that lives in the page but is not shown.
 
     Used instead of gr.State: State makes Gradio hold a heartbeat connection open for the
     whole session, so the page never becomes network-idle (which headless checks wait for).
     """
     return gr.JSON(value, visible="hidden")
+
+
+def hidden_id() -> gr.Number:
+    """Per-browser integer id (or None) that lives in the page but is not shown."""
+    return gr.Number(None, precision=0, visible="hidden")
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -50,17 +55,17 @@ def as_int(value) -> int | None:
 class JobFollower:
     """A progress panel that follows the newest job of some kinds; `done` changes when it ends."""
     kinds: tuple[str, ...]
-    job: gr.JSON | None = None
+    job: gr.Number | None = None
     panel: gr.HTML | None = None
     done: gr.JSON | None = None
     live: Callable | None = None      # fn(job_id) -> values for live_outputs, called each tick while active
     live_outputs: list = field(default_factory=list)
 
     def render(self) -> "JobFollower":
-        """Create the components at the current place in the layout."""
-        self.job = hidden_value(None)
+        """Create the components at the current place in the layout (panel id: job-<first kind>)."""
+        self.job = hidden_id()
         self.done = hidden_value(None)
-        self.panel = gr.HTML(job_html(None), elem_classes=["job-panel"])
+        self.panel = gr.HTML(job_html(None), elem_classes=["job-panel"], elem_id=f"job-{self.kinds[0]}")
         return self
 
 

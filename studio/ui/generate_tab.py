@@ -7,7 +7,7 @@ import gradio as gr
 
 from ..services import attributes, labels, pool
 from . import plots
-from .common import Page, as_int, hidden_value, user_errors
+from .common import Page, as_int, hidden_id, hidden_value, user_errors
 
 PER_PAGE = 48
 
@@ -34,7 +34,7 @@ def build(page: Page) -> None:
     """Lay out the tab and wire its events."""
     db, settings = page.db, page.settings
     rows_state = hidden_value([])
-    current = hidden_value(None)
+    current = hidden_id()
     with gr.Row():
         with gr.Column(scale=1, min_width=280):
             gr.Markdown("#### Grow the pool")
