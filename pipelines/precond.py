@@ -67,9 +67,6 @@ class Precond(nn.Module):
     def forward(self, x, sigma, class_labels=None, augment_labels=None) -> torch.Tensor:
         return self.decode(self.encode(x, sigma, class_labels, augment_labels))
 
-    def round_sigma(self, sigma):
-        return torch.as_tensor(sigma)
-
 
 class EDMPrecond(Precond):
     """EDM preconditioning (Karras et al. 2022, Table 1); used by the official edm-*-vp.pkl."""

@@ -11,14 +11,18 @@ from ..demo.assets import DEMO_CLASSIFIER, DEMO_MODEL
 
 def run_build_demo(args) -> int:
     from ..demo.build import build_demo
-    bar = tqdm(total=args.budget_kimg, unit="kimg", desc="demo base")
+    bar = tqdm(total=args.budget_kimg + args.cooldown_kimg, unit="kimg", desc="demo base")
+    done = [0.0, 0.0]  # kimg of finished stages, last kimg seen
 
     def progress(p):
-        bar.update(p["kimg"] - bar.n)
+        if p["kimg"] < done[1]:  # stage 2 started: its kimg count restarts at 0
+            done[0] += done[1]
+        done[1] = p["kimg"]
+        bar.update(done[0] + p["kimg"] - bar.n)
         bar.set_postfix(loss=f"{p['loss']:.3f}", img_s=f"{p['images_per_s']:.0f}")
 
-    report = build_demo(args.model_out, args.classifier_out, args.budget_kimg, args.rebuild_classifier,
-                        progress=progress)
+    report = build_demo(args.model_out, args.classifier_out, args.budget_kimg, args.cooldown_kimg,
+                        args.rebuild_classifier, progress=progress)
     bar.close()
     print(json.dumps(report, indent=1))
     return 0
@@ -37,7 +41,8 @@ def run_demo_shift(args) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("build-demo", help="retrain the bundled digits classifier and demo base model")
-    p.add_argument("--budget-kimg", type=float, default=300.0, help="base model training budget (kimg)")
+    p.add_argument("--budget-kimg", type=float, default=300.0, help="stage 1 training budget (kimg)")
+    p.add_argument("--cooldown-kimg", type=float, default=50.0, help="stage 2 low-lr budget (kimg)")
     p.add_argument("--model-out", default=str(DEMO_MODEL))
     p.add_argument("--classifier-out", default=str(DEMO_CLASSIFIER))
     p.add_argument("--rebuild-classifier", action="store_true", help="retrain the classifier even if present")
