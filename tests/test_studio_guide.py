@@ -19,7 +19,7 @@ def world(tmp_path_factory):
     g = next(g for g in attributes.list_groupings(st.db, "digits") if g["name"] == "digits 0-4 vs 5-9")
     sid, job = sets.submit_build(st.db, mid, g["id"], {"0-4": 0.5, "5-9": 0.5}, n_s=16, steps=2)
     assert run_now(st, job).state == "succeeded"
-    ft = finetune.submit(st.db, sid, total_kimg=0.032, checkpoint_kimg=0.016, lr=1e-3, batch_size=8)
+    ft = finetune.submit(st.db, sid, total_kimg=0.032, checkpoint_kimg=0.016, lr=1e-3, batch_size=8, previews=False)
     assert run_now(st, ft).state == "succeeded"
     cks = finetune.checkpoints(st.db, ft)
     yield st, mid, g, cks

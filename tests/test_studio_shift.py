@@ -104,10 +104,13 @@ def test_finetune_registers_budget_checkpoints_and_bad_settings_are_refused(worl
     st, mid, g = world
     sid = _set(st, mid, g)
     with pytest.raises(UserError, match="checkpoint interval"):
-        finetune.submit(st.db, sid, total_kimg=0.1, checkpoint_kimg=0.5, lr=1e-3, batch_size=8)
+        finetune.submit(st.db, sid, total_kimg=0.1, checkpoint_kimg=0.5, lr=1e-3, batch_size=8, previews=False)
     job = finetune.submit(st.db, sid, total_kimg=0.064, checkpoint_kimg=0.032, lr=1e-3, batch_size=8)
     view = run_now(st, job)
     assert view.state == "succeeded", view.traceback
+    previews = [j for j in jobs.list_jobs(st.db, kind="sweep") if j.state == "queued"]
+    assert previews and previews[0].params["preview_checkpoint"] == finetune.checkpoints(st.db, job)[-1]["id"]
+    jobs.cancel(st.db, previews[0].id)
     assert view.result["nimg"] == 64
     assert [c["kimg"] for c in finetune.checkpoints(st.db, job)] == [0.032, 0.064]
     curve = finetune.loss_curve(st.settings, st.db, job)
@@ -119,7 +122,7 @@ def test_killed_finetune_is_interrupted_then_resumes_to_the_same_result(world):
     """Kill the worker mid-run, restart the runner: interrupted; resume: same images seen, same weights."""
     st, mid, g = world
     sid = _set(st, mid, g)
-    kw = dict(total_kimg=0.768, checkpoint_kimg=0.128, lr=1e-3, batch_size=8)
+    kw = dict(total_kimg=0.768, checkpoint_kimg=0.128, lr=1e-3, batch_size=8, previews=False)
     straight = finetune.submit(st.db, sid, **kw)
     ref = run_now(st, straight)
     assert ref.state == "succeeded"

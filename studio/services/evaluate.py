@@ -97,7 +97,8 @@ def render_cached(db: Database, settings: Settings, checkpoint_id: int, omega: f
     out = settings.abs(rel)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(out.with_suffix(".npz"), images=images, seeds=np.asarray(list(seeds)), omega=float(omega))
-    write_png(out, grid(images, cols=int(np.ceil(np.sqrt(len(images)))), cell=48))
+    cols = int(np.ceil(np.sqrt(len(images))))
+    write_png(out, grid(images, cols=cols, cell=max(32, 512 // cols)))  # ~512 px wide, crisp pixels
     try:
         with db.session() as s:
             s.add(Render(key=key, model_id=base_row.id, checkpoint_id=int(checkpoint_id), omega=float(omega),

@@ -26,8 +26,12 @@ def defaults_for(db: Database, model_id: int) -> dict:
 
 
 def submit(db: Database, set_id: int, total_kimg: float, checkpoint_kimg: float, lr: float, batch_size: int,
-           decoder_only: bool = False, device: str = "cpu", gpus: int = 1, seed: int = 0) -> int:
-    """Validate and queue a fine-tune of S's base model on S; returns the job id."""
+           decoder_only: bool = False, device: str = "cpu", gpus: int = 1, seed: int = 0,
+           previews: bool = True) -> int:
+    """Validate and queue a fine-tune of S's base model on S; returns the job id.
+
+    With `previews`, the finished job queues the Guide tab's preview grid for its final budget.
+    """
     s_set = get_set(db, set_id)
     if s_set["state"] != "ready":
         raise UserError(f"S #{set_id} is {s_set['state']}; wait for its build job to finish (Jobs tab).")
@@ -52,7 +56,8 @@ def submit(db: Database, set_id: int, total_kimg: float, checkpoint_kimg: float,
     TrainConfig.from_dict(cfg)  # refuse bad numbers now, not in the worker
     job_device = "cuda" if device == "torchrun" else device
     return jobs_service.submit(db, "finetune", {"set_id": int(set_id), "model_id": s_set["model_id"],
-                                                "config": cfg, "gpus": gpus if device == "torchrun" else 1},
+                                                "config": cfg, "gpus": gpus if device == "torchrun" else 1,
+                                                "previews": bool(previews)},
                                title=f"Fine-tune aux on S #{set_id} ({total_kimg:g} kimg)", device=job_device)
 
 

@@ -72,6 +72,22 @@ def preview(db: Database, settings: Settings, checkpoint_id: int, omega: float, 
                          gs.interval(gs.preview_steps), gs.shared_encoder, device)
 
 
+def nearest_cached(db: Database, settings: Settings, checkpoint_id: int, omega: float,
+                   gs: GuideSettings) -> dict | None:
+    """The cached preview with the same settings whose omega is closest (shown while an exact one renders)."""
+    from ..models import Render
+    want = {"interval": _as_list(gs.interval(gs.preview_steps)), "seeds": list(range(gs.preview_count)),
+            "steps": gs.preview_steps, "shared_encoder": gs.shared_encoder}
+    with db.session(read_only=True) as s:
+        rows = s.execute(select(Render.omega, Render.path, Render.settings).where(
+            Render.checkpoint_id == int(checkpoint_id))).all()
+    best = [(abs(w - float(omega)), w, p) for w, p, st in rows if st == want and settings.abs(p).exists()]
+    if not best:
+        return None
+    _, w, path = min(best)
+    return {"omega": w, "grid": str(settings.abs(path))}
+
+
 def submit_sweep(db: Database, checkpoint_id: int, grouping_id: int, gs: GuideSettings, all_budgets: bool = True,
                  metric_omegas=None, device: str = "cpu") -> int:
     """Queue the omega-grid job: previews for this checkpoint, measurements over (omega, budget)."""
@@ -88,6 +104,17 @@ def submit_sweep(db: Database, checkpoint_id: int, grouping_id: int, gs: GuideSe
     return jobs_service.submit(db, "sweep", params, device=device,
                                title=f"Omega grid: {len(omega_grid())} previews, {len(ids)}x{len(metric_omegas)} "
                                      f"measurements ({gs.n} samples each)")
+
+
+def submit_previews(db: Database, checkpoint_id: int, gs: GuideSettings = GuideSettings(), device: str = "cpu") -> int:
+    """Queue only the preview grid of one checkpoint (queued after every fine-tune, so scrubbing starts cached)."""
+    gs.check()
+    ck = get_checkpoint(db, checkpoint_id)
+    params = {"preview_checkpoint": ck["id"], "preview_omegas": omega_grid(), "preview_seeds": list(range(gs.preview_count)),
+              "preview_steps": gs.preview_steps, "checkpoint_ids": [], "metric_omegas": [], "grouping_id": None,
+              "interval": _as_list(gs.interval()), "shared_encoder": gs.shared_encoder, "settings_key": gs.key()}
+    return jobs_service.submit(db, "sweep", params, device=device,
+                               title=f"Previews for checkpoint {ck['kimg']:g} kimg ({len(omega_grid())} values of ω)")
 
 
 def submit_find_omega(db: Database, checkpoint_id: int, grouping_id: int, group: str, target_fraction: float,

@@ -46,7 +46,7 @@ def build(page: Page) -> None:
         r = j.result or {}
         eta = r.get("eta_s")
         total = j.params.get("config", {}).get("total_kimg", 0)
-        items = [("kimg seen", f"{r.get('kimg', 0):.2f} / {total:g}"),
+        items = [("kimg seen", f"{r.get('kimg', 0):g} / {total:g}"),
                  ("loss", f"{r['loss']:.4f}" if r.get("loss") is not None else "—"),
                  ("images/s", f"{r['images_per_s']:.0f}" if r.get("images_per_s") else "—"),
                  ("ETA", f"{int(eta // 60)}m{int(eta % 60):02d}s" if eta is not None and j.active else "—"),

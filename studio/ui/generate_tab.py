@@ -6,6 +6,7 @@ import re
 import gradio as gr
 
 from ..services import attributes, labels, pool
+from ..storage import read_png, upscale
 from . import plots
 from .common import Page, as_int, hidden_id, hidden_value, user_errors
 
@@ -158,7 +159,9 @@ def build(page: Page) -> None:
         md = (f"**Sample #{d['id']}** · seed {d['seed']} · {d['steps']} steps · "
               f"{'**not preferred**' if d['not_preferred'] else 'preferred'}\n\n"
               f"Classifier: **{top}** · Manual: **{d['manual'] or '—'}**" + (f"\n\nManual history:{hist}" if hist else ""))
-        return (str(settings.abs(d["path"])), md, plots.probabilities(d["classes"], d["probs"], d["manual"]),
+        big = upscale(read_png(settings.abs(d["path"])), 192)  # tiny samples: show crisp, enlarged pixels
+        return (big[:, :, 0] if big.shape[2] == 1 else big, md,
+                plots.probabilities(d["classes"], d["probs"], d["manual"]),
                 gr.Dropdown(value=d["manual"]))
 
     @user_errors

@@ -21,7 +21,9 @@ def build(page: Page) -> None:
     db, settings = page.db, page.settings
     with gr.Row():
         with gr.Column(scale=1, min_width=320):
-            ckpt = gr.Dropdown([], label="Auxiliary checkpoint (training budget)", elem_id="guide-ckpt")
+            # custom values allowed: API clients pass checkpoint ids this session never listed
+            ckpt = gr.Dropdown([], label="Auxiliary checkpoint (training budget)", elem_id="guide-ckpt",
+                               allow_custom_value=True)
             omega = gr.Slider(guide.OMEGA_MIN, guide.OMEGA_MAX, 0.0, step=guide.OMEGA_STEP, label="ω (guidance)",
                               info="0 = base model, −1 = auxiliary model, > 0 steers away from S",
                               elem_id="omega", buttons=["reset"])
@@ -60,13 +62,29 @@ def build(page: Page) -> None:
         return (gr.Dropdown(choices=choices, value=choices[-1][1] if choices else None),
                 gr.Dropdown(choices=groups, value=groups[-1] if groups else None))
 
-    @user_errors
     def scrub(ck, w, device, *gs_vals):
+        """Fast path of an omega change: the exact cached grid, or the nearest cached one while it renders."""
         if as_int(ck) is None:
             return None, "Finish a fine-tune (Fine-tune tab) to guide with its checkpoints."
-        out = guide.preview(db, settings, as_int(ck), w, settings_from(*gs_vals), device)
-        how = "cached" if out["cached"] else "rendered now"
-        return out["grid"], f"ω = **{float(w):+.2f}** · {how} in {1000 * out['seconds']:.0f} ms"
+        gs = settings_from(*gs_vals)
+        near = guide.nearest_cached(db, settings, as_int(ck), w, gs)
+        if near is None:
+            return gr.skip(), f"rendering ω = **{float(w):+.2f}**…"
+        if abs(near["omega"] - float(w)) < 1e-9:
+            return near["grid"], f"ω = **{float(w):+.2f}** · cached"
+        return near["grid"], f"showing cached ω = {near['omega']:+.2f} while ω = **{float(w):+.2f}** renders…"
+
+    @user_errors
+    def render_exact(ck, w, device, *gs_vals):
+        """Slow path: render an uncached omega (a no-op when the fast path found it)."""
+        if as_int(ck) is None:
+            return gr.skip(), gr.skip()
+        gs = settings_from(*gs_vals)
+        near = guide.nearest_cached(db, settings, as_int(ck), w, gs)
+        if near is not None and abs(near["omega"] - float(w)) < 1e-9:
+            return gr.skip(), gr.skip()
+        out = guide.preview(db, settings, as_int(ck), w, gs, device)
+        return out["grid"], f"ω = **{float(w):+.2f}** · rendered now in {1000 * out['seconds']:.0f} ms"
 
     def figures(ck, grouping_id, w, groups, *rest):
         gs = settings_from(*rest[:6])
@@ -118,12 +136,15 @@ def build(page: Page) -> None:
 
     fig_inputs = [ckpt, page.grouping, omega, page.target_groups, *gs_inputs, *page.target_sliders[:MAX_GROUPS]]
     fig_outputs = [frac_plot, fd_plot, heat]
-    omega.change(scrub, [ckpt, omega, page.device, *gs_inputs], [grid, caption], trigger_mode="always_last",
-                 show_progress="hidden", concurrency_id="preview", concurrency_limit=1)
+    scrub_inputs = [ckpt, omega, page.device, *gs_inputs]
+    omega.change(scrub, scrub_inputs, [grid, caption], trigger_mode="always_last", show_progress="hidden").then(
+        render_exact, scrub_inputs, [grid, caption], show_progress="hidden", concurrency_id="render",
+        concurrency_limit=1, trigger_mode="always_last")
     omega.release(figures, fig_inputs, fig_outputs, show_progress="hidden")
     for comp in (ckpt, skip, shared, p_steps, p_count):
-        comp.change(scrub, [ckpt, omega, page.device, *gs_inputs], [grid, caption], show_progress="minimal",
-                    concurrency_id="preview", concurrency_limit=1)
+        comp.change(scrub, scrub_inputs, [grid, caption], show_progress="hidden").then(
+            render_exact, scrub_inputs, [grid, caption], show_progress="minimal", concurrency_id="render",
+            concurrency_limit=1)
     ckpt.change(figures, fig_inputs, fig_outputs)
     m_steps.change(skip_limit, p_steps, skip)
     sweep_btn.click(do_sweep, [ckpt, page.grouping, all_budgets, page.device, *gs_inputs], follow.job)

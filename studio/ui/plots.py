@@ -8,8 +8,8 @@ import plotly.graph_objects as go
 
 PALETTE = ["#4f46e5", "#f97316", "#10b981", "#e11d48", "#0ea5e9", "#a855f7", "#eab308", "#14b8a6", "#64748b",
            "#84cc16", "#f43f5e", "#6366f1"]
-LAYOUT = dict(template="plotly_white", margin=dict(l=50, r=20, t=48, b=44), height=320,
-              legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0), font=dict(size=12))
+LAYOUT = dict(template="plotly_white", margin=dict(l=56, r=20, t=44, b=40), height=340,
+              legend=dict(orientation="h", yanchor="top", y=-0.2, x=0), font=dict(size=12))
 
 
 def _fig(title: str, **kw) -> go.Figure:

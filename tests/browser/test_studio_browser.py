@@ -243,11 +243,11 @@ def test_6_guide(page):
     fill(pg, "guide-msteps", 2)
     fill(pg, "guide-n", 16)
     fill_slider(pg, "omega", 1.5)
-    pg.wait_for_function("document.querySelector('#guide-caption').innerText.includes('+1.50')", timeout=60_000)
-    assert "rendered now" in pg.locator("#guide-caption").inner_text()
+    assert "+1.50 · rendered now" in wait_text(pg, "guide-caption", "rendered now")
     fill_slider(pg, "omega", 0)
+    wait_text(pg, "guide-caption", "+0.00 · rendered now")
     fill_slider(pg, "omega", 1.5)
-    pg.wait_for_function("document.querySelector('#guide-caption').innerText.includes('cached')", timeout=60_000)
+    wait_text(pg, "guide-caption", "+1.50 · cached")
     assert run_job(pg, "guide-sweep", "sweep", timeout=400)[0] == "succeeded"
     pg.wait_for_timeout(2000)
     assert pg.locator("#plot-fraction .js-plotly-plot").count() == 1

@@ -49,7 +49,7 @@ def _register_checkpoints(ctx, rd: Path, model_id: int, set_id: int) -> int:
 def _report(ctx, info: dict) -> None:
     eta = info.get("eta_s") or 0
     ctx.progress(info["kimg"] / info["total_kimg"],
-                 f"{info['kimg']:.2f}/{info['total_kimg']:g} kimg · loss {info['loss']:.4f} · "
+                 f"{info['kimg']:g}/{info['total_kimg']:g} kimg · loss {info['loss']:.4f} · "
                  f"{info['images_per_s']:.0f} img/s · ETA {int(eta // 60)}m{int(eta % 60):02d}s",
                  kimg=info["kimg"], loss=info["loss"], images_per_s=info["images_per_s"], eta_s=eta)
 
@@ -68,10 +68,17 @@ def run(ctx) -> dict:
         result = _run_torchrun(ctx, base_path, data, rd, p["config"], int(p["gpus"]), p["model_id"], p["set_id"])
     else:
         result = _run_here(ctx, base_path, data, rd, p["config"], p["model_id"], p["set_id"])
-    n = _register_checkpoints(ctx, rd, p["model_id"], p["set_id"])
+    _register_checkpoints(ctx, rd, p["model_id"], p["set_id"])
     if result.get("status") == "cancelled":
         raise JobCancelled()
-    return {"message": f"done: {result['kimg']:.2f} kimg seen, {n} new checkpoints",
+    with ctx.db.session(read_only=True) as s:
+        ids = s.scalars(select(Checkpoint.id).where(Checkpoint.job_id == ctx.job_id).order_by(Checkpoint.kimg)).all()
+        n = len(ids)
+    if ctx.params.get("previews", True) and ids:
+        # Render the Guide tab's omega grid for the final budget now, so scrubbing starts cached.
+        from ...services.guide import submit_previews
+        submit_previews(ctx.db, ids[-1], device=ctx.device)
+    return {"message": f"done: {result['kimg']:g} kimg seen ({result['nimg']:,} images), {n} budget checkpoints",
             "nimg": result["nimg"], "kimg": result["kimg"], "run_dir": ctx.settings.rel(rd),
             "images_per_s": result.get("images_per_s"), "loss": result.get("loss")}
 
