@@ -29,19 +29,27 @@ from pipelines.experiments.mad.worlds import GaussianWorld  # noqa: E402
 
 
 def part_a(args, world) -> dict:
-    """Same loop work, batched vs one run at a time."""
+    """Same loop work, batched vs one run at a time, alternating the order (ABBA) against load drift."""
     cfg = LoopConfig(loop="augment", training="sims", omega=3.0, runs=args.runs, generations=args.generations,
                      n_real=args.n_real, n_syn=args.n_syn, n_aux=args.n_s, n_eval=args.n_eval,
                      ot_points=args.ot_points, base=TrainConfig(epochs=args.base_epochs),
                      aux=TrainConfig(epochs=args.aux_epochs), diffusion=ToyDiffusion(num_steps=args.steps))
-    t = time.perf_counter()
-    run_loop(cfg, world)
-    batched = time.perf_counter() - t
-    t = time.perf_counter()
-    for r in range(args.runs):
-        run_loop(replace(cfg, runs=1, seed=cfg.seed + 1 + r), world)
-    per_run = time.perf_counter() - t
-    return {"batched_s": batched, "per_run_s": per_run, "ratio": per_run / batched}
+
+    def batched():
+        run_loop(cfg, world)
+
+    def per_run():
+        for r in range(args.runs):
+            run_loop(replace(cfg, runs=1, seed=cfg.seed + 1 + r), world)
+    times = {"batched": 0.0, "per_run": 0.0}
+    for rep in range(args.repeats):
+        order = [("batched", batched), ("per_run", per_run)]
+        for name, fn in (order if rep % 2 == 0 else order[::-1]):
+            t = time.perf_counter()
+            fn()
+            times[name] += time.perf_counter() - t
+    return {"batched_s": times["batched"], "per_run_s": times["per_run"],
+            "ratio": times["per_run"] / times["batched"]}
 
 
 def unit_costs(runs: int, n: int, steps: int, world) -> dict:
@@ -91,7 +99,7 @@ def project_full_scale(c: dict, runs=1000, generations=100, sizes=(125, 250, 500
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=int, default=100)
-    p.add_argument("--generations", type=int, default=2)
+    p.add_argument("--generations", type=int, default=1)
     p.add_argument("--n-real", type=int, default=1000)
     p.add_argument("--n-syn", type=int, default=1000)
     p.add_argument("--n-s", type=int, default=2000)
@@ -100,6 +108,7 @@ def main(argv=None) -> int:
     p.add_argument("--base-epochs", type=int, default=10, help="paper: 100 (the ratio is per step, so fewer is fine)")
     p.add_argument("--aux-epochs", type=int, default=5, help="paper: 50")
     p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=2, help="ABBA repeats of part A (order alternates)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--skip-per-run", action="store_true", help="only the unit costs and the projection")
     args = p.parse_args(argv)
@@ -109,9 +118,10 @@ def main(argv=None) -> int:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
     if not args.skip_per_run:
         a = part_a(args, world)
-        print(f"A. {args.runs} runs x {args.generations} generations (SIMS augmentation loop, |D_r|={args.n_real}, "
-              f"|D_s|={args.n_syn}, n_s={args.n_s}, epochs {args.base_epochs}/{args.aux_epochs}, "
-              f"Heun {args.steps} steps)")
+        print(f"A. work: {args.runs} runs x {args.generations} generation(s) of the SIMS augmentation loop "
+              f"(|D_r|={args.n_real}, |D_s|={args.n_syn}, n_s={args.n_s}, epochs {args.base_epochs}/{args.aux_epochs}, "
+              f"Heun {args.steps} steps, OT on {args.ot_points} points), done {args.repeats}x each way, "
+              f"order alternating")
         print(f"   batched loop {a['batched_s']:.1f} s | per-run loop {a['per_run_s']:.1f} s | "
               f"ratio {a['ratio']:.2f}x")
     c = unit_costs(args.runs, args.n_real, args.steps, world)

@@ -56,32 +56,55 @@ def build_report(result: SweepResult, world, seconds: float | None = None) -> di
     return _jsonable(out)
 
 
+def _converged_mean(report: dict, metric: str, size: int, omega) -> float | None:
+    """E[dist(G^inf)] itself (not the ratio) of one loop, from the per-generation means."""
+    start = report["config"]["converged_from"] - 1
+    for cell in report["metrics"][metric]["loops"]:
+        if cell["n_syn"] == size and omega is not None and cell["omega"] == float(omega):
+            return float(np.mean(cell["mean"][start:]))
+    return None
+
+
 def table_markdown(report: dict, metric: str = "w2_ot") -> str:
-    """Our Fig. 4 table beside the paper's, as Markdown."""
+    """Our Fig. 4 table beside the paper's, as Markdown (ratios, then E[dist(G^inf)] itself)."""
     rows = report["metrics"][metric]["table"]
-    lines = ["| |D_s^t| | standard (ours) | standard (paper) | SIMS best (ours) | best omega (ours) | "
-             "SIMS best (paper) |", "|---|---|---|---|---|---|"]
+    lines = ["| |D_s^t| | standard (ours) | standard (paper) | SIMS best (ours) | best ω (ours) | SIMS best (paper) "
+             "| E[dist(G^∞)] standard / SIMS best (ours) |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         paper = report["paper_fig4"].get(str(r["n_syn"]), {})
         sims = "-" if r["sims_best"] is None else f"{r['sims_best']:.3f} ± {r['sims_best_se']:.3f}"
+        d_std = _converged_mean(report, metric, r["n_syn"], 0.0)
+        d_sims = _converged_mean(report, metric, r["n_syn"], r["best_omega"])
+        absolute = f"{d_std:.3f} / " + ("-" if d_sims is None else f"{d_sims:.3f}")
         lines.append(f"| {r['n_syn']} | {r['standard']:.3f} ± {r['standard_se']:.3f} | "
-                     f"{paper.get('standard', '-')} | {sims} | {r['best_omega']} | {paper.get('sims_best', '-')} |")
+                     f"{paper.get('standard', '-')} | {sims} | {r['best_omega']} | {paper.get('sims_best', '-')} "
+                     f"| {absolute} |")
     return "\n".join(lines)
 
 
 def make_figures(report: dict, metric: str = "w2_ot") -> dict:
     """{name: plotly Figure}: ratio vs generation, converged ratio vs omega, generation-1 distance vs omega."""
+    import plotly.colors
     import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
     m = report["metrics"][metric]
     label = {"w2_ot": "exact-OT W2", "w2_gauss": "Gaussian W2"}[metric]
     figs = {}
-    fig = go.Figure()
+    sizes = sorted({c["n_syn"] for c in m["loops"]})
+    omegas = sorted({c["omega"] for c in m["loops"]})
+    colors = plotly.colors.qualitative.Plotly
+    fig = make_subplots(rows=1, cols=len(sizes), shared_yaxes=True,
+                        subplot_titles=[f"|D_s|={s}" for s in sizes])
     for cell in m["loops"]:
+        k = omegas.index(cell["omega"])
         t = list(range(1, len(cell["ratio_curve"]) + 1))
-        fig.add_trace(go.Scatter(x=t, y=cell["ratio_curve"], mode="lines",
-                                 name=f"|D_s|={cell['n_syn']}, ω={cell['omega']:g}"))
-    fig.update_layout(title=f"E[dist(G^t)] / E[dist(G^1)] ({label})", xaxis_title="generation t",
-                      yaxis_title="distance ratio")
+        fig.add_trace(go.Scatter(x=t, y=cell["ratio_curve"], mode="lines", name=f"ω={cell['omega']:g}",
+                                 legendgroup=str(k), showlegend=cell["n_syn"] == sizes[0],
+                                 line={"color": colors[k % len(colors)]}),
+                      row=1, col=sizes.index(cell["n_syn"]) + 1)
+    fig.update_layout(title=f"E[dist(G^t)] / E[dist(G^1)] ({label})", yaxis_title="distance ratio",
+                      width=300 * len(sizes) + 150, height=420)
+    fig.update_xaxes(title_text="generation t")
     figs["ratio_vs_generation"] = fig
     fig = go.Figure()
     for size in sorted({c["n_syn"] for c in m["loops"]}):
@@ -102,21 +125,27 @@ def make_figures(report: dict, metric: str = "w2_ot") -> dict:
 
 
 def _png_matplotlib(fig, path: Path):
-    """Draw a plotly figure's line traces with matplotlib (same data, simpler styling)."""
+    """Draw a plotly figure's line traces with matplotlib (same data, one panel per plotly x-axis)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    f, ax = plt.subplots(figsize=(7, 4.5))
-    for tr in fig.data:
-        err = tr.error_y.array if tr.error_y is not None and tr.error_y.array is not None else None
-        ax.errorbar(list(tr.x), list(tr.y), yerr=None if err is None else list(err), label=tr.name,
-                    marker="o" if "markers" in (tr.mode or "") else None, lw=1, ms=3)
-    ax.set_title(fig.layout.title.text)
-    ax.set_xlabel(fig.layout.xaxis.title.text)
-    ax.set_ylabel(fig.layout.yaxis.title.text)
-    if len(fig.data) > 1:
-        ax.legend(fontsize=6, ncol=2)
-    f.tight_layout()
+    panels = sorted({tr.xaxis or "x" for tr in fig.data}, key=lambda a: int(a[1:] or 1))
+    f, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels) + 3, 4.5), sharey=True, squeeze=False)
+    titles = [a.text for a in fig.layout.annotations] if fig.layout.annotations else []
+    for i, ax in enumerate(axes[0]):
+        for tr in (t for t in fig.data if (t.xaxis or "x") == panels[i]):
+            err = tr.error_y.array if tr.error_y is not None and tr.error_y.array is not None else None
+            ax.errorbar(list(tr.x), list(tr.y), yerr=None if err is None else list(err), label=tr.name,
+                        color=tr.line.color if tr.line is not None else None,
+                        marker="o" if "markers" in (tr.mode or "") else None, lw=1, ms=3)
+        ax.set_title(titles[i] if i < len(titles) else "", fontsize=9)
+        ax.set_xlabel(fig.layout.xaxis.title.text or "generation t")
+    axes[0][0].set_ylabel(fig.layout.yaxis.title.text)
+    f.suptitle(fig.layout.title.text)
+    if any(tr.name for tr in fig.data):
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        f.legend(handles, labels, fontsize=7, loc="center right")
+    f.tight_layout(rect=(0, 0, 0.9, 1))
     f.savefig(path, dpi=120)
     plt.close(f)
 
