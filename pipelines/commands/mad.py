@@ -38,7 +38,8 @@ def register(sub) -> None:
     p.add_argument("--generations", type=int, default=100)
     p.add_argument("--n-real", type=int, default=1000, help="|D_r|")
     p.add_argument("--sizes", type=_ints, default=[125, 250, 500, 1000], help="|D_s^t| values (fig4)")
-    p.add_argument("--omegas", type=_floats, default=[0, 1, 2, 3, 4], help="omega grid, must include 0 (negative first value: --omegas=-1,0,1)")
+    p.add_argument("--omegas", type=_floats, default=[0, 1, 2, 3, 4],
+                   help="omega grid, must include 0 (a negative first value needs '=': --omegas=-1,0,1)")
     p.add_argument("--gen1-omegas", type=_floats, default=[], help="extra omegas for the generation-1 curve")
     p.add_argument("--n-s", type=int, default=2000, help="samples the auxiliary model is fine-tuned on")
     p.add_argument("--n-eval", type=int, default=1000, help="points drawn per generation and run")
