@@ -145,36 +145,31 @@ def _merge(args) -> int:
     return 0
 
 
-def _run_pollution(args, world) -> int:
-    from ..experiments.mad.pollution import PollutionConfig, pollution_table, run_pollution
-    cfg = PollutionConfig(loop=_loop_config(args), pollution=args.pollution, omegas=args.omegas)
+def _run_study(args, world, name: str, cfg, run, table) -> int:
+    """Shared driver of the single-table studies: dry run, run, write <name>.json, print the table."""
     if args.dry_run:
-        print(json.dumps({"world": asdict(world), "pollution": asdict(cfg)}, indent=1))
+        print(json.dumps({"world": asdict(world), name: asdict(cfg)}, indent=1))
         return 0
     t0 = time.time()
-    report = run_pollution(cfg, world)
+    report = run(cfg, world)
     report["wall_seconds"] = time.time() - t0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "pollution.json").write_text(json.dumps(report, indent=1))
-    print(pollution_table(report))
-    print("wrote", out / "pollution.json")
+    (out / f"{name}.json").write_text(json.dumps(report, indent=1))
+    if name == "shift":
+        print(f"base pool fractions: {report['base_pool_fractions']}; auxiliary mix: {report['aux_mix']}")
+    print(table(report))
+    print("wrote", out / f"{name}.json")
     return 0
+
+
+def _run_pollution(args, world) -> int:
+    from ..experiments.mad.pollution import PollutionConfig, pollution_table, run_pollution
+    cfg = PollutionConfig(loop=_loop_config(args), pollution=args.pollution, omegas=args.omegas)
+    return _run_study(args, world, "pollution", cfg, run_pollution, pollution_table)
 
 
 def _run_shift(args, world) -> int:
     from ..experiments.mad.shift import ShiftConfig, run_shift, shift_table
     cfg = ShiftConfig(loop=_loop_config(args), aux_mix=args.aux_mix, omegas=args.omegas)
-    if args.dry_run:
-        print(json.dumps({"world": asdict(world), "shift": asdict(cfg)}, indent=1))
-        return 0
-    t0 = time.time()
-    report = run_shift(cfg, world)
-    report["wall_seconds"] = time.time() - t0
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "shift.json").write_text(json.dumps(report, indent=1))
-    print(f"base pool fractions: {report['base_pool_fractions']}; auxiliary mix: {report['aux_mix']}")
-    print(shift_table(report))
-    print("wrote", out / "shift.json")
-    return 0
+    return _run_study(args, world, "shift", cfg, run_shift, shift_table)

@@ -17,22 +17,18 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .mlp import ACTIVATIONS, MLP
+from .mlp import ACTIVATIONS, MLP, MLPConfig
 
 
 @dataclass
-class BatchedMLPConfig:
+class BatchedMLPConfig(MLPConfig):
+    """MLPConfig plus the number of independent runs held side by side."""
     runs: int = 1
-    dim: int = 2
-    hidden: int = 64
-    depth: int = 4
-    activation: str = "relu"
 
     def __post_init__(self):
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)} (got '{self.activation}').")
-        if self.runs < 1 or self.dim < 1 or self.hidden < 1 or self.depth < 0:
-            raise ValueError(f"BatchedMLP needs runs >= 1, dim >= 1, hidden >= 1, depth >= 0 (got {self})")
+        super().__post_init__()
+        if self.runs < 1:
+            raise ValueError(f"BatchedMLP needs runs >= 1 (got {self.runs}).")
 
 
 def _uniform(shape, bound: float, generator) -> torch.Tensor:
@@ -47,7 +43,7 @@ class BatchedMLP(nn.Module):
     def __init__(self, runs=1, dim=2, hidden=64, depth=4, activation="relu", label_dim=0,
                  generator: torch.Generator | None = None):
         super().__init__()
-        self.config = BatchedMLPConfig(runs, dim, hidden, depth, activation)
+        self.config = BatchedMLPConfig(dim=dim, hidden=hidden, depth=depth, activation=activation, runs=runs)
         self.label_dim = label_dim
         self.act = ACTIVATIONS[activation]()
         widths = [dim + 1 + label_dim] + [hidden] * (depth + 1) + [dim]
