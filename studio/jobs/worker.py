@@ -54,8 +54,8 @@ def run_job(job_id: int, data_dir: str, db_url: str) -> int:
     except _Terminated:
         end, message = (JobState.cancelled, "cancelled") if ctx.should_stop() else (JobState.interrupted,
                                                                                     "stopped (SIGTERM)")
-    except UserError as e:
-        end, message, fields = JobState.failed, str(e), {"traceback": traceback.format_exc()}
+    except UserError as e:  # bad input or a missing file: the message says what to do, no traceback
+        end, message = JobState.failed, str(e)
         print(f"error: {e}", file=sys.stderr, flush=True)
     except BaseException as e:  # the worker records any crash; the runner moves on
         end, message, fields = JobState.failed, f"{type(e).__name__}: {e}", {"traceback": traceback.format_exc()}

@@ -114,5 +114,8 @@ def _wire_timer(page: Page, demo: gr.Blocks, jobs_table) -> None:
 
 def launch_kwargs(studio: Studio) -> dict:
     """Arguments for `demo.launch` that every launcher (CLI, tests) must pass."""
-    return {"theme": THEME, "css": CSS, "allowed_paths": [str(studio.settings.data_dir)],
+    data = studio.settings.data_dir
+    # Serve the data directory (samples, grids, exports) but never the database itself.
+    blocked = [str(data / f"studio.db{suffix}") for suffix in ("", "-wal", "-shm", "-journal")]
+    return {"theme": THEME, "css": CSS, "allowed_paths": [str(data)], "blocked_paths": blocked,
             "max_file_size": f"{studio.settings.max_upload_mb}mb", "footer_links": ["settings"]}

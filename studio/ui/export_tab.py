@@ -8,6 +8,28 @@ from .common import Page, as_int, user_errors
 from .guide_tab import settings_from
 
 
+def card_md(out: dict) -> str:
+    """The bundle's model card as a readable summary (the full Markdown card sits beside the file)."""
+    c = out["card_data"]
+    chain = c["provenance_chain"]
+    base, sset, ft = chain["base_model"], chain["synthetic_set"], chain["finetune"]
+    lines = [f"### {c['title']}", "", "| | |", "|---|---|",
+             f"| ω | {c['omega']:+.2f} |", f"| budget | {c['budget_kimg']:g} kimg |",
+             f"| guidance interval | {'first ' + str(c['guidance_interval_skip_first_steps']) + ' steps unguided' if c['guidance_interval_skip_first_steps'] else 'whole trajectory'} |",
+             f"| base model | {base['name']} ({base['source']}, sha256 {base['sha256'][:12]}…) |"]
+    if sset:
+        lines.append(f"| synthetic set S | #{sset['id']} {sset['kind']}, {sset['n_s']} samples: "
+                     + ", ".join(f"{g} {n}" for g, n in (sset["counts"] or {}).items()) + " |")
+    lines.append(f"| fine-tune | job #{ft['job']}, lr {ft['config']['lr']}, batch {ft['config']['batch_size']} |")
+    for key, m in c["measured"].items():
+        fr = ", ".join(f"{g} {100 * v[0]:.1f}% [{100 * v[1]:.0f}–{100 * v[2]:.0f}]" for g, v in m["fractions"].items())
+        fd = ", ".join(f"{g} {v:.3g}" for g, v in m["fd_per_group"].items())
+        lines.append(f"| measured (n={m['n']}) | {fr}" + (f"; {c['distance_metric']} per group: {fd}" if fd else "") + " |")
+    if not c["measured"]:
+        lines.append("| measured | nothing at this ω yet: run 'Precompute ω grid' in the Guide tab |")
+    return "\n".join(lines) + f"\n\nFull card: `{out['card']}`\n\nSample from it anywhere:\n\n```\n{out['command']}\n```"
+
+
 def build(page: Page) -> None:
     """Lay out the tab and wire its events (uses the Guide tab's checkpoint, ω and settings)."""
     db, settings = page.db, page.settings
@@ -38,8 +60,7 @@ def build(page: Page) -> None:
         gs = settings_from(*gs_vals)
         out = export.export_bundle(db, settings, as_int(ck), w, gs.steps, gs.skip_steps, gs.shared_encoder, name,
                                    classifier_of(grouping_id))
-        card = open(out["card"]).read()
-        return out["bundle"], f"{card}\n\nSample from it anywhere:\n\n```\n{out['command']}\n```"
+        return out["bundle"], card_md(out)
 
     @user_errors
     def do_dataset(ck, w, grouping_id, n, name, device, *gs_vals):

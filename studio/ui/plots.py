@@ -84,7 +84,7 @@ def fraction_vs_omega(curves: dict, target: dict | None, omega: float | None = N
         ws = sorted(pts)
         col = PALETTE[k % len(PALETTE)]
         lo, hi = [pts[w][1] for w in ws], [pts[w][2] for w in ws]
-        fig.add_scatter(x=ws + ws[::-1], y=hi + lo[::-1], fill="toself", fillcolor=_alpha(col, 0.12),
+        fig.add_scatter(x=ws + ws[::-1], y=hi + lo[::-1], fill="toself", fillcolor=_alpha(col, 0.12), mode="lines",
                         line=dict(width=0), hoverinfo="skip", showlegend=False)
         fig.add_scatter(x=ws, y=[pts[w][0] for w in ws], name=g, mode="lines+markers", line=dict(color=col))
         if target and g in target:
