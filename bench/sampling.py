@@ -28,6 +28,9 @@ def main():
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--resolution", type=int, default=32)
     ap.add_argument("--channels", type=int, default=3)
+    ap.add_argument("--model-channels", type=int, default=None, help="override the preset's width")
+    ap.add_argument("--num-blocks", type=int, default=None, help="override the preset's blocks per level")
+    ap.add_argument("--channel-mult", default=None, help="override, e.g. 1,2,2")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--steps", type=int, default=18)
     ap.add_argument("--repeats", type=int, default=5)
@@ -35,8 +38,11 @@ def main():
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
 
+    overrides = {k: v for k, v in {"model_channels": args.model_channels, "num_blocks": args.num_blocks,
+                                   "channel_mult": args.channel_mult and [int(c) for c in args.channel_mult.split(",")]
+                                   }.items() if v}
     cfg = ModelConfig(backbone="songunet", network=songunet_config(
-        args.preset, img_resolution=args.resolution, img_channels=args.channels))
+        args.preset, img_resolution=args.resolution, img_channels=args.channels, **overrides))
     torch.manual_seed(0)
     base = build_model(cfg).eval().to(args.device)
     torch.manual_seed(1)
@@ -72,15 +78,38 @@ def main():
         for name, make in modes.items():
             times[name].append(run(make))
     med = {name: statistics.median(v) for name, v in times.items()}
+    dec_share = decoder_share(base, seeds, shape, args.device)
     dev = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device: {dev}; SongUNet preset '{args.preset}' {args.channels}x{args.resolution}x{args.resolution}, "
+    print(f"device: {dev}; SongUNet preset '{args.preset}' {overrides or ''} "
+          f"{args.channels}x{args.resolution}x{args.resolution}, "
           f"batch {args.batch}, {args.steps} Heun steps (NFE {sampler.nfe}), {args.repeats} repeats, medians")
     print(f"guidance interval sigma in [{lo}, {hi}]: guided fraction of evaluations = {guided_fraction:.3f}")
     targets = {"base": "1", "full SIMS": "<= 2.05", "interval": f"~= {1 + guided_fraction:.2f}",
                "shared encoder": "<= 1.6"}
+    print(f"decoder share of one forward pass: {dec_share:.2f} -> the shared encoder cannot beat "
+          f"{1 + dec_share:.2f}x (it saves only the encoder's share of the auxiliary pass)")
     print(f"{'mode':<16}{'seconds':>10}{'ratio to base':>16}  target")
     for name in modes:
         print(f"{name:<16}{med[name]:>10.3f}{med[name] / med['base']:>16.2f}  {targets[name]}")
+
+
+def decoder_share(model, seeds, shape, device, repeats: int = 5) -> float:
+    """Fraction of one network pass spent in the decoder half (timed on one batch)."""
+    x = torch.randn(len(seeds), *shape, device=device)
+    sigma = torch.ones(len(seeds), device=device)
+    enc, dec = [], []
+    with torch.no_grad():
+        for _ in range(repeats + 1):
+            t0 = time.perf_counter()
+            state = model.encode(x, sigma)
+            t1 = time.perf_counter()
+            model.decode(state)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            enc.append(t1 - t0)
+            dec.append(time.perf_counter() - t1)
+    e, d = statistics.median(enc[1:]), statistics.median(dec[1:])
+    return d / (e + d)
 
 
 if __name__ == "__main__":
