@@ -39,15 +39,23 @@ def register_classifier(db: Database, name: str, options: dict | None = None) ->
         return row.id
 
 
+_LOADED: dict[tuple, object] = {}  # (name, options, device) -> classifier; failures are never cached
+
+
 def load_classifier(db: Database, name: str, device: str = "cpu"):
-    """Instantiate a registered classifier; missing weights raise the plug-in's UserError (which file, where)."""
+    """Instantiate a registered classifier (once per process); missing weights raise the plug-in's UserError."""
     from pipelines.attributes import get_classifier
+    import json
     with db.session(read_only=True) as s:
         row = s.scalar(select(Classifier).where(Classifier.name == name))
         if row is None:
             raise UserError(f"Classifier {name!r} is not registered in this studio.")
         options = dict(row.options or {})
+    key = (name, json.dumps(options, sort_keys=True), str(device))
+    if key in _LOADED:
+        return _LOADED[key]
     clf = get_classifier(name, device=device, **options)
+    _LOADED[key] = clf
     with db.session() as s:  # the real class list, now that the weights loaded
         row = s.scalar(select(Classifier).where(Classifier.name == name))
         if list(row.classes) != list(clf.classes):

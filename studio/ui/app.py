@@ -1,6 +1,9 @@
 """The studio page: header pickers (model, grouping, device), one tab per module, one timer for job panels."""
 from __future__ import annotations
 
+import os
+import time
+
 import gradio as gr
 
 from ..core import Studio
@@ -36,7 +39,10 @@ def build_ui(studio: Studio) -> gr.Blocks:
     with gr.Blocks(title="SIMS Studio") as demo:
         with gr.Row(elem_id="studio-header", equal_height=True):
             gr.Markdown("# SIMS Studio\nSteer a diffusion model with its own synthetic data", scale=3)
-            page.model = gr.Dropdown(model_choices(db), label="Base model", elem_id="pick-model", scale=3)
+            models = model_choices(db)
+            # Start on the first model so that opening the page does not fire every tab's change handlers.
+            page.model = gr.Dropdown(models, value=models[0][1] if models else None, label="Base model",
+                                     elem_id="pick-model", scale=3)
             page.grouping = gr.Dropdown(grouping_choices(db), value=_default_grouping(db), label="Grouping",
                                         elem_id="pick-grouping", scale=2)
             page.device = gr.Radio(_devices(), value=_devices()[-1], label="Device", elem_id="pick-device", scale=1)
@@ -56,21 +62,56 @@ def build_ui(studio: Studio) -> gr.Blocks:
     return demo
 
 
+_UNCHANGED = object()
+
+
+def _plain(value):
+    """The value an event output sets (an update without `value` leaves the component as it was)."""
+    if isinstance(value, dict) and value.get("__type__") == "update":
+        return value.get("value", _UNCHANGED)
+    if isinstance(value, gr.components.Component):
+        explicit = value._constructor_args[0] if value._constructor_args else {}  # kwargs actually passed
+        return explicit.get("value", _UNCHANGED)
+    return value
+
+
 def _wire_loading(page: Page, demo: gr.Blocks, tabs_loaders) -> None:
-    """On page open: pick a model, follow each panel's newest job, fill every tab; on tab select: refresh it."""
+    """On page open: fill every tab in ONE request (loaders run in order, later ones see earlier outputs);
+    on tab select: refresh that tab."""
     db = page.db
+    followers = page.followers
 
     def initial():
         choices = model_choices(db)
         return (gr.Dropdown(choices=choices, value=choices[0][1] if choices else None),
-                *[latest_job(db, f.kinds) for f in page.followers])
+                *[latest_job(db, f.kinds) for f in followers])
 
-    load = demo.load(initial, None, [page.model, *[f.job for f in page.followers]])
-    for fn, inputs, outputs in page.loaders:
-        load = load.then(fn, inputs, outputs)
+    steps = [(initial, [], [page.model, *[f.job for f in followers]]), *page.loaders]
+    inputs = list({id(c): c for _, ins, _ in steps for c in ins}.values())
+    outputs = list({id(c): c for _, _, outs in steps for c in outs}.values())
+
+    def on_load(values: dict):
+        current, out = dict(values), {}
+        for fn, ins, outs in steps:
+            try:
+                t0 = time.perf_counter()
+                res = fn(*[current.get(c) for c in ins])
+                if os.environ.get("SIMS_PROFILE_LOAD"):
+                    print(f"load {fn.__module__}.{fn.__name__}: {1000 * (time.perf_counter() - t0):.0f} ms", flush=True)
+            except Exception as e:  # one tab failing to load must not blank the others
+                print(f"page load: {getattr(fn, '__name__', fn)} failed: {e}", flush=True)
+                continue
+            for comp, val in zip(outs, res if len(outs) > 1 else (res,)):
+                out[comp] = val
+                plain = _plain(val)
+                if plain is not _UNCHANGED:
+                    current[comp] = plain
+        return out
+
+    demo.load(on_load, set(inputs), set(outputs), show_progress="hidden")
     for tab, loaders in tabs_loaders:
-        for fn, inputs, outputs in loaders:
-            tab.select(fn, inputs, outputs, show_progress="hidden")
+        for fn, ins, outs in loaders:
+            tab.select(fn, ins, outs, show_progress="hidden")
 
 
 def _wire_timer(page: Page, demo: gr.Blocks, jobs_table) -> None:

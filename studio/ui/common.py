@@ -147,7 +147,9 @@ CSS = """
 .kpi {display: flex; gap: 12px; flex-wrap: wrap;}
 .kpi div {border: 1px solid var(--border-color-primary); border-radius: 10px; padding: 8px 14px; min-width: 120px;}
 .kpi b {display: block; font-size: 1.25rem;} .kpi span {font-size: 0.8rem; color: var(--body-text-color-subdued);}
-.card-md table {font-size: 0.88rem;}
+.card-md table {font-size: 0.88rem; width: 100%;}
+.card-md thead {display: none;}
+.card-md td:first-child {white-space: nowrap; font-weight: 600; width: 1%; padding-right: 14px;}
 .pixelated img {image-rendering: pixelated;}
 """
 

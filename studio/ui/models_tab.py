@@ -9,6 +9,15 @@ from ..services import pool, registry
 from .common import Page, as_int, model_choices, user_errors
 
 
+def _training(t: dict) -> str:
+    """The few training facts a user compares models by."""
+    keys = (("kimg", "kimg seen"), ("batch_size", "batch"), ("lr", "lr"), ("last_loss", "final loss"),
+            ("loss", "loss"))
+    parts = [f"{label} {t[k]:.4g}" if isinstance(t[k], float) else f"{label} {t[k]}"
+             for k, label in keys if isinstance(t.get(k), (int, float, str))]
+    return ", ".join(parts) or "not recorded"
+
+
 def _card_md(c: registry.ModelCard) -> str:
     net = c.network
     prov = {k: v for k, v in c.provenance.items() if v not in (None, "", {})}
@@ -16,8 +25,7 @@ def _card_md(c: registry.ModelCard) -> str:
             ("Channels", f"model {net.get('model_channels', '?')}, mult {net.get('channel_mult', '?')}, "
                          f"{net.get('num_blocks', '?')} blocks/level"),
             ("Dataset", ", ".join(f"{k}: {v}" for k, v in c.dataset.items()) or "not recorded"),
-            ("Training", ", ".join(f"{k}: {v}" for k, v in c.training.items() if not isinstance(v, (dict, list)))
-             or "not recorded"),
+            ("Training", _training(c.training)),
             ("Source", f"{c.source} — `{c.source_ref}`"), ("SHA-256", f"`{c.content_hash[:16]}…`"),
             ("Pool", f"{c.pool_size:,} samples"), ("Registered", c.created_at)]
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
@@ -25,14 +33,33 @@ def _card_md(c: registry.ModelCard) -> str:
             f"```json\n{json.dumps(prov, indent=1)[:3000]}\n```\n</details>")
 
 
+def _rows(db) -> list[list]:
+    return [[m["id"], m["name"], m["source"], m["architecture"], m["pool"], m["created"]]
+            for m in registry.list_models(db)]
+
+
+def _initial(page: Page):
+    """Table, card and samples at build time, so the landing page is filled before the load event returns."""
+    mid = as_int(page.model.value)
+    try:
+        if mid is None:
+            return _rows(page.db), "Pick or register a model.", []
+        rows = pool.gallery_page(page.db, mid, per_page=16).rows
+        return (_rows(page.db), _card_md(registry.card(page.db, mid)),
+                [(str(page.settings.abs(r["path"])), f"seed {r['seed']}") for r in rows])
+    except Exception:  # an unreadable model must not stop the studio from starting
+        return [], "Pick or register a model.", []
+
+
 def build(page: Page) -> None:
     """Lay out the tab and wire its events."""
     db, settings = page.db, page.settings
+    init = _initial(page)
     if page.studio.notes:
         gr.Markdown("\n".join(f"> **Note:** {n}" for n in page.studio.notes))
     with gr.Row():
         with gr.Column(scale=2):
-            table = gr.Dataframe(headers=["id", "name", "source", "architecture", "pool", "created"],
+            table = gr.Dataframe(init[0], headers=["id", "name", "source", "architecture", "pool", "created"],
                                  label="Registered models", interactive=False, elem_id="models-table")
             with gr.Accordion("Add a base model", open=True):
                 demo_btn = gr.Button("Register the bundled digits demo", elem_id="register-demo")
@@ -45,8 +72,8 @@ def build(page: Page) -> None:
                 upload_btn = gr.Button("Register upload", elem_id="upload-btn")
                 follow = page.follower("import_model")
         with gr.Column(scale=3):
-            card = gr.Markdown("Pick or register a model.", elem_classes=["card-md"], elem_id="model-card")
-            samples = gr.Gallery(label="Samples from the pool", columns=8, height=240, elem_id="card-samples",
+            card = gr.Markdown(init[1], elem_classes=["card-md"], elem_id="model-card")
+            samples = gr.Gallery(init[2], label="Samples from the pool", columns=8, height=240, elem_id="card-samples",
                                  elem_classes=["pixelated"], allow_preview=False)
             preview_btn = gr.Button("Render 16 samples", elem_id="card-render")
             with gr.Accordion("Real reference images (for per-group FD / FID)", open=False):
@@ -57,8 +84,7 @@ def build(page: Page) -> None:
                 ref_status = gr.Markdown()
 
     def refresh(model_id):
-        rows = [[m["id"], m["name"], m["source"], m["architecture"], m["pool"], m["created"]]
-                for m in registry.list_models(db)]
+        rows = _rows(db)
         mid = as_int(model_id)
         if mid is None:
             return rows, "Pick or register a model.", []

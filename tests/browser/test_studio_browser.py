@@ -3,24 +3,18 @@
 Saves screenshots to docs/screenshots/ (the README shows them). Run:
     python -m pytest -q tests/browser -m browser
 """
-import os
 import re
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
-TERMINAL = ("succeeded", "failed", "cancelled", "interrupted")
-
-if not Path(CHROMIUM).exists():
+if not Path("/usr/bin/chromium").exists():
     pytest.skip("chromium is not installed (apt-get install -y chromium)", allow_module_level=True)
 playwright = pytest.importorskip("playwright.sync_api")
+
+from walk import ARGS, CHROMIUM, SHOTS, fill, fill_slider, pick, run_job, shot, tab, toast_text, wait_text  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -52,81 +46,6 @@ def page(server):
         pg.page_errors = errors
         yield pg
         browser.close()
-
-
-# ----------------------------------------------------------------------------- helpers
-
-def wait_text(pg, elem_id, text, timeout=60_000):
-    """Wait until the element's text contains `text` (loads and refreshes are asynchronous)."""
-    try:
-        pg.wait_for_function("([id, t]) => (document.getElementById(id)?.innerText || '').includes(t)",
-                             arg=[elem_id, text], timeout=timeout)
-    except playwright.TimeoutError:
-        pg.screenshot(path=os.path.join(tempfile.gettempdir(), f"studio-failed-{elem_id}.png"), full_page=True)
-        raise AssertionError(f"#{elem_id} never showed {text!r}; it shows {pg.locator(f'#{elem_id}').inner_text()!r}")
-    return pg.locator(f"#{elem_id}").inner_text()
-
-
-def tab(pg, name):
-    pg.get_by_role("tab", name=name).click()
-    pg.wait_for_timeout(700)
-
-
-def fill(pg, elem_id, value):
-    box = pg.locator(f"#{elem_id}").locator("input, textarea").first
-    box.fill(str(value))
-    box.press("Enter")
-    pg.wait_for_timeout(300)
-
-
-def fill_slider(pg, elem_id, value):
-    """Move a slider like a user dragging it (fires its input and change events)."""
-    pg.locator(f"#{elem_id} input[type=range]").first.fill(str(value))
-    pg.wait_for_timeout(500)
-
-
-def pick(pg, elem_id, option):
-    pg.locator(f"#{elem_id} input").first.click()
-    pg.get_by_role("option", name=option, exact=False).first.click()
-    pg.wait_for_timeout(400)
-
-
-def job_id(pg, kind):
-    card = pg.locator(f"#job-{kind} .job-card")
-    return card.get_attribute("data-job") if card.count() else None
-
-
-def run_job(pg, button_id, kind, timeout=240):
-    """Click a button that submits a job and wait until the panel shows a new job finished."""
-    before = job_id(pg, kind)
-    pg.locator(f"#{button_id}").click()
-    end = time.time() + timeout
-    while time.time() < end:
-        card = pg.locator(f"#job-{kind} .job-card")
-        if card.count() and card.get_attribute("data-job") != before \
-                and card.get_attribute("data-state") in TERMINAL:
-            return card.get_attribute("data-state"), card.inner_text()
-        pg.wait_for_timeout(500)
-    raise AssertionError(f"job from #{button_id} did not finish in {timeout} s: "
-                         f"{pg.locator(f'#job-{kind}').inner_text()}")
-
-
-def toast_text(pg, pattern, timeout=20_000):
-    """Wait for an error/info toast containing `pattern`; returns its text and closes toasts."""
-    loc = pg.locator(".toast-body").filter(has_text=re.compile(pattern))
-    loc.first.wait_for(timeout=timeout)
-    text = loc.first.inner_text()
-    for btn in pg.locator(".toast-close").all():
-        try:
-            btn.click(timeout=1000)
-        except Exception:
-            pass
-    return text
-
-
-def shot(pg, name):
-    pg.wait_for_timeout(600)
-    pg.screenshot(path=str(SHOTS / name), full_page=True)
 
 
 # ----------------------------------------------------------------------------- flows

@@ -1,0 +1,92 @@
+"""Helpers for driving the studio in Playwright (used by the browser tests and demo_walk.py)."""
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+TERMINAL = ("succeeded", "failed", "cancelled", "interrupted")
+
+
+def wait_text(pg, elem_id, text, timeout=60_000):
+    """Wait until the element's text contains `text` (loads and refreshes are asynchronous)."""
+    try:
+        pg.wait_for_function("([id, t]) => (document.getElementById(id)?.innerText || '').includes(t)",
+                             arg=[elem_id, text], timeout=timeout)
+    except PlaywrightTimeout:
+        pg.screenshot(path=os.path.join(tempfile.gettempdir(), f"studio-failed-{elem_id}.png"), full_page=True)
+        raise AssertionError(f"#{elem_id} never showed {text!r}; it shows {pg.locator(f'#{elem_id}').inner_text()!r}")
+    return pg.locator(f"#{elem_id}").inner_text()
+
+
+def tab(pg, name):
+    """Open a tab by its label."""
+    pg.get_by_role("tab", name=name).click()
+    pg.wait_for_timeout(700)
+
+
+def fill(pg, elem_id, value):
+    """Type into a textbox/number and press Enter."""
+    box = pg.locator(f"#{elem_id}").locator("input, textarea").first
+    box.fill(str(value))
+    box.press("Enter")
+    pg.wait_for_timeout(300)
+
+
+def fill_slider(pg, elem_id, value):
+    """Move a slider like a user dragging it (fires its input and change events)."""
+    pg.locator(f"#{elem_id} input[type=range]").first.fill(str(value))
+    pg.wait_for_timeout(500)
+
+
+def pick(pg, elem_id, option):
+    """Choose a dropdown option by its label."""
+    pg.locator(f"#{elem_id} input").first.click()
+    pg.get_by_role("option", name=option, exact=False).first.click()
+    pg.wait_for_timeout(400)
+
+
+def job_id(pg, kind):
+    """Id of the job the panel of `kind` shows (None when empty)."""
+    card = pg.locator(f"#job-{kind} .job-card")
+    return card.get_attribute("data-job") if card.count() else None
+
+
+def run_job(pg, button_id, kind, timeout=240):
+    """Click a button that submits a job and wait until the panel shows a new job finished."""
+    before = job_id(pg, kind)
+    pg.locator(f"#{button_id}").click()
+    end = time.time() + timeout
+    while time.time() < end:
+        card = pg.locator(f"#job-{kind} .job-card")
+        if card.count() and card.get_attribute("data-job") != before \
+                and card.get_attribute("data-state") in TERMINAL:
+            return card.get_attribute("data-state"), card.inner_text()
+        pg.wait_for_timeout(500)
+    raise AssertionError(f"job from #{button_id} did not finish in {timeout} s: "
+                         f"{pg.locator(f'#job-{kind}').inner_text()}")
+
+
+def toast_text(pg, pattern, timeout=20_000):
+    """Wait for an error/info toast containing `pattern`; returns its text and closes toasts."""
+    loc = pg.locator(".toast-body").filter(has_text=re.compile(pattern))
+    loc.first.wait_for(timeout=timeout)
+    text = loc.first.inner_text()
+    for btn in pg.locator(".toast-close").all():
+        try:
+            btn.click(timeout=1000)
+        except Exception:
+            pass
+    return text
+
+
+def shot(pg, name, folder: Path = SHOTS):
+    """Full-page screenshot into docs/screenshots (or `folder`)."""
+    pg.wait_for_timeout(600)
+    folder.mkdir(parents=True, exist_ok=True)
+    pg.screenshot(path=str(folder / name), full_page=True)
