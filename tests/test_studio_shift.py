@@ -132,7 +132,9 @@ def test_killed_finetune_is_interrupted_then_resumes_to_the_same_result(world):
     wait_for_job(st.db, job, states=("running",), timeout=120)
     while not finetune.checkpoints(st.db, job):
         time.sleep(0.1)
-    os.killpg(runner.children[job].pid, signal.SIGKILL)
+    worker = runner.children[job]
+    os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait()  # the kill has landed (when the studio itself dies, init reaps its workers)
     runner.stop()  # the studio goes down too
     runner = JobRunner(st.db, st.settings, poll_s=0.1)
     runner.tick()  # a restarted studio looks at its jobs first
