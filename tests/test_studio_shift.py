@@ -152,3 +152,19 @@ def test_killed_finetune_is_interrupted_then_resumes_to_the_same_result(world):
     a = load_file(str(st.settings.abs(finetune.checkpoints(st.db, straight)[-1]["path"])))
     b = load_file(str(st.settings.abs(finetune.checkpoints(st.db, job)[-1]["path"])))
     assert all((a[k] == b[k]).all() for k in a)  # exact resume: bit-identical weights
+
+
+def test_finetune_inherits_the_base_recipe(world):
+    st, mid, g = world
+    from studio.models import Model
+    with st.db.session() as s:  # pretend the base was trained with a recorded recipe
+        m = s.get(Model, mid)
+        m.meta = {**m.meta, "training": {"config": {"batch_size": 128, "lr": 4e-4, "ema_halflife_kimg": 10,
+                                                    "ema_rampup_ratio": 0.1, "lr_rampup_kimg": 0, "seed": 1}}}
+    assert finetune.defaults_for(st.db, mid) == {"batch_size": 128, "lr": 4e-4}
+    sid = _set(st, mid, g)
+    job = finetune.submit(st.db, sid, total_kimg=0.1, checkpoint_kimg=0.1, lr=1e-3, batch_size=8, previews=False)
+    cfg = jobs.get(st.db, job).params["config"]
+    assert cfg["ema_halflife_kimg"] == 10 and cfg["lr_rampup_kimg"] == 0 and cfg["ema_rampup_ratio"] == 0.1
+    assert cfg["lr"] == 1e-3 and cfg["batch_size"] == 8 and cfg["seed"] == 0  # what the user set wins
+    jobs.cancel(st.db, job)

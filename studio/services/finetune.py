@@ -17,12 +17,23 @@ from .sets import get_set
 DEVICE_CHOICES = ("cpu", "cuda", "torchrun")
 
 
-def defaults_for(db: Database, model_id: int) -> dict:
-    """Fine-tune settings prefilled from the base's recorded recipe (SIMS: reuse the base's recipe)."""
+# What a fine-tune inherits from the base's recorded recipe (SIMS: "the base's training recipe");
+# the same keys as `python -m pipelines finetune`.
+INHERITED = ("batch_size", "lr", "lr_rampup_kimg", "ema_halflife_kimg", "ema_rampup_ratio", "loss")
+
+
+def base_recipe(db: Database, model_id: int) -> dict:
+    """The inherited part of the base model's TrainConfig ({} when the checkpoint records none)."""
     m = get_model(db, model_id)
-    cfg = (m.meta.get("training") or {}).get("config") or m.meta.get("training") or {}
-    return {"batch_size": int(cfg.get("batch_size", 64)), "lr": float(cfg.get("lr", 1e-3)),
-            "ema_halflife_kimg": cfg.get("ema_halflife_kimg"), "lr_rampup_kimg": cfg.get("lr_rampup_kimg")}
+    training = m.meta.get("training") or {}
+    cfg = training.get("config") or training
+    return {k: cfg[k] for k in INHERITED if cfg.get(k) is not None}
+
+
+def defaults_for(db: Database, model_id: int) -> dict:
+    """Batch size and learning rate to prefill (the base's, else 64 and 1e-3)."""
+    r = base_recipe(db, model_id)
+    return {"batch_size": int(r.get("batch_size", 64)), "lr": float(r.get("lr", 1e-3))}
 
 
 def submit(db: Database, set_id: int, total_kimg: float, checkpoint_kimg: float, lr: float, batch_size: int,
@@ -49,9 +60,9 @@ def submit(db: Database, set_id: int, total_kimg: float, checkpoint_kimg: float,
     gpus = int(gpus or 1)
     if device == "torchrun" and gpus < 2:
         raise UserError("torchrun is for several GPUs: set the number of GPUs to 2 or more, or pick 'cuda'.")
-    cfg = {"batch_size": int(batch_size), "lr": float(lr), "total_kimg": total_kimg,
-           "checkpoint_kimg": checkpoint_kimg, "decoder_only": bool(decoder_only), "seed": int(seed),
-           "device": "cuda" if device == "torchrun" else device}
+    cfg = {**base_recipe(db, s_set["model_id"]), "batch_size": int(batch_size), "lr": float(lr),
+           "total_kimg": total_kimg, "checkpoint_kimg": checkpoint_kimg, "decoder_only": bool(decoder_only),
+           "seed": int(seed), "device": "cuda" if device == "torchrun" else device}
     from pipelines.training import TrainConfig
     TrainConfig.from_dict(cfg)  # refuse bad numbers now, not in the worker
     job_device = "cuda" if device == "torchrun" else device

@@ -26,6 +26,7 @@ def build(page: Page) -> None:
                 device = gr.Radio(["cpu", "cuda", "torchrun"], value="cpu", label="Device", elem_id="ft-device")
                 gpus = gr.Number(2, label="GPUs (torchrun)", precision=0, minimum=1, elem_id="ft-gpus")
             seed = gr.Number(0, label="Seed", precision=0, elem_id="ft-seed")
+            gr.Markdown("Other settings (lr ramp-up, EMA, loss) follow the base model's recorded recipe.")
             start = gr.Button("Start fine-tune", variant="primary", elem_id="ft-start")
             with gr.Row():
                 cancel = gr.Button("Cancel", variant="stop", elem_id="ft-cancel")
@@ -87,6 +88,13 @@ def build(page: Page) -> None:
         gr.Info(jobs.resume(db, job_id))
         return job_id
 
+    def prefill(set_id):
+        if as_int(set_id) is None:
+            return gr.skip(), gr.skip()
+        d = finetune.defaults_for(db, sets.get_set(db, as_int(set_id))["model_id"])
+        return d["lr"], d["batch_size"]
+
+    set_pick.change(prefill, set_pick, [lr, batch])
     start.click(do_start, [set_pick, budget, every, lr, batch, decoder_only, device, gpus, seed], follow.job)
     cancel.click(do_cancel, follow.job, None)
     resume.click(do_resume, follow.job, follow.job)
