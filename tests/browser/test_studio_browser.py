@@ -136,8 +136,7 @@ def test_4_build_set(page):
     pg.wait_for_timeout(1200)
     assert "needed" in pg.locator("#plan-md").inner_text()
     assert run_job(pg, "build-btn", "build_set")[0] == "succeeded"
-    pg.wait_for_timeout(1500)
-    assert "ready" in pg.locator("#sets-table").inner_text()
+    wait_text(pg, "sets-table", "ready")  # the table refresh lands after the job's state under load
     shot(pg, "04-build-set.png")
 
 
