@@ -6,6 +6,8 @@ import time
 
 import gradio as gr
 
+from pipelines.errors import UserError
+
 from ..core import Studio
 from ..services import attributes, jobs
 from . import build_tab, export_tab, finetune_tab, generate_tab, guide_tab, jobs_tab, models_tab, target_tab
@@ -83,8 +85,10 @@ def _wire_loading(page: Page, demo: gr.Blocks, tabs_loaders) -> None:
 
     def initial():
         choices = model_choices(db)
+        # No job yet: leave the panel alone (a job submitted while the page loads must not be forgotten).
+        jobs_now = [latest_job(db, f.kinds) for f in followers]
         return (gr.Dropdown(choices=choices, value=choices[0][1] if choices else None),
-                *[latest_job(db, f.kinds) for f in followers])
+                *[gr.skip() if j is None else j for j in jobs_now])
 
     steps = [(initial, [], [page.model, *[f.job for f in followers]]), *page.loaders]
     inputs = list({id(c): c for _, ins, _ in steps for c in ins}.values())
@@ -127,7 +131,7 @@ def _wire_timer(page: Page, demo: gr.Blocks, jobs_table) -> None:
             if jid is not None:
                 try:
                     view = jobs.get(db, int(jid))
-                except Exception:
+                except UserError:  # the job was deleted with its database row
                     view = None
             panels.append(job_html(view))
             active = active or (view is not None and view.state not in TERMINAL)

@@ -16,58 +16,70 @@ def settings_from(preview_steps, preview_count, steps, n, skip, shared) -> guide
                                bool(shared))
 
 
-def build(page: Page) -> None:
-    """Lay out the tab and wire its events."""
-    db, settings = page.db, page.settings
-    with gr.Row():
-        with gr.Column(scale=1, min_width=320):
-            # custom values allowed: API clients pass checkpoint ids this session never listed
-            ckpt = gr.Dropdown([], label="Auxiliary checkpoint (training budget)", elem_id="guide-ckpt",
-                               allow_custom_value=True)
-            omega = gr.Slider(guide.OMEGA_MIN, guide.OMEGA_MAX, 0.0, step=guide.OMEGA_STEP, label="ω (guidance)",
-                              info="0 = base model, −1 = auxiliary model, > 0 steers away from S",
-                              elem_id="omega", buttons=["reset"])
-            skip = gr.Slider(0, 16, 0, step=1, label="Guidance interval: leave the first k steps unguided",
-                             elem_id="guide-skip")
-            with gr.Accordion("Sampling and measurement", open=False):
-                with gr.Row():
-                    p_steps = gr.Number(12, label="Preview steps", precision=0, elem_id="guide-psteps")
-                    p_count = gr.Number(64, label="Preview seeds", precision=0, elem_id="guide-pcount")
-                with gr.Row():
-                    m_steps = gr.Number(18, label="Measurement steps", precision=0, elem_id="guide-msteps")
-                    m_n = gr.Number(256, label="Samples per ω", precision=0, elem_id="guide-n")
-                shared = gr.Checkbox(False, label="Shared encoder (aux fine-tuned decoder-only)", elem_id="guide-shared")
-            all_budgets = gr.Checkbox(True, label="Measure every budget (heat map)", elem_id="guide-all")
-            sweep_btn = gr.Button("Precompute ω grid", variant="primary", elem_id="guide-sweep")
-            gr.Markdown("#### Find ω for my target")
-            with gr.Row():
-                f_group = gr.Dropdown([], label="Group", elem_id="find-group")
-                f_target = gr.Number(70, label="Target %", minimum=0, maximum=100, elem_id="find-target")
-            find_btn = gr.Button("Find ω", elem_id="find-btn")
-            find_md = gr.Markdown(elem_id="find-result")
-            follow = page.follower("sweep", "find_omega")
-        with gr.Column(scale=2):
-            grid = gr.Image(label="Fixed seeds at this ω (same noise as ω = 0)", height=430, interactive=False,
-                            elem_id="guide-grid", elem_classes=["pixelated"], buttons=["download"])
-            caption = gr.Markdown(elem_id="guide-caption")
-            with gr.Row():
-                frac_plot = gr.Plot(show_label=False, elem_id="plot-fraction")
-                fd_plot = gr.Plot(show_label=False, elem_id="plot-fd")
-            heat = gr.Plot(show_label=False, elem_id="plot-heatmap")
-    gs_inputs = [p_steps, p_count, m_steps, m_n, skip, shared]
+class GuideTab:
+    """Components and handlers of the tab."""
 
-    def refresh(model_id, grouping_id):
-        choices = guide.run_checkpoints(db, as_int(model_id))
-        groups = list(attributes.get_grouping(db, as_int(grouping_id))["groups"]) if as_int(grouping_id) else []
+    def __init__(self, page: Page):
+        self.page, self.db, self.settings = page, page.db, page.settings
+        with gr.Row():
+            with gr.Column(scale=1, min_width=320):
+                self._controls()
+                self._find()
+                self.follow = page.follower("sweep", "find_omega")
+            with gr.Column(scale=2):
+                self.grid = gr.Image(label="Fixed seeds at this ω (same noise as ω = 0)", height=430,
+                                     interactive=False, elem_id="guide-grid", elem_classes=["pixelated"],
+                                     buttons=["download"])
+                self.caption = gr.Markdown(elem_id="guide-caption")
+                with gr.Row():
+                    self.frac_plot = gr.Plot(show_label=False, elem_id="plot-fraction")
+                    self.fd_plot = gr.Plot(show_label=False, elem_id="plot-fd")
+                self.heat = gr.Plot(show_label=False, elem_id="plot-heatmap")
+        self.gs_inputs = [self.p_steps, self.p_count, self.m_steps, self.m_n, self.skip, self.shared]
+
+    def _controls(self) -> None:
+        # custom values allowed: API clients pass checkpoint ids this session never listed
+        self.ckpt = gr.Dropdown([], label="Auxiliary checkpoint (training budget)", elem_id="guide-ckpt",
+                                allow_custom_value=True)
+        self.omega = gr.Slider(guide.OMEGA_MIN, guide.OMEGA_MAX, 0.0, step=guide.OMEGA_STEP, label="ω (guidance)",
+                               info="0 = base model, −1 = auxiliary model, > 0 steers away from S",
+                               elem_id="omega", buttons=["reset"])
+        self.skip = gr.Slider(0, 11, 0, step=1, label="Guidance interval: leave the first k steps unguided",
+                              elem_id="guide-skip")
+        with gr.Accordion("Sampling and measurement", open=False):
+            with gr.Row():
+                self.p_steps = gr.Number(12, label="Preview steps", precision=0, elem_id="guide-psteps")
+                self.p_count = gr.Number(64, label="Preview seeds", precision=0, elem_id="guide-pcount")
+            with gr.Row():
+                self.m_steps = gr.Number(18, label="Measurement steps", precision=0, elem_id="guide-msteps")
+                self.m_n = gr.Number(256, label="Samples per ω", precision=0, elem_id="guide-n")
+            self.shared = gr.Checkbox(False, label="Shared encoder (aux fine-tuned decoder-only)",
+                                      elem_id="guide-shared")
+        self.all_budgets = gr.Checkbox(True, label="Measure every budget (heat map)", elem_id="guide-all")
+        self.sweep_btn = gr.Button("Precompute ω grid", variant="primary", elem_id="guide-sweep")
+
+    def _find(self) -> None:
+        gr.Markdown("#### Find ω for my target")
+        with gr.Row():
+            self.f_group = gr.Dropdown([], label="Group", elem_id="find-group")
+            self.f_target = gr.Number(70, label="Target %", minimum=0, maximum=100, elem_id="find-target")
+        self.find_btn = gr.Button("Find ω", elem_id="find-btn")
+        self.find_md = gr.Markdown(elem_id="find-result")
+
+    # -- handlers ------------------------------------------------------------------------------------
+    def refresh(self, model_id, grouping_id):
+        """Budget checkpoints of the model's runs (newest budget picked) and the grouping's groups."""
+        choices = guide.run_checkpoints(self.db, as_int(model_id))
+        gid = as_int(grouping_id)
+        groups = list(attributes.get_grouping(self.db, gid)["groups"]) if gid is not None else []
         return (gr.Dropdown(choices=choices, value=choices[-1][1] if choices else None),
                 gr.Dropdown(choices=groups, value=groups[-1] if groups else None))
 
-    def scrub(ck, w, device, *gs_vals):
+    def scrub(self, ck, w, device, *gs_vals):
         """Fast path of an omega change: the exact cached grid, or the nearest cached one while it renders."""
         if as_int(ck) is None:
             return None, "Finish a fine-tune (Fine-tune tab) to guide with its checkpoints."
-        gs = settings_from(*gs_vals)
-        near = guide.nearest_cached(db, settings, as_int(ck), w, gs)
+        near = guide.nearest_cached(self.db, self.settings, as_int(ck), w, settings_from(*gs_vals))
         if near is None:
             return gr.skip(), f"rendering ω = **{float(w):+.2f}**…"
         if abs(near["omega"] - float(w)) < 1e-9:
@@ -75,83 +87,101 @@ def build(page: Page) -> None:
         return near["grid"], f"showing cached ω = {near['omega']:+.2f} while ω = **{float(w):+.2f}** renders…"
 
     @user_errors
-    def render_exact(ck, w, device, *gs_vals):
+    def render_exact(self, ck, w, device, *gs_vals):
         """Slow path: render an uncached omega (a no-op when the fast path found it)."""
         if as_int(ck) is None:
             return gr.skip(), gr.skip()
         gs = settings_from(*gs_vals)
-        near = guide.nearest_cached(db, settings, as_int(ck), w, gs)
+        near = guide.nearest_cached(self.db, self.settings, as_int(ck), w, gs)
         if near is not None and abs(near["omega"] - float(w)) < 1e-9:
             return gr.skip(), gr.skip()
-        out = guide.preview(db, settings, as_int(ck), w, gs, device)
+        out = guide.preview(self.db, self.settings, as_int(ck), w, gs, device)
         return out["grid"], f"ω = **{float(w):+.2f}** · rendered now in {1000 * out['seconds']:.0f} ms"
 
-    def figures(ck, grouping_id, w, groups, *rest):
-        gs = settings_from(*rest[:6])
-        values = rest[6:]
+    def figures(self, ck, grouping_id, w, groups, *rest):
+        """Fraction vs ω (with the Target tab's target), distance vs ω, (ω, budget) heat map."""
+        gs, values = settings_from(*rest[:6]), rest[6:]
         ckid, gid = as_int(ck), as_int(grouping_id)
         if ckid is None or gid is None:
             note = "pick a checkpoint and a grouping"
             return (plots.empty("Group fraction vs ω", note), plots.empty("Distance vs ω", note),
                     plots.empty("Fraction over (ω, budget)", note))
-        g = attributes.get_grouping(db, gid)
+        g = attributes.get_grouping(self.db, gid)
         tgt = {k: float(values[i]) / 100 for i, k in enumerate(groups)} if groups == list(g["groups"]) else None
-        c = guide.curves(db, ckid, gid, gs)
-        metric = metric_name(g["classifier"])
-        focus = list(g["groups"])[-1]
-        h = guide.heatmap(db, ckid, gid, focus, gs)
+        c = guide.curves(self.db, ckid, gid, gs)
+        metric, focus = metric_name(g["classifier"]), list(g["groups"])[-1]
+        h = guide.heatmap(self.db, ckid, gid, focus, gs)
         return (plots.fraction_vs_omega(c, tgt, float(w)), plots.fd_vs_omega(c, metric, float(w)),
                 plots.heatmap(h, focus, tgt.get(focus) if tgt else None, metric))
 
     @user_errors
-    def do_sweep(ck, grouping_id, every_budget, device, *gs_vals):
+    def do_sweep(self, ck, grouping_id, every_budget, device, *gs_vals):
+        """Queue the ω-grid job."""
         if as_int(ck) is None or as_int(grouping_id) is None:
             raise gr.Error("Pick a checkpoint and a grouping first.")
-        job = guide.submit_sweep(db, as_int(ck), as_int(grouping_id), settings_from(*gs_vals), bool(every_budget),
-                                 device=device)
+        job = guide.submit_sweep(self.db, as_int(ck), as_int(grouping_id), settings_from(*gs_vals),
+                                 bool(every_budget), device=device)
         gr.Info(f"ω grid queued as job #{job}.")
         return job
 
     @user_errors
-    def do_find(ck, grouping_id, grp, tgt, device, *gs_vals):
+    def do_find(self, ck, grouping_id, grp, tgt, device, *gs_vals):
+        """Queue the find-ω job."""
         if as_int(ck) is None or as_int(grouping_id) is None or not grp:
             raise gr.Error("Pick a checkpoint, a grouping and a group first.")
-        return guide.submit_find_omega(db, as_int(ck), as_int(grouping_id), grp, float(tgt or 0) / 100,
+        return guide.submit_find_omega(self.db, as_int(ck), as_int(grouping_id), grp, float(tgt or 0) / 100,
                                        settings_from(*gs_vals), device=device)
 
-    def after_job(job_id, w):
+    def after_job(self, job_id, w):
+        """A finished find-ω job: show its answer and move the slider there."""
         from ..services import jobs
         if job_id is None:
             return gr.skip(), gr.skip()
-        j = jobs.get(db, job_id)
-        if j.kind == "find_omega" and j.state == "succeeded":
-            return f"**Found:** {j.message}", gr.Slider(value=min(max(round(j.result['omega'] / guide.OMEGA_STEP) *
-                                                              guide.OMEGA_STEP, guide.OMEGA_MIN), guide.OMEGA_MAX))
-        if j.kind == "find_omega":
+        j = jobs.get(self.db, job_id)
+        if j.kind != "find_omega":
+            return gr.skip(), gr.skip()
+        if j.state != "succeeded":
             return f"**Search failed:** {j.message}", gr.skip()
-        return gr.skip(), gr.skip()
+        snapped = round(j.result["omega"] / guide.OMEGA_STEP) * guide.OMEGA_STEP
+        return f"**Found:** {j.message}", gr.Slider(value=min(max(snapped, guide.OMEGA_MIN), guide.OMEGA_MAX))
 
-    def skip_limit(steps_):
-        return gr.Slider(maximum=max(int(steps_ or 2) - 1, 1))
+    @staticmethod
+    def skip_limit(preview_steps, steps):
+        """Steps that may be left unguided: fewer than either sampler runs."""
+        return gr.Slider(maximum=max(min(int(preview_steps or 2), int(steps or 2)) - 1, 1))
 
-    fig_inputs = [ckpt, page.grouping, omega, page.target_groups, *gs_inputs, *page.target_sliders[:MAX_GROUPS]]
-    fig_outputs = [frac_plot, fd_plot, heat]
-    scrub_inputs = [ckpt, omega, page.device, *gs_inputs]
-    omega.change(scrub, scrub_inputs, [grid, caption], trigger_mode="always_last", show_progress="hidden").then(
-        render_exact, scrub_inputs, [grid, caption], show_progress="hidden", concurrency_id="render",
-        concurrency_limit=1, trigger_mode="always_last")
-    omega.release(figures, fig_inputs, fig_outputs, show_progress="hidden")
-    for comp in (ckpt, skip, shared, p_steps, p_count):
-        comp.change(scrub, scrub_inputs, [grid, caption], show_progress="hidden").then(
-            render_exact, scrub_inputs, [grid, caption], show_progress="minimal", concurrency_id="render",
-            concurrency_limit=1)
-    ckpt.change(figures, fig_inputs, fig_outputs)
-    m_steps.change(skip_limit, p_steps, skip)
-    sweep_btn.click(do_sweep, [ckpt, page.grouping, all_budgets, page.device, *gs_inputs], follow.job)
-    find_btn.click(do_find, [ckpt, page.grouping, f_group, f_target, page.device, *gs_inputs], follow.job)
-    follow.done.change(after_job, [follow.job, omega], [find_md, omega]).then(figures, fig_inputs, fig_outputs)
-    for ev in (page.model.change, page.grouping.change):
-        ev(refresh, [page.model, page.grouping], [ckpt, f_group])
-    page.loaders.append((refresh, [page.model, page.grouping], [ckpt, f_group]))
-    page.loaders.append((figures, fig_inputs, fig_outputs))
-    page.guide_checkpoint, page.guide_omega, page.guide_settings = ckpt, omega, gs_inputs
+    # -- events --------------------------------------------------------------------------------------
+    def wire(self) -> None:
+        """Connect the components to the handlers; expose the picks for the Export tab."""
+        page = self.page
+        fig_in = [self.ckpt, page.grouping, self.omega, page.target_groups, *self.gs_inputs,
+                  *page.target_sliders[:MAX_GROUPS]]
+        fig_out = [self.frac_plot, self.fd_plot, self.heat]
+        scrub_in, scrub_out = [self.ckpt, self.omega, page.device, *self.gs_inputs], [self.grid, self.caption]
+        self.omega.change(self.scrub, scrub_in, scrub_out, trigger_mode="always_last", show_progress="hidden").then(
+            self.render_exact, scrub_in, scrub_out, show_progress="hidden", concurrency_id="render",
+            concurrency_limit=1, trigger_mode="always_last")
+        self.omega.release(self.figures, fig_in, fig_out, show_progress="hidden")
+        for comp in (self.ckpt, self.skip, self.shared, self.p_steps, self.p_count):
+            comp.change(self.scrub, scrub_in, scrub_out, show_progress="hidden").then(
+                self.render_exact, scrub_in, scrub_out, show_progress="minimal", concurrency_id="render",
+                concurrency_limit=1)
+        self.ckpt.change(self.figures, fig_in, fig_out)
+        for comp in (self.p_steps, self.m_steps):
+            comp.change(self.skip_limit, [self.p_steps, self.m_steps], self.skip)
+        self.sweep_btn.click(self.do_sweep, [self.ckpt, page.grouping, self.all_budgets, page.device,
+                                             *self.gs_inputs], self.follow.job)
+        self.find_btn.click(self.do_find, [self.ckpt, page.grouping, self.f_group, self.f_target, page.device,
+                                           *self.gs_inputs], self.follow.job)
+        self.follow.done.change(self.after_job, [self.follow.job, self.omega], [self.find_md, self.omega]).then(
+            self.figures, fig_in, fig_out)
+        for ev in (page.model.change, page.grouping.change):
+            ev(self.refresh, [page.model, page.grouping], [self.ckpt, self.f_group])
+        page.loaders.append((self.refresh, [page.model, page.grouping], [self.ckpt, self.f_group]))
+        page.loaders.append((self.figures, fig_in, fig_out))
+        page.guide_checkpoint, page.guide_omega, page.guide_settings = self.ckpt, self.omega, self.gs_inputs
+
+
+def build(page: Page) -> None:
+    """Lay out the tab and wire its events."""
+    GuideTab(page).wire()

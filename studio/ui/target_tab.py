@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import gradio as gr
 
+from pipelines.errors import UserError
+
 from ..services import attributes, pool, target
 from . import plots
 from .common import Page, as_int, hidden_value, user_errors
@@ -18,11 +20,86 @@ def sum_html(values, what: str) -> str:
             f"{'' if ok else ' — must be 100%'}</span>")
 
 
+def slider_updates(groups, values) -> list:
+    """Show one slider per group (labelled, valued) and hide the rest."""
+    return [gr.Slider(label=groups[i], value=values[i], visible=True) if i < len(groups)
+            else gr.Slider(visible=False, value=0) for i in range(MAX_GROUPS)]
+
+
+def _set_values(values, k: int) -> tuple:
+    # New values for the first k sliders; the hidden rest stay as they are.
+    return (*[gr.Slider(value=v) for v in values], *[gr.Slider() for _ in range(MAX_GROUPS - k)])
+
+
+def _fractions_md(bf: dict) -> str:
+    rows = "\n".join(f"| {k} | {100 * v['fraction']:.1f}% | {100 * v['lo']:.1f}–{100 * v['hi']:.1f}% | {v['count']} |"
+                     for k, v in bf["groups"].items())
+    excl = ", ".join(f"{k} {v}" for k, v in bf["excluded"].items() if v)
+    return (f"| group | base | 95% CI | samples |\n|---|---|---|---|\n{rows}\n\n{bf['assigned']:,} confidently "
+            f"labelled samples" + (f" (excluded: {excl})" if excl else ""))
+
+
+def load(db, model_id, grouping_id):
+    """Base fractions of the pool; both slider columns start at the base mix."""
+    mid, gid = as_int(model_id), as_int(grouping_id)
+    blank = slider_updates([], [])
+    if mid is None or gid is None:
+        return ([], {}, "Pick a model and a grouping.", *blank, *blank, "", "", plots.empty("Shares", "nothing yet"))
+    g = attributes.get_grouping(db, gid)
+    groups = list(g["groups"])
+    if len(groups) > MAX_GROUPS:
+        raise gr.Error(f"This grouping has {len(groups)} groups; the Target tab handles up to {MAX_GROUPS}. "
+                       "Pick a coarser grouping.")
+    try:
+        bf = pool.base_fractions(db, mid, g)
+    except UserError as e:  # no labels yet: say so, keep the tab usable
+        return ([], {}, f"**Cannot compute base fractions:** {e}", *blank, *blank, "", "",
+                plots.empty("Shares", "label the pool first"))
+    base = target.normalise([100 * bf["groups"][k]["fraction"] for k in groups])
+    return (groups, dict(zip(groups, base)), _fractions_md(bf), *slider_updates(groups, base),
+            *slider_updates(groups, base), sum_html(base, "Target"), sum_html(base, "Mix"),
+            plots.mix_bars(groups, base, base, base))
+
+
+def on_input(i, groups, base, *values):
+    """A slider moved: rescale the others so the column sums to 100%."""
+    return _set_values(target.normalise(values[:len(groups)], changed=i), len(groups))
+
+
+def renorm(groups, *values):
+    """Rescale a column to 100%."""
+    return _set_values(target.normalise(values[:len(groups)]), len(groups))
+
+
+def chart(groups, base, *values):
+    """Sums of both columns and the bar chart."""
+    k = len(groups)
+    t, m = list(values[:k]), list(values[MAX_GROUPS:MAX_GROUPS + k])
+    if not k:
+        return "", "", plots.empty("Shares", "nothing to show yet")
+    return sum_html(t, "Target"), sum_html(m, "Mix"), plots.mix_bars(groups, [base[g] for g in groups], t, m)
+
+
+@user_errors
+def suggest(groups, base, w0, *values):
+    """Auxiliary mix from the target (DESIGN §1 formula)."""
+    if not groups:
+        raise gr.Error("Label the pool first: the suggestion starts from its base fractions.")
+    q = target.check_shares(groups, values[:len(groups)], "Target")
+    mix = target.suggest_mix({g: base[g] / 100 for g in groups}, q, float(w0 or 1.0))
+    return _set_values(target.as_percent(mix, groups), len(groups))
+
+
+def _column(title: str, prefix: str):
+    gr.Markdown(f"#### {title}")
+    sliders = [gr.Slider(0, 100, 0, step=0.5, label=f"group {i}", visible=False, elem_id=f"{prefix}-{i}")
+               for i in range(MAX_GROUPS)]
+    return sliders, gr.HTML(elem_id=f"{prefix}-sum")
+
+
 def build(page: Page) -> None:
     """Lay out the tab and wire its events; exposes the sliders on `page` for the Build set tab."""
-    db = page.db
-    groups_state = hidden_value([])
-    base_state = hidden_value({})
+    groups_state, base_state = hidden_value([]), hidden_value({})
     with gr.Row():
         with gr.Column(scale=2):
             gr.Markdown("#### Base fractions (labelled pool)")
@@ -31,88 +108,27 @@ def build(page: Page) -> None:
                                elem_id="omega0")
             refresh_btn = gr.Button("Refresh from pool", size="sm", elem_id="target-refresh")
         with gr.Column(scale=3):
-            gr.Markdown("#### Target distribution")
-            t_sliders = [gr.Slider(0, 100, 0, step=0.5, label=f"group {i}", visible=False, elem_id=f"target-{i}")
-                         for i in range(MAX_GROUPS)]
-            t_sum = gr.HTML(elem_id="target-sum")
+            t_sliders, t_sum = _column("Target distribution", "target")
             with gr.Row():
                 t_norm = gr.Button("Normalise to 100%", size="sm", elem_id="target-normalise")
                 t_base = gr.Button("Target = base", size="sm", elem_id="target-base")
         with gr.Column(scale=3):
-            gr.Markdown("#### Auxiliary mix for S (editable)")
-            m_sliders = [gr.Slider(0, 100, 0, step=0.5, label=f"group {i}", visible=False, elem_id=f"mix-{i}")
-                         for i in range(MAX_GROUPS)]
-            m_sum = gr.HTML(elem_id="mix-sum")
+            m_sliders, m_sum = _column("Auxiliary mix for S (editable)", "mix")
             with gr.Row():
-                suggest = gr.Button("Suggest from target (a = p − (q − p)/ω₀)", variant="primary", size="sm",
-                                    elem_id="mix-suggest")
+                suggest_btn = gr.Button("Suggest from target (a = p − (q − p)/ω₀)", variant="primary", size="sm",
+                                        elem_id="mix-suggest")
                 m_norm = gr.Button("Normalise to 100%", size="sm", elem_id="mix-normalise")
     bars = gr.Plot(show_label=False, elem_id="target-bars")
     gr.Markdown("SIMS pushes generation *away* from S: to raise a group above its base share, give it *less* "
                 "than its base share in S. The guess assumes a linear response at ω₀; the Guide tab measures "
                 "the real curve. Alternatively build S from your not-preferred samples (Build set tab).")
-    page.target_sliders, page.mix_sliders, page.target_groups, page.target_base = t_sliders, m_sliders, groups_state, base_state
+    page.target_sliders, page.mix_sliders = t_sliders, m_sliders
+    page.target_groups, page.target_base = groups_state, base_state
 
-    def slider_updates(groups, values):
-        return [gr.Slider(label=groups[i], value=values[i], visible=True) if i < len(groups)
-                else gr.Slider(visible=False, value=0) for i in range(MAX_GROUPS)]
-
-    @user_errors
-    def load(model_id, grouping_id):
-        mid, gid = as_int(model_id), as_int(grouping_id)
-        empty = ([], {}, "Pick a model and a grouping.", *slider_updates([], []), *slider_updates([], []),
-                 "", "", plots.empty("Shares", "nothing to show yet"))
-        if mid is None or gid is None:
-            return empty
-        g = attributes.get_grouping(db, gid)
-        groups = list(g["groups"])
-        if len(groups) > MAX_GROUPS:
-            raise gr.Error(f"This grouping has {len(groups)} groups; the Target tab handles up to {MAX_GROUPS}. "
-                           "Pick a coarser grouping.")
-        try:
-            bf = pool.base_fractions(db, mid, g)
-        except Exception as e:  # no labels yet: show the message, keep sliders usable
-            return ([], {}, f"**Cannot compute base fractions:** {e}", *slider_updates([], []), *slider_updates([], []), "", "",
-                    plots.empty("Shares", "label the pool first"))
-        base = [100 * bf["groups"][k]["fraction"] for k in groups]
-        base_pct = target.normalise(base)
-        rows = "\n".join(f"| {k} | {100 * v['fraction']:.1f}% | {100 * v['lo']:.1f}–{100 * v['hi']:.1f}% | {v['count']} |"
-                         for k, v in bf["groups"].items())
-        excl = ", ".join(f"{k} {v}" for k, v in bf["excluded"].items() if v)
-        md = (f"| group | base | 95% CI | samples |\n|---|---|---|---|\n{rows}\n\n{bf['assigned']:,} confidently "
-              f"labelled samples" + (f" (excluded: {excl})" if excl else ""))
-        return (groups, dict(zip(groups, base_pct)), md, *slider_updates(groups, base_pct),
-                *slider_updates(groups, base_pct), sum_html(base_pct, "Target"), sum_html(base_pct, "Mix"),
-                plots.mix_bars(groups, base_pct, base_pct, base_pct))
-
-    def on_input(i, groups, base, *values):
-        k = len(groups)
-        out = target.normalise(values[:k], changed=i)
-        return (*[gr.Slider(value=v) for v in out], *[gr.Slider() for _ in range(MAX_GROUPS - k)])
-
-    def renorm(groups, *values):
-        out = target.normalise(values[:len(groups)])
-        return (*[gr.Slider(value=v) for v in out], *[gr.Slider() for _ in range(MAX_GROUPS - len(groups))])
-
-    def chart(groups, base, *values):
-        k = len(groups)
-        t, m = list(values[:k]), list(values[MAX_GROUPS:MAX_GROUPS + k])
-        if not k:
-            return "", "", plots.empty("Shares", "nothing to show yet")
-        return sum_html(t, "Target"), sum_html(m, "Mix"), plots.mix_bars(groups, [base[g] for g in groups], t, m)
-
-    @user_errors
-    def do_suggest(groups, base, w0, *values):
-        if not groups:
-            raise gr.Error("Label the pool first: the suggestion starts from its base fractions.")
-        q = target.check_shares(groups, values[:len(groups)], "Target")
-        mix = target.suggest_mix({g: base[g] / 100 for g in groups}, q, float(w0 or 1.0))
-        pct = target.as_percent(mix, groups)
-        return (*[gr.Slider(value=v) for v in pct], *[gr.Slider() for _ in range(MAX_GROUPS - len(groups))])
-
+    loader = user_errors(lambda m, g: load(page.db, m, g))
     load_outputs = [groups_state, base_state, base_md, *t_sliders, *m_sliders, t_sum, m_sum, bars]
     for ev in (page.model.change, page.grouping.change, refresh_btn.click):
-        ev(load, [page.model, page.grouping], load_outputs)
+        ev(loader, [page.model, page.grouping], load_outputs)
     for sliders in (t_sliders, m_sliders):
         for i, s in enumerate(sliders):
             s.input(lambda groups, base, *v, i=i: on_input(i, groups, base, *v), [groups_state, base_state, *sliders],
@@ -121,8 +137,7 @@ def build(page: Page) -> None:
                      show_progress="hidden")
     t_norm.click(renorm, [groups_state, *t_sliders], t_sliders)
     m_norm.click(renorm, [groups_state, *m_sliders], m_sliders)
-    t_base.click(lambda groups, base: (*[gr.Slider(value=base[g]) for g in groups],
-                                       *[gr.Slider() for _ in range(MAX_GROUPS - len(groups))]),
+    t_base.click(lambda groups, base: _set_values([base[g] for g in groups], len(groups)),
                  [groups_state, base_state], t_sliders)
-    suggest.click(do_suggest, [groups_state, base_state, omega0, *t_sliders], m_sliders)
-    page.loaders.append((load, [page.model, page.grouping], load_outputs))
+    suggest_btn.click(suggest, [groups_state, base_state, omega0, *t_sliders], m_sliders)
+    page.loaders.append((loader, [page.model, page.grouping], load_outputs))

@@ -51,22 +51,22 @@ def pick(pg, elem_id, option):
     pg.wait_for_timeout(400)
 
 
-def job_id(pg, kind):
-    """Id of the job the panel of `kind` shows (None when empty)."""
-    card = pg.locator(f"#job-{kind} .job-card")
-    return card.get_attribute("data-job") if card.count() else None
+def job_card(pg, kind):
+    """(job id, state) shown by the panel of `kind`, or (None, None); read in one go (panels re-render)."""
+    got = pg.evaluate("k => { const c = document.querySelector(`#job-${k} .job-card`);"
+                      " return c ? [c.dataset.job, c.dataset.state] : [null, null]; }", kind)
+    return tuple(got)
 
 
 def run_job(pg, button_id, kind, timeout=240):
     """Click a button that submits a job and wait until the panel shows a new job finished."""
-    before = job_id(pg, kind)
+    before = job_card(pg, kind)[0]
     pg.locator(f"#{button_id}").click()
     end = time.time() + timeout
     while time.time() < end:
-        card = pg.locator(f"#job-{kind} .job-card")
-        if card.count() and card.get_attribute("data-job") != before \
-                and card.get_attribute("data-state") in TERMINAL:
-            return card.get_attribute("data-state"), card.inner_text()
+        job, state = job_card(pg, kind)
+        if job is not None and job != before and state in TERMINAL:
+            return state, pg.locator(f"#job-{kind}").inner_text()
         pg.wait_for_timeout(500)
     raise AssertionError(f"job from #{button_id} did not finish in {timeout} s: "
                          f"{pg.locator(f'#job-{kind}').inner_text()}")
