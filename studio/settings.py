@@ -7,6 +7,10 @@ from pathlib import Path
 
 from pipelines.errors import UserError
 
+# Heun steps used wherever the user has not chosen (pool, S growth, previews, measurements, exports):
+# the demo's sampler; EDM's 18 suits 32x32 and larger models, and every field can be changed in the UI.
+DEFAULT_STEPS = 12
+
 
 @dataclass(frozen=True)
 class Settings:

@@ -10,7 +10,7 @@ from pipelines.errors import UserError
 
 from ..db import Database
 from ..models import Job, Metric, Model, SyntheticSet
-from ..settings import Settings
+from ..settings import DEFAULT_STEPS, Settings
 from . import jobs as jobs_service
 from .evaluate import interval_from_skip, metric_name
 from .finetune import get_checkpoint
@@ -58,7 +58,7 @@ def provenance(db: Database, checkpoint_id: int) -> dict:
         }
 
 
-def export_bundle(db: Database, settings: Settings, checkpoint_id: int, omega: float, steps: int = 18,
+def export_bundle(db: Database, settings: Settings, checkpoint_id: int, omega: float, steps: int = DEFAULT_STEPS,
                   skip_steps: int = 0, shared_encoder: bool = False, name: str = "", classifier: str = "") -> dict:
     """Write the SIMS bundle (+ its Markdown card) under exports/; returns paths and the card."""
     from pipelines.checkpoints.bundle import save_bundle

@@ -12,7 +12,7 @@ from pipelines.errors import UserError
 
 from ..db import Database
 from ..models import Checkpoint, Metric
-from ..settings import Settings
+from ..settings import DEFAULT_STEPS, Settings
 from . import jobs as jobs_service
 from .attributes import get_grouping
 from .evaluate import interval_from_skip, render_cached
@@ -25,9 +25,9 @@ METRIC_SEED0 = 1_000_000  # measurement seeds never overlap the pool's (which st
 @dataclass(frozen=True)
 class GuideSettings:
     """Everything besides (checkpoint, omega) that changes what a guided sample looks like or how it is measured."""
-    preview_steps: int = 12
+    preview_steps: int = DEFAULT_STEPS
     preview_count: int = 64
-    steps: int = 18
+    steps: int = DEFAULT_STEPS
     n: int = 256
     skip_steps: int = 0
     shared_encoder: bool = False

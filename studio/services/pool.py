@@ -9,6 +9,7 @@ from pipelines.attributes.groupings import EXCLUDED_LABELS, wilson_interval
 from pipelines.errors import UserError
 
 from ..db import Database
+from ..settings import DEFAULT_STEPS
 from ..models import Assignment, Sample
 from . import jobs as jobs_service
 
@@ -32,7 +33,7 @@ def next_seed(db: Database, model_id: int) -> int:
         return 0 if top is None else int(top) + 1
 
 
-def submit_generate(db: Database, model_id: int, n: int, steps: int = 18, device: str = "cpu",
+def submit_generate(db: Database, model_id: int, n: int, steps: int = DEFAULT_STEPS, device: str = "cpu",
                     batch_size: int = 64) -> int:
     """Queue a job adding `n` samples (fresh seeds) to the model's pool; returns the job id."""
     n = int(n or 0)

@@ -6,6 +6,7 @@ from sqlalchemy import func, select
 from pipelines.errors import UserError
 
 from ..db import Database
+from ..settings import DEFAULT_STEPS
 from ..models import SetMember, Sample, SyntheticSet
 from . import jobs as jobs_service
 from .attributes import get_grouping
@@ -41,7 +42,7 @@ def plan(db: Database, model_id: int, grouping: dict, mix: dict[str, float], n_s
 
 def submit_build(db: Database, model_id: int, grouping_id: int, mix: dict[str, float], n_s: int,
                  target: dict | None = None, base_fractions: dict | None = None, grow: bool = True,
-                 max_pool: int = DEFAULT_MAX_POOL, steps: int = 18, device: str = "cpu", name: str = "") -> tuple[int, int]:
+                 max_pool: int = DEFAULT_MAX_POOL, steps: int = DEFAULT_STEPS, device: str = "cpu", name: str = "") -> tuple[int, int]:
     """Validate the plan, create S (state 'building') and queue its job; returns (set id, job id)."""
     grouping = get_grouping(db, grouping_id)
     info = plan(db, model_id, grouping, mix, n_s, grow, max_pool)

@@ -29,9 +29,11 @@ def _default_grouping(db):
     return (preferred or [v for _, v in choices] or [None])[0]
 
 
-def _devices() -> list[str]:
+def _devices(default: str) -> list[str]:
+    """Devices jobs may use: cpu, cuda when visible, and the studio's --device if it is another."""
     import torch
-    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    found = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    return found + ([default] if default and default not in found else [])
 
 
 def build_ui(studio: Studio) -> gr.Blocks:
@@ -47,7 +49,9 @@ def build_ui(studio: Studio) -> gr.Blocks:
                                      elem_id="pick-model", scale=3)
             page.grouping = gr.Dropdown(grouping_choices(db), value=_default_grouping(db), label="Grouping",
                                         elem_id="pick-grouping", scale=2)
-            page.device = gr.Radio(_devices(), value=_devices()[-1], label="Device", elem_id="pick-device", scale=1)
+            devices = _devices(studio.settings.device)
+            page.device = gr.Radio(devices, value=studio.settings.device if studio.settings.device in devices
+                                   else devices[-1], label="Device", elem_id="pick-device", scale=1)
         tabs_loaders = []
         with gr.Tabs():
             for title, module in TABS:

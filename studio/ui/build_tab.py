@@ -5,6 +5,7 @@ import gradio as gr
 
 from ..services import attributes, sets, target
 from . import plots
+from ..settings import DEFAULT_STEPS
 from .common import Page, as_int, kpis, user_errors
 from .target_tab import MAX_GROUPS
 
@@ -18,7 +19,7 @@ def build(page: Page) -> None:
             grow = gr.Checkbox(True, label="Generate and label more when a group runs short", elem_id="grow")
             max_pool = gr.Number(sets.DEFAULT_MAX_POOL, label="Largest pool to grow to", precision=0,
                                  elem_id="max-pool")
-            steps = gr.Slider(2, 64, 18, step=1, label="Heun steps for new samples", elem_id="build-steps")
+            steps = gr.Slider(2, 64, DEFAULT_STEPS, step=1, label="Heun steps for new samples", elem_id="build-steps")
             check_btn = gr.Button("Check plan", elem_id="plan-check")
             build_btn = gr.Button("Build S with the Target tab's mix", variant="primary", elem_id="build-btn")
             np_btn = gr.Button("Build S from not-preferred samples", elem_id="build-np")

@@ -8,6 +8,7 @@ import gradio as gr
 from ..services import attributes, labels, pool
 from ..storage import read_png, upscale
 from . import plots
+from ..settings import DEFAULT_STEPS
 from .common import Page, as_int, hidden_id, hidden_value, user_errors
 
 PER_PAGE = 48
@@ -25,6 +26,12 @@ def parse_ids(text: str) -> list[int]:
         a, b = int(m.group(1)), int(m.group(2) or m.group(1))
         ids.extend(range(a, b + 1))
     return ids
+
+
+def _caption(r: dict) -> str:
+    """Short thumbnail caption: group and confidence (or 'manual'), 'NP' when not preferred."""
+    cap = "" if r["group"] is None else r["group"] + (" manual" if r["source"] == "manual" else f" {r['confidence']:.2f}")
+    return (cap + " NP").strip() if r["not_preferred"] else (cap or f"#{r['id']}")
 
 
 def _fmt_ids(ids) -> str:
@@ -48,7 +55,7 @@ class GenerateTab:
     def _pool_controls(self, page: Page) -> None:
         gr.Markdown("#### Grow the pool")
         self.n = gr.Number(256, label="Samples to add", precision=0, minimum=1, elem_id="gen-n")
-        self.steps = gr.Slider(2, 64, 18, step=1, label="Heun steps", elem_id="gen-steps")
+        self.steps = gr.Slider(2, 64, DEFAULT_STEPS, step=1, label="Heun steps", elem_id="gen-steps")
         self.gen_btn = gr.Button("Generate", variant="primary", elem_id="gen-btn")
         gr.Markdown("#### Label")
         self.label_btn = gr.Button("Label pool with the grouping's classifier", elem_id="label-btn")
@@ -110,14 +117,7 @@ class GenerateTab:
         if mid is None:
             return [], [], "Register or pick a model (Models tab).", 1
         res = pool.gallery_page(self.db, mid, g["id"] if g else None, grp, lo, hi, st, page_n, PER_PAGE)
-        items = []
-        for r in res.rows:
-            cap = f"#{r['id']}"
-            if r["group"] is not None:
-                cap += f" {r['group']}" + (" (manual)" if r["source"] == "manual" else f" {r['confidence']:.2f}")
-            if r["not_preferred"]:
-                cap += " · not preferred"
-            items.append((str(self.settings.abs(r["path"])), cap))
+        items = [(str(self.settings.abs(r["path"])), _caption(r)) for r in res.rows]
         text = f"**{res.total:,}** samples match · page {res.page} of {res.pages}"
         return items, [r["id"] for r in res.rows], text, res.page
 

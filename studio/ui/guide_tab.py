@@ -6,6 +6,7 @@ import gradio as gr
 from ..services import attributes, guide
 from ..services.evaluate import metric_name
 from . import plots
+from ..settings import DEFAULT_STEPS
 from .common import Page, as_int, user_errors
 from .target_tab import MAX_GROUPS
 
@@ -48,10 +49,10 @@ class GuideTab:
                               elem_id="guide-skip")
         with gr.Accordion("Sampling and measurement", open=False):
             with gr.Row():
-                self.p_steps = gr.Number(12, label="Preview steps", precision=0, elem_id="guide-psteps")
+                self.p_steps = gr.Number(DEFAULT_STEPS, label="Preview steps", precision=0, elem_id="guide-psteps")
                 self.p_count = gr.Number(64, label="Preview seeds", precision=0, elem_id="guide-pcount")
             with gr.Row():
-                self.m_steps = gr.Number(18, label="Measurement steps", precision=0, elem_id="guide-msteps")
+                self.m_steps = gr.Number(DEFAULT_STEPS, label="Measurement steps", precision=0, elem_id="guide-msteps")
                 self.m_n = gr.Number(256, label="Samples per ω", precision=0, elem_id="guide-n")
             self.shared = gr.Checkbox(False, label="Shared encoder (aux fine-tuned decoder-only)",
                                       elem_id="guide-shared")
