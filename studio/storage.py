@@ -66,9 +66,13 @@ def upscale(img: np.ndarray, size: int) -> np.ndarray:
     return img.repeat(k, axis=0).repeat(k, axis=1)
 
 
-def grid(images: np.ndarray, cols: int | None = None, cell: int = 64, pad: int = 2) -> np.ndarray:
-    """Tile uint8 NHWC images into one RGB uint8 image with nearest-neighbour upscaling."""
-    n = len(images)
+def grid(images: np.ndarray, cols: int | None = None, cell: int = 64, pad: int = 2,
+         total: int | None = None) -> np.ndarray:
+    """Tile uint8 NHWC images into one RGB uint8 image with nearest-neighbour upscaling.
+
+    `total` > len(images) lays out that many cells and leaves the missing ones empty (a grid still rendering).
+    """
+    n = max(len(images), total or 0)
     cols = cols or int(np.ceil(np.sqrt(n)))
     rows = int(np.ceil(n / cols))
     k = max(1, cell // images.shape[1])

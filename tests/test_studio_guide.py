@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipelines.errors import UserError
-from studio.services import attributes, export, finetune, guide, pool, sets
+from studio.services import attributes, evaluate, export, finetune, guide, pool, sets
 from studio.storage import read_png
 from studio.testing import run_now, tiny_studio
 
@@ -38,6 +38,28 @@ def test_preview_is_cached_and_omega_zero_is_the_base_model(world):
     assert moved.shape == zero.shape
     with pytest.raises(UserError, match="between -1.0 and 3.0"):
         guide.preview(st.db, st.settings, cks[-1]["id"], 5, GS)
+
+
+def test_preview_chunks_start_small_then_fill_batches():
+    assert evaluate.preview_chunks(64) == [16, 48]
+    assert evaluate.preview_chunks(10) == [10]
+    assert evaluate.preview_chunks(200) == [16, 64, 64, 56]
+
+
+def test_streamed_preview_shows_final_pixels_early_then_caches(world):
+    st, mid, g, cks = world
+    gs = guide.GuideSettings(preview_steps=2, preview_count=20, steps=2, n=16)  # chunks 16 + 4
+    items = list(guide.preview_stream(st.db, st.settings, cks[-1]["id"], 0.75, gs))
+    assert [i[0] for i in items] == ["partial", "done"]
+    _, partial, done, total = items[0]
+    assert (done, total) == (16, 20)
+    final = read_png(items[1][1]["grid"])
+    assert partial.shape == final.shape  # the whole grid laid out, missing cells empty
+    rows_done = final.shape[0] * 3 // 5  # 5x5 cells, first three rows (15 samples) complete in the partial grid
+    assert (partial[:rows_done] == final[:rows_done]).all()  # streamed rows are the final samples, not a draft
+    assert not (partial == final).all()
+    again = list(guide.preview_stream(st.db, st.settings, cks[-1]["id"], 0.75, gs))
+    assert [i[0] for i in again] == ["done"] and again[0][1]["cached"]
 
 
 def test_sweep_fills_the_cache_and_the_curves(world):

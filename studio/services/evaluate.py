@@ -79,10 +79,35 @@ def render_key(base_hash: str, checkpoint_id: int, omega: float, interval, seeds
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def render_cached(db: Database, settings: Settings, checkpoint_id: int, omega: float, seeds, steps: int,
-                  interval=None, shared_encoder: bool = False, device: str = "cpu") -> dict:
-    """Grid of `seeds` at `omega`: from the cache if there, else rendered now and cached."""
+FIRST_CHUNK = 16  # seeds of a fresh preview shown first: two rows of the 8x8 grid, well under a second on 2 cores
+
+
+def preview_chunks(n: int, first: int = FIRST_CHUNK, batch_size: int = 64) -> list[int]:
+    """Chunk sizes of a preview render: a small first chunk (on screen early), then full batches.
+
+    Every preview of the same seeds uses the same chunks, so live and precomputed grids hold the same pixels.
+    """
+    sizes = [min(n, first)]
+    while sum(sizes) < n:
+        sizes.append(min(batch_size, n - sum(sizes)))
+    return sizes
+
+
+def grid_image(images: np.ndarray, total: int | None = None) -> np.ndarray:
+    """The preview grid (~512 px wide, crisp pixels); with `total`, the cells not rendered yet stay empty."""
+    cols = int(np.ceil(np.sqrt(total or len(images))))
+    return grid(images, cols=cols, cell=max(32, 512 // cols), total=total)
+
+
+def render_stream(db: Database, settings: Settings, checkpoint_id: int, omega: float, seeds, steps: int,
+                  interval=None, shared_encoder: bool = False, device: str = "cpu"):
+    """Grid of `seeds` at `omega`, from the cache if there, else rendered now (chunk by chunk) and cached.
+
+    Yields ("partial", grid image, done, total) after each chunk but the last of a fresh render, then
+    ("done", result dict); a cached grid yields only ("done", ...).
+    """
     t0 = time.perf_counter()
+    seeds = [int(x) for x in seeds]
     base_row, base_path, aux_path = pair_paths(db, settings, checkpoint_id)
     key = render_key(base_row.content_hash, checkpoint_id, omega, interval, seeds, steps, shared_encoder)
     with db.session(read_only=True) as s:
@@ -90,24 +115,40 @@ def render_cached(db: Database, settings: Settings, checkpoint_id: int, omega: f
         hit = row is not None and settings.abs(row.path).exists()
         path = row.path if hit else None
     if hit:
-        return {"grid": str(settings.abs(path)), "npz": str(settings.abs(path).with_suffix(".npz")),
-                "cached": True, "seconds": time.perf_counter() - t0, "key": key}
-    images = render(base_path, aux_path, omega, seeds, steps, interval, shared_encoder, device)
+        yield "done", {"grid": str(settings.abs(path)), "npz": str(settings.abs(path).with_suffix(".npz")),
+                       "cached": True, "seconds": time.perf_counter() - t0, "key": key}
+        return
+    parts, done = [], 0
+    for size in preview_chunks(len(seeds)):
+        parts.append(render(base_path, aux_path, omega, seeds[done:done + size], steps, interval, shared_encoder,
+                            device))
+        done += size
+        if done < len(seeds):
+            yield "partial", grid_image(np.concatenate(parts), total=len(seeds)), done, len(seeds)
+    images = np.concatenate(parts)
     rel = f"cache/renders/{key[:2]}/{key}.png"
     out = settings.abs(rel)
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out.with_suffix(".npz"), images=images, seeds=np.asarray(list(seeds)), omega=float(omega))
-    cols = int(np.ceil(np.sqrt(len(images))))
-    write_png(out, grid(images, cols=cols, cell=max(32, 512 // cols)))  # ~512 px wide, crisp pixels
+    np.savez(out.with_suffix(".npz"), images=images, seeds=np.asarray(seeds), omega=float(omega))
+    write_png(out, grid_image(images))
     try:
         with db.session() as s:
             s.add(Render(key=key, model_id=base_row.id, checkpoint_id=int(checkpoint_id), omega=float(omega),
-                         settings={"interval": list(interval) if interval else None, "seeds": [int(x) for x in seeds],
+                         settings={"interval": list(interval) if interval else None, "seeds": seeds,
                                    "steps": int(steps), "shared_encoder": bool(shared_encoder)}, path=rel))
     except IntegrityError:
         pass  # a job or another tab rendered the same key a moment ago: same pixels
-    return {"grid": str(out), "npz": str(out.with_suffix(".npz")), "cached": False,
-            "seconds": time.perf_counter() - t0, "key": key}
+    yield "done", {"grid": str(out), "npz": str(out.with_suffix(".npz")), "cached": False,
+                   "seconds": time.perf_counter() - t0, "key": key}
+
+
+def render_cached(db: Database, settings: Settings, checkpoint_id: int, omega: float, seeds, steps: int,
+                  interval=None, shared_encoder: bool = False, device: str = "cpu") -> dict:
+    """Grid of `seeds` at `omega`: from the cache if there, else rendered now and cached (see render_stream)."""
+    for item in render_stream(db, settings, checkpoint_id, omega, seeds, steps, interval, shared_encoder, device):
+        if item[0] == "done":
+            return item[1]
+    raise RuntimeError("render_stream ended without a result")
 
 
 def render(base_path: Path, aux_path: Path, omega: float, seeds, steps: int, interval=None,

@@ -15,7 +15,7 @@ from ..models import Checkpoint, Metric
 from ..settings import DEFAULT_STEPS, Settings
 from . import jobs as jobs_service
 from .attributes import get_grouping
-from .evaluate import interval_from_skip, render_cached
+from .evaluate import interval_from_skip, render_cached, render_stream
 from .finetune import checkpoints, get_checkpoint
 
 OMEGA_MIN, OMEGA_MAX, OMEGA_STEP = -1.0, 3.0, 0.25
@@ -64,11 +64,18 @@ def omega_grid(step: float = OMEGA_STEP) -> list[float]:
 def preview(db: Database, settings: Settings, checkpoint_id: int, omega: float, gs: GuideSettings,
             device: str = "cpu") -> dict:
     """Grid of the fixed preview seeds at omega (cached, else rendered now)."""
+    *_, (_, result) = preview_stream(db, settings, checkpoint_id, omega, gs, device)
+    return result
+
+
+def preview_stream(db: Database, settings: Settings, checkpoint_id: int, omega: float, gs: GuideSettings,
+                   device: str = "cpu"):
+    """Like `preview`, yielding the partially rendered grid first (see evaluate.render_stream)."""
     from pipelines.guidance import parse_omega
     omega = parse_omega(omega)
     if not OMEGA_MIN <= omega <= OMEGA_MAX:
         raise UserError(f"omega must be between {OMEGA_MIN} and {OMEGA_MAX} (got {omega}).")
-    return render_cached(db, settings, checkpoint_id, omega, range(gs.preview_count), gs.preview_steps,
+    return render_stream(db, settings, checkpoint_id, omega, range(gs.preview_count), gs.preview_steps,
                          gs.interval(gs.preview_steps), gs.shared_encoder, device)
 
 

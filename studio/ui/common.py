@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import html
+import inspect
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -35,6 +36,15 @@ def hidden_id() -> gr.Number:
 
 def user_errors(fn: Callable) -> Callable:
     """Show UserError (bad input, missing files) as a readable error toast instead of a crash."""
+    if inspect.isgeneratorfunction(fn):  # Gradio streams a handler only if it is itself a generator function
+        @functools.wraps(fn)
+        def streaming(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except UserError as e:
+                raise gr.Error(str(e), duration=None) from None
+        return streaming
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:

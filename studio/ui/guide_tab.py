@@ -29,7 +29,7 @@ class GuideTab:
                 self.follow = page.follower("sweep", "find_omega")
             with gr.Column(scale=2):
                 self.grid = gr.Image(label="Fixed seeds at this ω (same noise as ω = 0)", height=430,
-                                     interactive=False, elem_id="guide-grid", elem_classes=["pixelated"],
+                                     interactive=False, elem_id="guide-grid", elem_classes=["pixelated"], format="png",
                                      buttons=["download"])
                 self.caption = gr.Markdown(elem_id="guide-caption")
                 with gr.Row():
@@ -89,15 +89,22 @@ class GuideTab:
 
     @user_errors
     def render_exact(self, ck, w, device, *gs_vals):
-        """Slow path: render an uncached omega (a no-op when the fast path found it)."""
+        """Slow path: render an uncached omega, streaming the first rows (a no-op when the fast path found it)."""
         if as_int(ck) is None:
-            return gr.skip(), gr.skip()
+            yield gr.skip(), gr.skip()
+            return
         gs = settings_from(*gs_vals)
         near = guide.nearest_cached(self.db, self.settings, as_int(ck), w, gs)
         if near is not None and abs(near["omega"] - float(w)) < 1e-9:
-            return gr.skip(), gr.skip()
-        out = guide.preview(self.db, self.settings, as_int(ck), w, gs, device)
-        return out["grid"], f"ω = **{float(w):+.2f}** · rendered now in {1000 * out['seconds']:.0f} ms"
+            yield gr.skip(), gr.skip()
+            return
+        for kind, *rest in guide.preview_stream(self.db, self.settings, as_int(ck), w, gs, device):
+            if kind == "partial":
+                image, done, total = rest
+                yield image, f"ω = **{float(w):+.2f}** · rendering… {done} of {total} samples"
+            else:
+                out = rest[0]
+                yield out["grid"], f"ω = **{float(w):+.2f}** · rendered now in {1000 * out['seconds']:.0f} ms"
 
     def figures(self, ck, grouping_id, w, groups, *rest):
         """Fraction vs ω (with the Target tab's target), distance vs ω, (ω, budget) heat map."""

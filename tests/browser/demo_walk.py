@@ -24,7 +24,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from playwright.sync_api import sync_playwright  # noqa: E402
 
-from walk import ARGS, CHROMIUM, SHOTS, fill, fill_slider, run_job, shot, tab, wait_text  # noqa: E402
+from walk import ARGS, CHROMIUM, DOC_SHOTS, fill, fill_slider, run_job, shot, tab, wait_text  # noqa: E402
 
 
 def start_studio(data_dir: Path):
@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     p.add_argument("--ns", type=int, default=1000, help="size of S")
     p.add_argument("--budget-kimg", type=float, default=40.0, help="auxiliary fine-tune budget")
     p.add_argument("--n", type=int, default=256, help="samples per omega in the omega grid")
-    p.add_argument("--out", default=str(SHOTS), help="folder for the screenshots")
+    p.add_argument("--out", default=str(DOC_SHOTS), help="folder for the screenshots")
     p.add_argument("--data-dir", default=None, help="data directory (default: a new temp folder)")
     args = p.parse_args(argv)
     data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="sims-demo-walk-")) / "data"

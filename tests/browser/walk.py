@@ -9,7 +9,11 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+ROOT = Path(__file__).resolve().parents[2]
+# Test runs write here (ignored by git) unless SIMS_SCREENSHOTS points elsewhere; the README's
+# committed screenshots are the demo walk's (docs/screenshots, see demo_walk.py).
+SHOTS = Path(os.environ.get("SIMS_SCREENSHOTS") or ROOT / "out" / "screenshots")
+DOC_SHOTS = ROOT / "docs" / "screenshots"
 TERMINAL = ("succeeded", "failed", "cancelled", "interrupted")
 
 
