@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from pipelines.attributes.imageio import ImageSource
+from pipelines.image_source import ImageSource
 from pipelines.cli import main
 from pipelines.errors import UserError
 from pipelines.metrics import fid as fidmod

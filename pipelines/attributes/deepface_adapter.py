@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from ..errors import UserError
 from .base import Classifier, register_classifier, to_rgb
 from .groupings import AGE_BINS, DEEPFACE_GENDER, DEEPFACE_RACE
-from .imageio import file_fingerprint
+from ..image_source import file_fingerprint
 
 ENGINE_ENV = "DEEPFACE_BACKEND_ENGINE"
 # task -> (deepface model name, weights file, our class names)

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..errors import UserError
 from .base import Classifier, as_float01_nchw, register_classifier, to_grey
-from .imageio import file_fingerprint
+from ..image_source import file_fingerprint
 
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "assets" / "digits_classifier.safetensors"
 CLASSES = [str(d) for d in range(10)]

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from ..errors import UserError
 from .base import Classifier, as_float01_nchw, register_classifier, resolve_device, to_rgb
 from .groupings import AGE_BINS, FAIRFACE_GENDER, FAIRFACE_RACE7
-from .imageio import file_fingerprint
+from ..image_source import file_fingerprint
 
 ENV_WEIGHTS = "SIMS_FAIRFACE_WEIGHTS"
 WEIGHTS_FILE = "fairface_alldata_20191111.pt"

@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import UserError
 from .base import Classifier, as_uint8_nhwc
 from .groupings import Grouping, group_fractions, label_counts
-from .imageio import ImageSource, array_hash, cached_array
+from ..image_source import ImageSource, array_hash, cached_array
 
 
 @dataclass

@@ -170,7 +170,7 @@ def _print_report(r: dict) -> None:
 def run_fit_probe(args) -> int:
     """`fit-probe`: train a linear probe from manual labels of some images of SRC."""
     from ..attributes.facenet import LinearProbe, make_features
-    from ..attributes.imageio import ImageSource
+    from ..image_source import ImageSource
     from ..attributes.labels import read_manual_labels
 
     src = ImageSource(args.src)

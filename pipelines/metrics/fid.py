@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..attributes.base import as_uint8_nhwc, resolve_device
-from ..attributes.imageio import ImageSource, array_hash, cached_array
+from ..image_source import ImageSource, array_hash, cached_array
 from ..errors import UserError
 from .frechet import feature_stats, frechet_distance, save_stats
 

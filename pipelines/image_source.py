@@ -1,9 +1,10 @@
-"""Reading image sets for labelling and metrics, content hashes, and an on-disk array cache.
+"""Image sets read lazily for labelling and metrics, content hashes, and an on-disk array cache.
 
 A source is a folder of images (EDM dataset_tool layout `00000/img00000000.png`, searched
 recursively, sorted by relative path; a root `dataset.json` is allowed and ignored here) or an
 `.npz` with an `images` uint8 NHWC array (optional `names`). Images are read lazily in batches
-so a 70k-image folder never sits in memory at once.
+so a 70k-image folder never sits in memory at once. Decoding and the array checks are
+`pipelines.imageio`'s (which also writes EDM's layout and loads small sets whole).
 """
 from __future__ import annotations
 
@@ -13,24 +14,14 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
-from PIL import Image
 
-from ..errors import UserError
-
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff"}
+from .errors import UserError
+from .imageio import IMAGE_SUFFIXES, decode_image
 
 
 def _read_image(path: Path) -> np.ndarray:
     """One file -> uint8 HWC (grey kept as C = 1, everything else as RGB)."""
-    try:
-        with Image.open(path) as im:
-            if im.mode in ("L", "I;16", "I", "F", "1"):
-                arr = np.asarray(im.convert("L"))[..., None]
-            else:
-                arr = np.asarray(im.convert("RGB"))
-    except OSError as e:
-        raise UserError(f"cannot decode image {path}: {e}") from e
-    return arr
+    return decode_image(path.read_bytes(), str(path))
 
 
 class ImageSource:
@@ -40,9 +31,9 @@ class ImageSource:
         self.src = Path(src)
         self._array = None
         if self.src.is_dir():
-            files = sorted(p for p in self.src.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+            files = sorted(p for p in self.src.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
             if not files:
-                raise UserError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found under {self.src}")
+                raise UserError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {self.src}")
             self.files = files
             self.names = [p.relative_to(self.src).as_posix() for p in files]
         elif self.src.is_file() and self.src.suffix.lower() == ".npz":
