@@ -8,21 +8,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-CHUNK = 1 << 20
-
 
 def sha256_bytes(data: bytes) -> str:
     """Hex sha256 of bytes."""
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path) -> str:
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def png_bytes(img: np.ndarray) -> bytes:

@@ -13,12 +13,12 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
+from pipelines.checkpoints.download import sha256_file
 from pipelines.errors import UserError
 
 from ..db import Database
 from ..models import Model, Sample
 from ..settings import Settings
-from ..storage import sha256_file
 from . import jobs as jobs_service
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
