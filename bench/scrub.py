@@ -123,50 +123,21 @@ def clear_renders(st) -> None:
     shutil.rmtree(st.settings.abs("cache/renders"), ignore_errors=True)
 
 
-class BrowserProtocol:
-    """Gradio's queue protocol as the browser speaks it: join, read the event stream, GET the image."""
-
-    def __init__(self, url: str):
-        import httpx
-        self.url, self.http = url, httpx.Client(timeout=120)
-        deps = self.http.get(url + "config").json()["dependencies"]
-        self.fn = {d["api_name"]: d["id"] for d in deps if d.get("api_name")}
-
-    def call(self, api_name: str, data: list) -> list[float]:
-        """Seconds from the request to each image shown (every streamed frame, then the final one)."""
-        import json
-        import uuid
-        session, t0, shown = uuid.uuid4().hex, time.perf_counter(), []
-        self.http.post(self.url + "gradio_api/queue/join", json={
-            "data": data, "fn_index": self.fn[api_name], "session_hash": session, "event_data": None,
-            "trigger_id": None}).raise_for_status()
-        with self.http.stream("GET", self.url + f"gradio_api/queue/data?session_hash={session}") as events:
-            for line in events.iter_lines():
-                msg = json.loads(line[5:]) if line.startswith("data:") else {}
-                image = (msg.get("output") or {}).get("data", [None])[0]
-                if isinstance(image, dict) and image.get("url"):  # later frames arrive as diffs: skip those
-                    self.http.get(image["url"]).raise_for_status()
-                    shown.append(time.perf_counter() - t0)
-                if msg.get("msg") == "process_completed":
-                    if not msg.get("success", True):
-                        raise RuntimeError(f"{api_name} failed: {msg}")
-                    return shown
-        raise RuntimeError(f"{api_name}: the event stream ended before the result")
-
-
 def http_latency(st, ck, omegas, gs) -> dict[str, list[float]]:
     """Uncached then cached omega changes through the Gradio app, as a browser makes them."""
+    from studio.testing import QueueClient
     from studio.ui.app import build_ui, launch_kwargs
     demo = build_ui(st)
     demo.queue()
     _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **launch_kwargs(st))
     try:
-        browser = BrowserProtocol(url)
+        browser = QueueClient(url)
         values = lambda w: [ck, w, "cpu", gs.preview_steps, gs.preview_count, gs.steps, gs.n,  # noqa: E731
                             gs.skip_steps, gs.shared_encoder]
         browser.call("render_exact", values(0.0))  # warm-up
-        fresh = [browser.call("render_exact", values(w)) for w in omegas]
-        cached = [browser.call("scrub", values(w))[-1] for w in omegas]
+        fresh = [[t for t, _ in browser.call("render_exact", values(w))] for w in omegas]
+        cached = [browser.call("scrub", values(w))[-1][0] for w in omegas]
+        browser.close()
         return {"http uncached first": [f[0] for f in fresh], "http uncached full": [f[-1] for f in fresh],
                 "http cached": cached}
     finally:

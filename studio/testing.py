@@ -83,3 +83,43 @@ def tiny_studio(data_dir, n_pool: int = 0, steps: int = 2, label: bool = True):
         if label:
             assert run_now(st, pool.submit_label(st.db, mid, "digits")).state == "succeeded"
     return st, mid
+
+
+class QueueClient:
+    """Gradio's queue protocol as a browser speaks it: join, read the event stream, GET each image shown.
+
+    gradio_client adds its own polling (about 140 ms a call), so latency is measured through this.
+    """
+
+    def __init__(self, url: str):
+        import httpx
+        self.url, self.http = url, httpx.Client(timeout=300)
+        deps = self.http.get(url + "config").json()["dependencies"]
+        self.fn = {d["api_name"]: d["id"] for d in deps if d.get("api_name")}
+
+    def call(self, api_name: str, data: list) -> list[tuple[float, list]]:
+        """(seconds since the request, output values) of every frame whose image was fetched.
+
+        Streamed frames after the first arrive as diffs and are skipped; the final frame is always there.
+        """
+        import json
+        import uuid
+        session, t0, frames = uuid.uuid4().hex, time.perf_counter(), []
+        self.http.post(self.url + "gradio_api/queue/join", json={
+            "data": data, "fn_index": self.fn[api_name], "session_hash": session, "event_data": None,
+            "trigger_id": None}).raise_for_status()
+        with self.http.stream("GET", self.url + f"gradio_api/queue/data?session_hash={session}") as events:
+            for line in events.iter_lines():
+                msg = json.loads(line[5:]) if line.startswith("data:") else {}
+                values = (msg.get("output") or {}).get("data") or [None]
+                if isinstance(values[0], dict) and values[0].get("url"):
+                    self.http.get(values[0]["url"]).raise_for_status()
+                    frames.append((time.perf_counter() - t0, values))
+                if msg.get("msg") == "process_completed":
+                    if not msg.get("success", True):
+                        raise RuntimeError(f"{api_name} failed: {msg.get('output')}")
+                    return frames
+        raise RuntimeError(f"{api_name}: the event stream ended before the result")
+
+    def close(self) -> None:
+        self.http.close()

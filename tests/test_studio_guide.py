@@ -62,6 +62,26 @@ def test_streamed_preview_shows_final_pixels_early_then_caches(world):
     assert [i[0] for i in again] == ["done"] and again[0][1]["cached"]
 
 
+def test_app_streams_an_uncached_grid_then_answers_from_the_cache(world):
+    from studio.testing import QueueClient
+    from studio.ui.app import build_ui, launch_kwargs
+    st, mid, g, cks = world
+    demo = build_ui(st)
+    demo.queue()
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **launch_kwargs(st))
+    try:
+        client = QueueClient(url)
+        values = [cks[-1]["id"], 2.25, "cpu", 2, 20, 2, 16, 0, False]  # 20 preview seeds: chunks of 16 + 4
+        frames = client.call("render_exact", values)
+        assert len(frames) == 2  # the first 16 samples, then the whole grid
+        assert "16 of 20 samples" in frames[0][1][1] and "rendered now" in frames[1][1][1]
+        scrub = client.call("scrub", values)
+        assert len(scrub) == 1 and "cached" in scrub[0][1][1]
+        client.close()
+    finally:
+        demo.close()
+
+
 def test_sweep_fills_the_cache_and_the_curves(world):
     st, mid, g, cks = world
     job = guide.submit_sweep(st.db, cks[-1]["id"], g["id"], GS, metric_omegas=[-1, 0, 1])
