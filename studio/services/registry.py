@@ -87,7 +87,7 @@ def register_demo(db: Database, settings: Settings) -> int:
     """Register the bundled digits model (idempotent)."""
     if not DEMO_MODEL.is_file():
         raise UserError(f"The bundled demo model is missing ({DEMO_MODEL}). Rebuild it with "
-                        "`python -m pipelines build-demo` (a few minutes on a CPU).")
+                        "`python -m pipelines build-demo` (about an hour on 2 CPU cores).")
     return register_checkpoint(db, settings, DEMO_MODEL, name="digits demo (bundled)", source="demo",
                                source_ref=str(DEMO_MODEL.relative_to(REPO_ROOT)))
 
