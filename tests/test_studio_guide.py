@@ -107,6 +107,10 @@ def test_find_omega_reports_the_closest_fraction(world):
     assert view.state == "succeeded", view.traceback
     assert -1 <= view.result["omega"] <= 3 and 0 <= view.result["fraction"] <= 1
     assert "omega =" in view.message and "FD-digits" in view.result["metric"]
+    # its extra points exist for one budget only: the curve shows them, the heat map keeps whole columns
+    assert len(guide.curves(st.db, cks[-1]["id"], g["id"], GS)["fraction"]["5-9"]) > 3
+    h = guide.heatmap(st.db, cks[-1]["id"], g["id"], "5-9", GS)
+    assert h["omegas"] == [-1, 0, 1] and np.isfinite(h["fraction"]).all()
 
 
 def test_exported_bundle_samples_from_the_cli(world, tmp_path):

@@ -84,6 +84,16 @@ def test_build_set_grows_the_pool_when_short(world):
     assert pool.pool_size(st.db, mid) > 80
 
 
+def test_the_last_plan_comes_back_for_its_model_and_grouping(world):
+    st, mid, g = world
+    tgt, mix = {"0-4": 0.3, "5-9": 0.7}, {"0-4": 0.6, "5-9": 0.4}
+    set_id, job = sets.submit_build(st.db, mid, g["id"], mix, n_s=10, target=tgt, grow=True, steps=2)
+    assert run_now(st, job).state == "succeeded"
+    assert sets.latest_plan(st.db, mid, g["id"], ["0-4", "5-9"]) == (tgt, mix)
+    other = next(x for x in attributes.list_groupings(st.db, "digits") if x["id"] != g["id"])
+    assert sets.latest_plan(st.db, mid, other["id"], list(other["groups"])) is None
+
+
 def test_not_preferred_set(world):
     st, mid, g = world
     ids = [r["id"] for r in pool.gallery_page(st.db, mid, per_page=6).rows]

@@ -179,6 +179,12 @@ def heatmap(db: Database, checkpoint_id: int, grouping_id: int, group: str, gs: 
     for kind, cid, w, v in rows:
         i, j = kimgs.index(ids[cid]), omegas.index(w)
         (frac if kind == "fraction" else fd)[i, j] = v
+    # find-omega adds points to one budget only: keep the columns every measured budget has (holes otherwise)
+    measured = ~np.isnan(frac).all(axis=1)
+    complete = ~np.isnan(frac[measured]).any(axis=0)
+    if measured.sum() > 1 and complete.sum() >= 2:
+        omegas = [w for w, keep in zip(omegas, complete) if keep]
+        frac, fd = frac[:, complete], fd[:, complete]
     return {"omegas": omegas, "kimgs": kimgs, "fraction": frac, "fd": fd}
 
 

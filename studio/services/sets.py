@@ -87,6 +87,16 @@ def list_sets(db: Database, model_id: int | None = None) -> list[dict]:
         return [_as_dict(r) for r in s.scalars(q)]
 
 
+def latest_plan(db: Database, model_id: int, grouping_id: int, groups) -> tuple[dict, dict] | None:
+    """(target, mix) fractions of the newest mix set built for this model and grouping, if its groups still match."""
+    for r in list_sets(db, model_id):
+        if r["kind"] == "mix" and r["grouping_id"] == int(grouping_id) and r["target"] and r["mix"]:
+            if set(r["target"]) == set(groups) and set(r["mix"]) == set(groups):
+                return r["target"], r["mix"]
+            return None
+    return None
+
+
 def _as_dict(r: SyntheticSet) -> dict:
     return {"id": r.id, "name": r.name, "model_id": r.model_id, "grouping_id": r.grouping_id, "kind": r.kind,
             "target": r.target, "mix": r.mix, "base_fractions": r.base_fractions, "n_s": r.n_s,

@@ -5,7 +5,7 @@ import gradio as gr
 
 from pipelines.errors import UserError
 
-from ..services import attributes, pool, target
+from ..services import attributes, pool, sets, target
 from . import plots
 from .common import Page, as_int, hidden_value, user_errors
 
@@ -40,7 +40,7 @@ def _fractions_md(bf: dict) -> str:
 
 
 def load(db, model_id, grouping_id):
-    """Base fractions of the pool; both slider columns start at the base mix."""
+    """Base fractions of the pool; the sliders start at the last S's target and mix for this pair, else at the base."""
     mid, gid = as_int(model_id), as_int(grouping_id)
     blank = slider_updates([], [])
     if mid is None or gid is None:
@@ -56,9 +56,11 @@ def load(db, model_id, grouping_id):
         return ([], {}, f"**Cannot compute base fractions:** {e}", *blank, *blank, "", "",
                 plots.empty("Shares", "label the pool first"))
     base = target.normalise([100 * bf["groups"][k]["fraction"] for k in groups])
-    return (groups, dict(zip(groups, base)), _fractions_md(bf), *slider_updates(groups, base),
-            *slider_updates(groups, base), sum_html(base, "Target"), sum_html(base, "Mix"),
-            plots.mix_bars(groups, base, base, base))
+    plan = sets.latest_plan(db, mid, gid, groups)  # a returning user sees the plan of their last S
+    tgt, mix = (target.as_percent(plan[0], groups), target.as_percent(plan[1], groups)) if plan else (base, base)
+    return (groups, dict(zip(groups, base)), _fractions_md(bf), *slider_updates(groups, tgt),
+            *slider_updates(groups, mix), sum_html(tgt, "Target"), sum_html(mix, "Mix"),
+            plots.mix_bars(groups, base, tgt, mix))
 
 
 def on_input(i, groups, base, *values):
