@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from ..services import attributes, guide
+from ..services import attributes, guide, sets
 from ..services.evaluate import metric_name
 from . import plots
 from ..settings import DEFAULT_STEPS
@@ -71,10 +71,13 @@ class GuideTab:
     def refresh(self, model_id, grouping_id):
         """Budget checkpoints of the model's runs (newest budget picked) and the grouping's groups."""
         choices = guide.run_checkpoints(self.db, as_int(model_id))
-        gid = as_int(grouping_id)
+        gid, mid = as_int(grouping_id), as_int(model_id)
         groups = list(attributes.get_grouping(self.db, gid)["groups"]) if gid is not None else []
+        plan = sets.latest_plan(self.db, mid, gid, groups) if gid is not None and mid is not None else None
+        focus = groups[-1] if groups else None
         return (gr.Dropdown(choices=choices, value=choices[-1][1] if choices else None),
-                gr.Dropdown(choices=groups, value=groups[-1] if groups else None))
+                gr.Dropdown(choices=groups, value=focus),
+                round(100 * plan[0][focus], 1) if plan else gr.skip())
 
     def scrub(self, ck, w, device, *gs_vals):
         """Fast path of an omega change: the exact cached grid, or the nearest cached one while it renders."""
@@ -106,8 +109,15 @@ class GuideTab:
                 out = rest[0]
                 yield out["grid"], f"ω = **{float(w):+.2f}** · rendered now in {1000 * out['seconds']:.0f} ms"
 
-    def figures(self, ck, grouping_id, w, groups, *rest):
-        """Fraction vs ω (with the Target tab's target), distance vs ω, (ω, budget) heat map."""
+    def _target(self, model_id, g: dict, groups, values) -> dict | None:
+        """The Target tab's target when its sliders are loaded for this grouping, else the last S's plan."""
+        if groups == list(g["groups"]) and abs(sum(float(v or 0) for v in values[:len(groups)]) - 100) < 0.5:
+            return {k: float(values[i]) / 100 for i, k in enumerate(groups)}
+        plan = sets.latest_plan(self.db, as_int(model_id), g["id"], list(g["groups"])) if as_int(model_id) else None
+        return plan[0] if plan else None
+
+    def figures(self, ck, grouping_id, w, groups, model_id, *rest):
+        """Fraction vs ω (with the target), distance vs ω, (ω, budget) heat map."""
         gs, values = settings_from(*rest[:6]), rest[6:]
         ckid, gid = as_int(ck), as_int(grouping_id)
         if ckid is None or gid is None:
@@ -115,7 +125,7 @@ class GuideTab:
             return (plots.empty("Group fraction vs ω", note), plots.empty("Distance vs ω", note),
                     plots.empty("Fraction over (ω, budget)", note))
         g = attributes.get_grouping(self.db, gid)
-        tgt = {k: float(values[i]) / 100 for i, k in enumerate(groups)} if groups == list(g["groups"]) else None
+        tgt = self._target(model_id, g, groups, values)
         c = guide.curves(self.db, ckid, gid, gs)
         metric, focus = metric_name(g["classifier"]), list(g["groups"])[-1]
         h = guide.heatmap(self.db, ckid, gid, focus, gs)
@@ -162,7 +172,7 @@ class GuideTab:
     def wire(self) -> None:
         """Connect the components to the handlers; expose the picks for the Export tab."""
         page = self.page
-        fig_in = [self.ckpt, page.grouping, self.omega, page.target_groups, *self.gs_inputs,
+        fig_in = [self.ckpt, page.grouping, self.omega, page.target_groups, page.model, *self.gs_inputs,
                   *page.target_sliders[:MAX_GROUPS]]
         fig_out = [self.frac_plot, self.fd_plot, self.heat]
         scrub_in, scrub_out = [self.ckpt, self.omega, page.device, *self.gs_inputs], [self.grid, self.caption]
@@ -175,6 +185,8 @@ class GuideTab:
                 self.render_exact, scrub_in, scrub_out, show_progress="minimal", concurrency_id="render",
                 concurrency_limit=1)
         self.ckpt.change(self.figures, fig_in, fig_out)
+        # the Target tab loads its groups and sliders after this tab's first draw: redraw with the target
+        page.target_groups.change(self.figures, fig_in, fig_out, show_progress="hidden")
         for comp in (self.p_steps, self.m_steps):
             comp.change(self.skip_limit, [self.p_steps, self.m_steps], self.skip)
         self.sweep_btn.click(self.do_sweep, [self.ckpt, page.grouping, self.all_budgets, page.device,
@@ -184,8 +196,8 @@ class GuideTab:
         self.follow.done.change(self.after_job, [self.follow.job, self.omega], [self.find_md, self.omega]).then(
             self.figures, fig_in, fig_out)
         for ev in (page.model.change, page.grouping.change):
-            ev(self.refresh, [page.model, page.grouping], [self.ckpt, self.f_group])
-        page.loaders.append((self.refresh, [page.model, page.grouping], [self.ckpt, self.f_group]))
+            ev(self.refresh, [page.model, page.grouping], [self.ckpt, self.f_group, self.f_target])
+        page.loaders.append((self.refresh, [page.model, page.grouping], [self.ckpt, self.f_group, self.f_target]))
         page.loaders.append((self.figures, fig_in, fig_out))
         page.guide_checkpoint, page.guide_omega, page.guide_settings = self.ckpt, self.omega, self.gs_inputs
 
