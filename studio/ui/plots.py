@@ -56,7 +56,8 @@ def composition(counts: dict, title: str = "Composition of S") -> go.Figure:
         return empty(title, "no set yet")
     fig = _fig(title, height=260)
     fig.add_bar(x=list(counts), y=list(counts.values()), marker_color=PALETTE[: len(counts)],
-                text=list(counts.values()), textposition="outside")
+                text=list(counts.values()), textposition="outside", cliponaxis=False)
+    fig.update_yaxes(range=[0, 1.15 * max(max(counts.values()), 1)])  # headroom for the labels above the bars
     return fig
 
 
