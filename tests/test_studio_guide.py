@@ -101,6 +101,19 @@ def test_sweep_fills_the_cache_and_the_curves(world):
     assert "0 measurements (6 cached)" in view.message
 
 
+def test_a_checkpoint_without_previews_gets_them_queued_once(world):
+    st, mid, g, cks = world
+    gs = guide.GuideSettings(preview_steps=3, preview_count=4, steps=2, n=16, skip_steps=1)  # own interval
+    first = cks[0]["id"]
+    job = guide.ensure_previews(st.db, st.settings, first, gs)
+    assert job is not None
+    assert guide.ensure_previews(st.db, st.settings, first, gs) is None  # already on its way
+    assert run_now(st, job).state == "succeeded"
+    # cached under the preview's own interval, i.e. exactly what the slider asks for
+    assert all(guide.preview(st.db, st.settings, first, w, gs)["cached"] for w in guide.omega_grid())
+    assert guide.ensure_previews(st.db, st.settings, first, gs) is None  # all cached
+
+
 def test_find_omega_reports_the_closest_fraction(world):
     st, mid, g, cks = world
     view = run_now(st, guide.submit_find_omega(st.db, cks[-1]["id"], g["id"], "5-9", 0.7, GS, iterations=2))

@@ -104,7 +104,8 @@ def submit_sweep(db: Database, checkpoint_id: int, grouping_id: int, gs: GuideSe
     ids = [c["id"] for c in checkpoints(db, ck["job_id"])] if all_budgets else [ck["id"]]
     metric_omegas = list(metric_omegas or omega_grid(0.5))
     params = {"preview_checkpoint": ck["id"], "preview_omegas": omega_grid(), "preview_seeds": list(range(gs.preview_count)),
-              "preview_steps": gs.preview_steps, "checkpoint_ids": ids, "metric_omegas": metric_omegas,
+              "preview_steps": gs.preview_steps, "preview_interval": _as_list(gs.interval(gs.preview_steps)),
+              "checkpoint_ids": ids, "metric_omegas": metric_omegas,
               "grouping_id": grouping["id"], "n": gs.n, "steps": gs.steps, "metric_seed0": METRIC_SEED0,
               "interval": _as_list(gs.interval()), "shared_encoder": gs.shared_encoder, "settings_key": gs.key(),
               "guide": asdict(gs)}
@@ -118,10 +119,34 @@ def submit_previews(db: Database, checkpoint_id: int, gs: GuideSettings = GuideS
     gs.check()
     ck = get_checkpoint(db, checkpoint_id)
     params = {"preview_checkpoint": ck["id"], "preview_omegas": omega_grid(), "preview_seeds": list(range(gs.preview_count)),
-              "preview_steps": gs.preview_steps, "checkpoint_ids": [], "metric_omegas": [], "grouping_id": None,
+              "preview_steps": gs.preview_steps, "preview_interval": _as_list(gs.interval(gs.preview_steps)),
+              "checkpoint_ids": [], "metric_omegas": [], "grouping_id": None,
               "interval": _as_list(gs.interval()), "shared_encoder": gs.shared_encoder, "settings_key": gs.key()}
     return jobs_service.submit(db, "sweep", params, device=device,
                                title=f"Previews for checkpoint {ck['kimg']:g} kimg ({len(omega_grid())} values of ω)")
+
+
+def ensure_previews(db: Database, settings: Settings, checkpoint_id: int, gs: GuideSettings,
+                    device: str = "cpu") -> int | None:
+    """Queue the preview grid of a checkpoint unless it is all cached or already on its way; returns the job id."""
+    from ..models import Render
+    gs.check()
+    want = {"interval": _as_list(gs.interval(gs.preview_steps)), "seeds": list(range(gs.preview_count)),
+            "steps": gs.preview_steps, "shared_encoder": gs.shared_encoder}
+    with db.session(read_only=True) as s:
+        rows = s.execute(select(Render.omega, Render.path, Render.settings).where(
+            Render.checkpoint_id == int(checkpoint_id))).all()
+    have = {w for w, p, st in rows if st == want and settings.abs(p).exists()}
+    if all(w in have for w in omega_grid()):
+        return None
+    for job in jobs_service.list_jobs(db, kind="sweep", limit=50):
+        p = job.params
+        if job.active and p.get("preview_checkpoint") == int(checkpoint_id) and p.get("preview_omegas") and \
+                p.get("preview_steps") == gs.preview_steps and p.get("preview_seeds") == want["seeds"] and \
+                p.get("preview_interval", p.get("interval")) == want["interval"] and \
+                bool(p.get("shared_encoder")) == gs.shared_encoder:
+            return None
+    return submit_previews(db, checkpoint_id, gs, device)
 
 
 def submit_find_omega(db: Database, checkpoint_id: int, grouping_id: int, group: str, target_fraction: float,

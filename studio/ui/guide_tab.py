@@ -116,6 +116,16 @@ class GuideTab:
         plan = sets.latest_plan(self.db, as_int(model_id), g["id"], list(g["groups"])) if as_int(model_id) else None
         return plan[0] if plan else None
 
+    @user_errors
+    def queue_previews(self, ck, device, *gs_vals):
+        """A picked budget checkpoint without its preview grid gets one rendered in the background."""
+        if as_int(ck) is None:
+            return
+        job = guide.ensure_previews(self.db, self.settings, as_int(ck), settings_from(*gs_vals), device)
+        if job is not None:
+            gr.Info(f"Rendering the ω previews of this checkpoint in the background (job #{job}); "
+                    "scrubbing is instant once they are cached.")
+
     def figures(self, ck, grouping_id, w, groups, model_id, *rest):
         """Fraction vs ω (with the target), distance vs ω, (ω, budget) heat map."""
         gs, values = settings_from(*rest[:6]), rest[6:]
@@ -185,6 +195,8 @@ class GuideTab:
                 self.render_exact, scrub_in, scrub_out, show_progress="minimal", concurrency_id="render",
                 concurrency_limit=1)
         self.ckpt.change(self.figures, fig_in, fig_out)
+        self.ckpt.change(self.queue_previews, [self.ckpt, page.device, *self.gs_inputs], None,
+                         show_progress="hidden")
         # the Target tab loads its groups and sliders after this tab's first draw: redraw with the target
         page.target_groups.change(self.figures, fig_in, fig_out, show_progress="hidden")
         for comp in (self.p_steps, self.m_steps):

@@ -27,6 +27,9 @@ def measure_point(ctx, measurer: Measurer, checkpoint_id: int, omega: float, p: 
     base_row, base_path, aux_path = pair_paths(ctx.db, ctx.settings, checkpoint_id)
     seeds = range(int(p["metric_seed0"]), int(p["metric_seed0"]) + int(p["n"]))
     interval = tuple(p["interval"]) if p.get("interval") else None
+    # previews have their own step count, hence their own interval (jobs queued before it existed: the measurement's)
+    preview_interval = p.get("preview_interval", p.get("interval"))
+    preview_interval = tuple(preview_interval) if preview_interval else None
     images = render(base_path, aux_path, omega, seeds, p["steps"], interval, p.get("shared_encoder", False),
                     ctx.device)
     fr, assigned = measurer.fractions(images)
@@ -50,6 +53,9 @@ def run(ctx) -> dict:
     set_threads()
     p = ctx.params
     interval = tuple(p["interval"]) if p.get("interval") else None
+    # previews have their own step count, hence their own interval (jobs queued before it existed: the measurement's)
+    preview_interval = p.get("preview_interval", p.get("interval"))
+    preview_interval = tuple(preview_interval) if preview_interval else None
     previews = [float(w) for w in p.get("preview_omegas", [])]
     points = [(int(c), float(w)) for c in p["checkpoint_ids"] for w in p["metric_omegas"]]
     todo = [(c, w) for c, w in points if not has_point(ctx, c, w, p["grouping_id"], p["settings_key"])]
@@ -57,7 +63,7 @@ def run(ctx) -> dict:
     done = 0
     for w in previews:
         render_cached(ctx.db, ctx.settings, p["preview_checkpoint"], w, p["preview_seeds"], p["preview_steps"],
-                      interval, p.get("shared_encoder", False), ctx.device)
+                      preview_interval, p.get("shared_encoder", False), ctx.device)
         done += 1
         ctx.progress(done / total, f"preview omega={w:+.2f} ({done}/{len(previews)})")
     ctx.log(f"{len(previews)} previews cached; measuring {len(todo)} of {len(points)} points (rest cached)")
