@@ -1,6 +1,7 @@
 """Classifiers and groupings known to the studio (classifier plug-ins live in pipelines.attributes)."""
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 
 from sqlalchemy import select
@@ -45,7 +46,6 @@ _LOADED: dict[tuple, object] = {}  # (name, options, device) -> classifier; fail
 def load_classifier(db: Database, name: str, device: str = "cpu"):
     """Instantiate a registered classifier (once per process); missing weights raise the plug-in's UserError."""
     from pipelines.attributes import get_classifier
-    import json
     with db.session(read_only=True) as s:
         row = s.scalar(select(Classifier).where(Classifier.name == name))
         if row is None:

@@ -145,10 +145,9 @@ def render_stream(db: Database, settings: Settings, checkpoint_id: int, omega: f
 def render_cached(db: Database, settings: Settings, checkpoint_id: int, omega: float, seeds, steps: int,
                   interval=None, shared_encoder: bool = False, device: str = "cpu") -> dict:
     """Grid of `seeds` at `omega`: from the cache if there, else rendered now and cached (see render_stream)."""
-    for item in render_stream(db, settings, checkpoint_id, omega, seeds, steps, interval, shared_encoder, device):
-        if item[0] == "done":
-            return item[1]
-    raise RuntimeError("render_stream ended without a result")
+    *_, (_, result) = render_stream(db, settings, checkpoint_id, omega, seeds, steps, interval, shared_encoder,
+                                    device)
+    return result
 
 
 def render(base_path: Path, aux_path: Path, omega: float, seeds, steps: int, interval=None,

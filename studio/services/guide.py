@@ -79,20 +79,32 @@ def preview_stream(db: Database, settings: Settings, checkpoint_id: int, omega: 
                          gs.interval(gs.preview_steps), gs.shared_encoder, device)
 
 
-def nearest_cached(db: Database, settings: Settings, checkpoint_id: int, omega: float,
-                   gs: GuideSettings) -> dict | None:
-    """The cached preview with the same settings whose omega is closest (shown while an exact one renders)."""
+def _cached_previews(db: Database, settings: Settings, checkpoint_id: int, gs: GuideSettings) -> dict[float, str]:
+    """{omega: grid path} of this checkpoint's previews rendered with exactly these preview settings."""
     from ..models import Render
     want = {"interval": _as_list(gs.interval(gs.preview_steps)), "seeds": list(range(gs.preview_count)),
             "steps": gs.preview_steps, "shared_encoder": gs.shared_encoder}
     with db.session(read_only=True) as s:
         rows = s.execute(select(Render.omega, Render.path, Render.settings).where(
             Render.checkpoint_id == int(checkpoint_id))).all()
-    best = [(abs(w - float(omega)), w, p) for w, p, st in rows if st == want and settings.abs(p).exists()]
-    if not best:
+    return {w: str(settings.abs(p)) for w, p, st in rows if st == want and settings.abs(p).exists()}
+
+
+def nearest_cached(db: Database, settings: Settings, checkpoint_id: int, omega: float,
+                   gs: GuideSettings) -> dict | None:
+    """The cached preview with the same settings whose omega is closest (shown while an exact one renders)."""
+    have = _cached_previews(db, settings, checkpoint_id, gs)
+    if not have:
         return None
-    _, w, path = min(best)
-    return {"omega": w, "grid": str(settings.abs(path))}
+    w = min(have, key=lambda v: (abs(v - float(omega)), v))
+    return {"omega": w, "grid": have[w]}
+
+
+def _preview_params(checkpoint_id: int, gs: GuideSettings) -> dict:
+    """Job parameters of the preview grid (the omega-grid and preview jobs share them)."""
+    return {"preview_checkpoint": int(checkpoint_id), "preview_omegas": omega_grid(),
+            "preview_seeds": list(range(gs.preview_count)), "preview_steps": gs.preview_steps,
+            "preview_interval": _as_list(gs.interval(gs.preview_steps)), "shared_encoder": gs.shared_encoder}
 
 
 def submit_sweep(db: Database, checkpoint_id: int, grouping_id: int, gs: GuideSettings, all_budgets: bool = True,
@@ -103,12 +115,9 @@ def submit_sweep(db: Database, checkpoint_id: int, grouping_id: int, gs: GuideSe
     grouping = get_grouping(db, grouping_id)
     ids = [c["id"] for c in checkpoints(db, ck["job_id"])] if all_budgets else [ck["id"]]
     metric_omegas = list(metric_omegas or omega_grid(0.5))
-    params = {"preview_checkpoint": ck["id"], "preview_omegas": omega_grid(), "preview_seeds": list(range(gs.preview_count)),
-              "preview_steps": gs.preview_steps, "preview_interval": _as_list(gs.interval(gs.preview_steps)),
-              "checkpoint_ids": ids, "metric_omegas": metric_omegas,
+    params = {**_preview_params(ck["id"], gs), "checkpoint_ids": ids, "metric_omegas": metric_omegas,
               "grouping_id": grouping["id"], "n": gs.n, "steps": gs.steps, "metric_seed0": METRIC_SEED0,
-              "interval": _as_list(gs.interval()), "shared_encoder": gs.shared_encoder, "settings_key": gs.key(),
-              "guide": asdict(gs)}
+              "interval": _as_list(gs.interval()), "settings_key": gs.key(), "guide": asdict(gs)}
     return jobs_service.submit(db, "sweep", params, device=device,
                                title=f"Omega grid: {len(omega_grid())} previews, {len(ids)}x{len(metric_omegas)} "
                                      f"measurements ({gs.n} samples each)")
@@ -118,10 +127,8 @@ def submit_previews(db: Database, checkpoint_id: int, gs: GuideSettings = GuideS
     """Queue only the preview grid of one checkpoint (queued after every fine-tune, so scrubbing starts cached)."""
     gs.check()
     ck = get_checkpoint(db, checkpoint_id)
-    params = {"preview_checkpoint": ck["id"], "preview_omegas": omega_grid(), "preview_seeds": list(range(gs.preview_count)),
-              "preview_steps": gs.preview_steps, "preview_interval": _as_list(gs.interval(gs.preview_steps)),
-              "checkpoint_ids": [], "metric_omegas": [], "grouping_id": None,
-              "interval": _as_list(gs.interval()), "shared_encoder": gs.shared_encoder, "settings_key": gs.key()}
+    params = {**_preview_params(ck["id"], gs), "checkpoint_ids": [], "metric_omegas": [], "grouping_id": None,
+              "interval": _as_list(gs.interval()), "settings_key": gs.key()}
     return jobs_service.submit(db, "sweep", params, device=device,
                                title=f"Previews for checkpoint {ck['kimg']:g} kimg ({len(omega_grid())} values of ω)")
 
@@ -129,22 +136,12 @@ def submit_previews(db: Database, checkpoint_id: int, gs: GuideSettings = GuideS
 def ensure_previews(db: Database, settings: Settings, checkpoint_id: int, gs: GuideSettings,
                     device: str = "cpu") -> int | None:
     """Queue the preview grid of a checkpoint unless it is all cached or already on its way; returns the job id."""
-    from ..models import Render
     gs.check()
-    want = {"interval": _as_list(gs.interval(gs.preview_steps)), "seeds": list(range(gs.preview_count)),
-            "steps": gs.preview_steps, "shared_encoder": gs.shared_encoder}
-    with db.session(read_only=True) as s:
-        rows = s.execute(select(Render.omega, Render.path, Render.settings).where(
-            Render.checkpoint_id == int(checkpoint_id))).all()
-    have = {w for w, p, st in rows if st == want and settings.abs(p).exists()}
-    if all(w in have for w in omega_grid()):
+    if set(omega_grid()) <= set(_cached_previews(db, settings, checkpoint_id, gs)):
         return None
+    wanted = _preview_params(checkpoint_id, gs)
     for job in jobs_service.list_jobs(db, kind="sweep", limit=50):
-        p = job.params
-        if job.active and p.get("preview_checkpoint") == int(checkpoint_id) and p.get("preview_omegas") and \
-                p.get("preview_steps") == gs.preview_steps and p.get("preview_seeds") == want["seeds"] and \
-                p.get("preview_interval", p.get("interval")) == want["interval"] and \
-                bool(p.get("shared_encoder")) == gs.shared_encoder:
+        if job.active and all(job.params.get(k) == v for k, v in wanted.items()):
             return None
     return submit_previews(db, checkpoint_id, gs, device)
 

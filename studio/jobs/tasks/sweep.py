@@ -27,9 +27,6 @@ def measure_point(ctx, measurer: Measurer, checkpoint_id: int, omega: float, p: 
     base_row, base_path, aux_path = pair_paths(ctx.db, ctx.settings, checkpoint_id)
     seeds = range(int(p["metric_seed0"]), int(p["metric_seed0"]) + int(p["n"]))
     interval = tuple(p["interval"]) if p.get("interval") else None
-    # previews have their own step count, hence their own interval (jobs queued before it existed: the measurement's)
-    preview_interval = p.get("preview_interval", p.get("interval"))
-    preview_interval = tuple(preview_interval) if preview_interval else None
     images = render(base_path, aux_path, omega, seeds, p["steps"], interval, p.get("shared_encoder", False),
                     ctx.device)
     fr, assigned = measurer.fractions(images)
