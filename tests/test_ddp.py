@@ -21,7 +21,8 @@ from pipelines.training.state import read_log
 ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = f"""
-import sys
+import os, sys
+from pathlib import Path
 sys.path.insert(0, {str(ROOT)!r})
 from pipelines.data import DigitsDataset
 from pipelines.models import ModelConfig
@@ -31,7 +32,9 @@ model = ModelConfig(network=songunet_config("tiny", img_resolution=8, img_channe
 cfg = TrainConfig(batch_size=8, batch_gpu=4, total_kimg=0.032, lr_rampup_kimg=0, log_every=1, seed=1,
                   device="cpu")
 result = train(model, DigitsDataset(), cfg, sys.argv[1])
-print("RESULT", result["status"], result["nimg"])
+# one file per rank: two ranks printing to one pipe interleave their characters
+out = Path(sys.argv[1] + ".result-" + os.environ.get("RANK", "single"))
+out.write_text(f"{{result['status']}} {{result['nimg']}}")
 """
 
 
@@ -49,10 +52,12 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                           str(script), str(ddp_dir)], env=_env(), capture_output=True, text=True, timeout=600)
     assert ddp.returncode == 0, ddp.stdout[-3000:] + ddp.stderr[-3000:]
-    assert ddp.stdout.count("done 32") == 2  # both ranks finish the same budget (lines may interleave)
+    results = sorted(p.read_text() for p in tmp_path.glob("ddp.result-*"))
+    assert results == ["done 32", "done 32"]  # both ranks finish the same budget
     one = subprocess.run([sys.executable, str(script), str(single_dir)], env=_env(), capture_output=True,
                          text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
+    assert (tmp_path / "single.result-single").read_text() == "done 32"
 
     (n_ddp, ckpt_ddp), = list_checkpoints(ddp_dir)  # rank 0 alone wrote one final checkpoint
     (n_one, ckpt_one), = list_checkpoints(single_dir)
