@@ -103,8 +103,15 @@ def test_one_device_bound_job_at_a_time(studio, tmp_path):
     a = pool.submit_generate(studio.db, mid, n=100, steps=2, batch_size=8)
     b = pool.submit_generate(studio.db, mid, n=10, steps=2)
     wait_for_job(studio.db, a, states=("running",), timeout=60)
-    time.sleep(1.0)
-    assert jobs.get(studio.db, b).state == "queued"
+    polls = 0
+    while True:  # b waits for as long as a holds the device
+        b_state = jobs.get(studio.db, b).state  # read before a's: a still running after => b was queued
+        if jobs.get(studio.db, a).state != "running":
+            break
+        assert b_state == "queued"
+        polls += 1
+        time.sleep(0.05)
+    assert polls > 0
     expect_success(studio.db, a, timeout=120)
     expect_success(studio.db, b, timeout=120)
 
