@@ -90,7 +90,7 @@ def toast_text(pg, pattern, timeout=20_000):
 
 
 def shot(pg, name, folder: Path = SHOTS):
-    """Full-page screenshot into docs/screenshots (or `folder`)."""
+    """Full-page screenshot into out/screenshots or $SIMS_SCREENSHOTS (or `folder`)."""
     pg.wait_for_timeout(600)
     folder.mkdir(parents=True, exist_ok=True)
     pg.screenshot(path=str(folder / name), full_page=True)
