@@ -1,7 +1,9 @@
 """Helpers for tests, benchmarks and browser walks: tiny models, a tiny classifier, waiting on jobs."""
 from __future__ import annotations
 
+import json
 import time
+import uuid
 from pathlib import Path
 
 from pipelines.errors import UserError
@@ -102,8 +104,6 @@ class QueueClient:
 
         Streamed frames after the first arrive as diffs and are skipped; the final frame is always there.
         """
-        import json
-        import uuid
         session, t0, frames = uuid.uuid4().hex, time.perf_counter(), []
         self.http.post(self.url + "gradio_api/queue/join", json={
             "data": data, "fn_index": self.fn[api_name], "session_hash": session, "event_data": None,

@@ -124,12 +124,12 @@ def heatmap(h: dict, group: str, target: float | None, metric: str) -> go.Figure
     text = [[f"{metric} {v:.2f}" if np.isfinite(v) else "" for v in row] for row in h["fd"]]
     fig = _fig(f"'{group}' fraction over (ω, budget)" + (f" — target {100 * target:.0f}%" if target is not None else ""),
                height=340)
-    z = h["fraction"]
-    fig.add_heatmap(x=h["omegas"], y=[f"{k:g} kimg" for k in h["kimgs"]], z=z, text=text, zmin=0, zmax=1,
+    z, budgets = h["fraction"], [f"{k:g} kimg" for k in h["kimgs"]]
+    fig.add_heatmap(x=h["omegas"], y=budgets, z=z, text=text, zmin=0, zmax=1,
                     colorscale="RdBu", reversescale=True, colorbar=dict(tickformat=".0%", title="fraction"),
                     hovertemplate="ω %{x}<br>%{y}<br>fraction %{z:.1%}<br>%{text}<extra></extra>")
     if target is not None:
-        fig.add_contour(x=h["omegas"], y=[f"{k:g} kimg" for k in h["kimgs"]], z=z, showscale=False,
+        fig.add_contour(x=h["omegas"], y=budgets, z=z, showscale=False,
                         contours=dict(start=target, end=target, size=1, coloring="none"),
                         line=dict(color="black", width=2, dash="dash"), hoverinfo="skip", name="target")
     fig.update_layout(xaxis_title="ω", yaxis_title="budget")
