@@ -76,8 +76,7 @@ def test_2_generate_and_label(page):
     fill_slider(pg, "gen-steps", 2)
     assert run_job(pg, "gen-btn", "generate")[0] == "succeeded"
     assert run_job(pg, "label-btn", "generate")[0] == "succeeded"
-    pg.wait_for_timeout(1000)
-    assert "48" in pg.locator("#page-info").inner_text()
+    wait_text(pg, "page-info", "48")
     thumbs = pg.get_by_role("button", name=re.compile(r"^Thumbnail"))
     assert thumbs.count() == 48
     thumbs.nth(0).click()
@@ -133,8 +132,7 @@ def test_4_build_set(page):
     fill(pg, "ns", 24)
     fill_slider(pg, "build-steps", 2)
     pg.locator("#plan-check").click()
-    pg.wait_for_timeout(1200)
-    assert "needed" in pg.locator("#plan-md").inner_text()
+    wait_text(pg, "plan-md", "needed")
     assert run_job(pg, "build-btn", "build_set")[0] == "succeeded"
     wait_text(pg, "sets-table", "ready")  # the table refresh lands after the job's state under load
     shot(pg, "04-build-set.png")
@@ -149,8 +147,7 @@ def test_5_finetune(page):
     fill(pg, "ft-batch", 8)
     state, text = run_job(pg, "ft-start", "finetune", timeout=300)
     assert state == "succeeded", text
-    pg.wait_for_timeout(1500)
-    assert "0.032 kimg" in pg.locator("#ft-checkpoints").inner_text()
+    wait_text(pg, "ft-checkpoints", "0.032 kimg")
     pg.locator("#ft-loss .js-plotly-plot").wait_for(timeout=20_000)
     shot(pg, "05-finetune.png")
 
@@ -176,8 +173,7 @@ def test_6_guide(page):
     fill(pg, "find-target", 70)
     state, text = run_job(pg, "find-btn", "sweep", timeout=300)
     assert state == "succeeded", text
-    pg.wait_for_timeout(1500)
-    assert "omega =" in pg.locator("#find-result").inner_text()
+    wait_text(pg, "find-result", "omega =")
     shot(pg, "06-guide.png")
 
 
@@ -202,7 +198,6 @@ def test_8_jobs(page):
         assert kind in table
     fill(pg, "jobs-id", 1)
     pg.locator("#jobs-show").click()
-    pg.wait_for_timeout(1200)
-    assert "Could not reach" in pg.locator("#jobs-panel").inner_text()
+    wait_text(pg, "jobs-panel", "Could not reach")
     shot(pg, "08-jobs.png")
     assert page.page_errors == []
