@@ -22,38 +22,53 @@ def group_indices(pool_groups: Sequence[str]) -> dict[str, list[int]]:
     return out
 
 
-def extra_samples_needed(pool_groups: Sequence[str], counts: Mapping[str, int]) -> int:
-    """Estimated number of extra samples to generate so every group reaches its count."""
+def pool_needed(pool_groups: Sequence[str], counts: Mapping[str, int]) -> dict[str, float]:
+    """Per short group: estimated pool size at which it reaches its count (inf when never seen).
+
+    The estimate assumes new samples fall into groups at the pool's current rates.
+    """
     n = len(pool_groups)
     have = {g: len(v) for g, v in group_indices(pool_groups).items()}
-    need = 0
+    out: dict[str, float] = {}
     for g, c in counts.items():
         short = c - have.get(g, 0)
         if short <= 0:
             continue
         rate = have.get(g, 0) / n if n else 0.0
-        if rate == 0:
-            return math.inf  # never seen: cannot estimate, treated as too rare
-        need = max(need, math.ceil(short / rate))
-    return need
+        out[g] = math.inf if rate == 0 else n + math.ceil(short / rate)
+    return out
+
+
+def extra_samples_needed(pool_groups: Sequence[str], counts: Mapping[str, int]) -> int:
+    """Estimated number of extra samples to generate so every group reaches its count."""
+    need = pool_needed(pool_groups, counts)
+    if not need:
+        return 0
+    worst = max(need.values())
+    return math.inf if worst == math.inf else int(worst) - len(pool_groups)
 
 
 def check_feasible(pool_groups: Sequence[str], counts: Mapping[str, int], max_pool: int) -> int:
-    """Extra samples needed; UserError if a group is absent or would need more than `max_pool` in all."""
-    extra = extra_samples_needed(pool_groups, counts)
-    if extra == 0:
+    """Extra samples needed; UserError if a group is absent or would need more than `max_pool` in all.
+
+    The message names the group that drives the estimate (the one needing the largest pool), since
+    lowering that group's share is what makes the set feasible.
+    """
+    need = pool_needed(pool_groups, counts)
+    if not need:
         return 0
-    have = {g: len(v) for g, v in group_indices(pool_groups).items()}
-    n = max(len(pool_groups), 1)
-    if extra == math.inf or len(pool_groups) + extra > max_pool:
-        rare = min((g for g in counts if counts[g] > have.get(g, 0)), key=lambda g: have.get(g, 0))
-        share = have.get(rare, 0) / n
+    rare = max(need, key=lambda g: (need[g], g))
+    total = need[rare]
+    if total == math.inf or total > max_pool:
+        have = {g: len(v) for g, v in group_indices(pool_groups).items()}
+        n = len(pool_groups)
+        share = have.get(rare, 0) / max(n, 1)
         raise UserError(
-            f"Group '{rare}' is too rare to fill: {have.get(rare, 0)} of {len(pool_groups)} pool samples "
+            f"Group '{rare}' is too rare to fill: {have.get(rare, 0)} of {n} pool samples "
             f"({100 * share:.1f}%) and the set needs {counts[rare]}. Filling it would take "
-            f"{'an unbounded number of' if extra == math.inf else f'about {len(pool_groups) + extra}'} samples "
-            f"(limit {max_pool}). Lower n_s or this group's share, or raise the pool limit.")
-    return int(extra)
+            f"{'an unbounded number of' if total == math.inf else f'about {int(total)}'} pool samples "
+            f"(limit {max_pool}). Lower n_s or the share of '{rare}', or raise the pool limit.")
+    return int(total) - len(pool_groups)
 
 
 def choose_members(pool_groups: Sequence[str], counts: Mapping[str, int]) -> dict[str, list[int]]:

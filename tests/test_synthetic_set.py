@@ -40,3 +40,28 @@ def test_no_generator_reports_the_shortfall():
 def test_uncertain_is_not_a_group():
     with pytest.raises(UserError, match="uncertain"):
         fill_set(["a"], {"uncertain": 1}, None, max_pool=10)
+
+
+def test_too_rare_names_the_group_that_drives_the_estimate():
+    # The shape of a real report: 512 labelled samples, S of 1000 with 73% 0-4 / 27% 5-9. 5-9 is the
+    # smaller group in the pool but only 20 short; 0-4 is 468 short and needs a pool of about 1420.
+    pool = ["0-4"] * 264 + ["5-9"] * 248
+    counts = {"0-4": 732, "5-9": 268}
+    with pytest.raises(UserError) as e:
+        fill_set(pool, counts, lambda n: ["0-4"] * n, max_pool=1000)
+    msg = str(e.value)
+    expected = 512 + -(-468 * 512 // 264)  # n + ceil(short / rate) for 0-4
+    assert "Group '0-4' is too rare" in msg and f"about {expected} pool samples" in msg
+    assert "264 of 512" in msg and "needs 732" in msg and "share of '0-4'" in msg and "'5-9'" not in msg
+    # the advice is right: a smaller 0-4 share fits the same limit
+    from pipelines.synthetic_set import check_feasible
+    assert 0 < check_feasible(pool, {"0-4": 400, "5-9": 600}, max_pool=1500) <= 1500 - 512
+
+
+def test_estimate_is_the_largest_group_need():
+    from pipelines.synthetic_set import extra_samples_needed, pool_needed
+    pool = ["a"] * 50 + ["b"] * 50
+    assert pool_needed(pool, {"a": 60, "b": 200}) == {"a": 120, "b": 400}
+    assert extra_samples_needed(pool, {"a": 60, "b": 200}) == 300
+    assert extra_samples_needed(pool, {"a": 10}) == 0
+    assert extra_samples_needed(pool, {"c": 1}) == float("inf")
