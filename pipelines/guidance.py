@@ -5,6 +5,11 @@ mixes scores the same way. Options from the paper's Appendix A:
 - guidance interval: guide only while sigma_lo <= sigma <= sigma_hi, base alone elsewhere;
 - shared encoder: the auxiliary model was fine-tuned decoder-only, so both decoders can
   reuse one pass of the base encoder.
+
+The second model need not be a SIMS auxiliary: autoguidance (Karras et al. 2024, "Guiding a
+diffusion model with a bad version of itself") uses the same rule with a weaker version of the
+base (an earlier or smaller checkpoint) as the guide. Any model denoising the same sample shape
+under the same preconditioning can guide; `check_guide` refuses the rest.
 """
 from __future__ import annotations
 
@@ -24,6 +29,28 @@ def parse_omega(value) -> float:
     if omega != omega or abs(omega) == float("inf"):
         raise UserError(f"omega must be a finite number (got {value!r}).")
     return omega
+
+
+def denoiser_signature(model) -> dict | None:
+    """What a guide must share with the base: sample shape, preconditioning, label dim (None if unknown)."""
+    net = getattr(model, "model", None)
+    shape = getattr(net, "sample_shape", None)
+    if shape is None:
+        return None  # a bare callable: nothing to compare
+    return {"sample shape": tuple(shape), "preconditioning": type(model).__name__,
+            "sigma_data": getattr(model, "sigma_data", None), "label_dim": getattr(model, "label_dim", 0)}
+
+
+def check_guide(base, guide) -> None:
+    """UserError naming both signatures when `guide` cannot guide `base` (shape, precond, labels)."""
+    a, b = denoiser_signature(base), denoiser_signature(guide)
+    if a is None or b is None or a == b:
+        return
+    diff = [k for k in a if a[k] != b[k]]
+    raise UserError(f"The guide cannot guide this base model: {', '.join(diff)} differ "
+                    f"(base {', '.join(f'{k} {a[k]}' for k in diff)}; guide {', '.join(f'{k} {b[k]}' for k in diff)}). "
+                    "A guide must denoise the same sample shape with the same preconditioning: pick the SIMS "
+                    "auxiliary, an earlier checkpoint of the base, or another model of matching shape.")
 
 
 @dataclass
@@ -55,6 +82,8 @@ class SIMSDenoiser:
             self.interval = (lo, hi)
         if self.aux is None and self.omega != 0:
             raise UserError("omega != 0 needs an auxiliary model; load one or set omega to 0.")
+        if self.aux is not None:
+            check_guide(self.base, self.aux)
 
     def in_interval(self, sigma: torch.Tensor) -> bool:
         if self.interval is None:

@@ -15,12 +15,16 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import UserError
-from ..guidance import SIMSDenoiser, parse_omega
+from ..guidance import SIMSDenoiser, check_guide, parse_omega
 from ..models import ModelConfig, build_model
 from ..sampler import SamplerConfig
+from .download import sha256_file
 from .native import _check_path, git_commit, read_metadata
 
 FORMAT = "sims-bundle/1"
+# What the second model of a bundle is (recorded in the card): the SIMS auxiliary (fine-tuned
+# on the base's own samples), an earlier checkpoint of the base (autoguidance), or another model.
+GUIDE_KINDS = ("sims-auxiliary", "earlier-checkpoint", "other-model")
 
 
 @dataclasses.dataclass
@@ -41,21 +45,30 @@ class SIMSBundle:
 
 
 def save_bundle(path, base_ckpt, aux_ckpt, omega, interval=None, sampler: SamplerConfig = SamplerConfig(),
-                shared_encoder: bool = False, card: dict | None = None) -> Path:
-    """Pack two native checkpoints and the guidance settings into one bundle file."""
+                shared_encoder: bool = False, card: dict | None = None, guide_kind: str = "sims-auxiliary") -> Path:
+    """Pack two native checkpoints and the guidance settings into one bundle file.
+
+    `aux_ckpt` is the guide: the SIMS auxiliary or any model of the base's sample shape
+    (`guide_kind` says which, recorded with both files' sha256 in the card)."""
     omega = parse_omega(omega)
+    if guide_kind not in GUIDE_KINDS:
+        raise UserError(f"guide_kind must be one of {GUIDE_KINDS} (got {guide_kind!r}).")
     path = Path(path)
     metas, tensors = {}, {}
     for role, ckpt in (("base", base_ckpt), ("aux", aux_ckpt)):
         metas[role] = read_metadata(ckpt)
         tensors.update({f"{role}.{k}": v for k, v in load_file(str(ckpt)).items()})
     if metas["base"]["model"] != metas["aux"]["model"]:
-        raise UserError("Base and auxiliary checkpoints have different architectures; the auxiliary must be "
-                        "a fine-tuned copy of the base.")
+        if shared_encoder:
+            raise UserError("Shared-encoder guidance needs a decoder-only fine-tune of the base (same "
+                            "architecture); this guide has a different one.")
+        check_guide(*(build_model(ModelConfig.from_dict(metas[r]["model"])) for r in ("base", "aux")))
     meta = {"format": FORMAT, "omega": omega, "interval": list(interval) if interval else None,
             "shared_encoder": bool(shared_encoder), "sampler": dataclasses.asdict(sampler),
             "models": metas, "card": {**(card or {}), "git_commit": git_commit(),
-                                       "base_checkpoint": str(base_ckpt), "aux_checkpoint": str(aux_ckpt)}}
+                                       "base_checkpoint": str(base_ckpt), "aux_checkpoint": str(aux_ckpt),
+                                       "base_sha256": sha256_file(base_ckpt), "aux_sha256": sha256_file(aux_ckpt),
+                                       "guide_kind": guide_kind}}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     save_file(tensors, str(tmp), metadata={"sims_bundle": json.dumps(meta)})
