@@ -14,9 +14,10 @@ TASKS = {
     "find_omega": "find_omega",
     "import_model": "import_model",
     "export_dataset": "export_dataset",
+    "embed": "embed",
 }
 # Kinds that run networks on a device; at most Settings.jobs_per_device of them at once per device.
-DEVICE_BOUND = {"generate", "label", "build_set", "finetune", "sweep", "find_omega", "export_dataset"}
+DEVICE_BOUND = {"generate", "label", "build_set", "finetune", "sweep", "find_omega", "export_dataset", "embed"}
 
 
 def task_module(kind: str) -> ModuleType:

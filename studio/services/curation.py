@@ -1,0 +1,350 @@
+"""Curation at scale: the pool's embedding map, selections, bulk labels with undo, near-duplicates.
+
+Features and their 2-D projection are cached per (pool, classifier) under
+`<data>/cache/embedding/m<model>-<classifier>/` (features.npz, projection.npz). Features are
+computed only for samples that have none yet; the projection is redone whenever the pool's ids
+differ from the ones it was made of, so a grown pool never shows a silently partial map.
+
+The last bulk action of each pool is kept in `<data>/curation/undo-m<model>.json`: the manual
+label rows it added and the not-preferred flags it overwrote. Undo deletes exactly those rows
+and restores exactly those flags, so labels (manual and automatic) are what they were.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from sqlalchemy import and_, delete, func, select, update
+
+from pipelines.errors import UserError
+
+from ..db import Database
+from ..models import Assignment, Label, LabelSource, Sample, SetMember, SyntheticSet
+from ..settings import Settings
+from ..storage import read_pngs
+from . import jobs as jobs_service
+from .labels import refresh_assignments, set_manual_label
+from .pool import STATUSES, GalleryPage, _filters
+
+CHUNK = 5000  # ids per SQL statement (SQLite allows 32,766 bound parameters)
+
+
+# ----------------------------------------------------------------------------- cache files
+
+def cache_dir(settings: Settings, model_id: int, classifier: str) -> Path:
+    """Folder of one (pool, classifier) map."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", classifier)
+    return settings.path("cache", "embedding", f"m{int(model_id)}-{safe}")
+
+
+def _save_npz(path: Path, **arrays) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+
+
+def _load_npz(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as z:  # plain arrays only: never unpickle
+        return {k: z[k] for k in z.files}
+
+
+def pool_ids(db: Database, model_id: int) -> np.ndarray:
+    """Sorted sample ids of the pool."""
+    with db.session(read_only=True) as s:
+        return np.asarray(list(s.scalars(select(Sample.id).where(Sample.model_id == int(model_id))
+                                         .order_by(Sample.id))), dtype=np.int64)
+
+
+# ----------------------------------------------------------------------------- features + projection
+
+def submit_map(db: Database, model_id: int, classifier: str, device: str = "cpu") -> int:
+    """Queue a job computing the features of new pool samples and the 2-D map; returns the job id."""
+    if not classifier:
+        raise UserError("Pick a grouping first: the map uses its classifier's features.")
+    return jobs_service.submit(db, "embed", {"model_id": int(model_id), "classifier": classifier},
+                               title=f"Embedding map of model #{model_id} ({classifier} features)", device=device)
+
+
+def compute_map(db: Database, settings: Settings, model_id: int, classifier: str, device: str = "cpu",
+                method: str = "auto", progress: Callable[[int, int], None] | None = None,
+                batch_size: int = 256, extractor=None) -> dict:
+    """Features for samples lacking them, then the projection of the whole pool; returns a summary.
+
+    `extractor` (name, fn) replaces the classifier's own features (tests, benchmarks).
+    """
+    from pipelines.embedding import feature_extractor, project_2d
+    if extractor is None:
+        from .attributes import load_classifier
+        extractor = feature_extractor(load_classifier(db, classifier, device=device), device=device)
+    name, fn = extractor
+    folder = cache_dir(settings, model_id, classifier)
+    ids = pool_ids(db, model_id)
+    if len(ids) < 2:
+        raise UserError(f"The pool has {len(ids)} sample(s); generate some before drawing its map.")
+    old = _load_npz(folder / "features.npz")
+    if old is not None and str(old["feature"]) == name:
+        keep = np.isin(old["ids"], ids)
+        have_ids, have = old["ids"][keep], old["features"][keep]
+    else:  # first map, or the classifier's weights changed: start over
+        have_ids, have = np.zeros(0, np.int64), None
+    todo = ids[~np.isin(ids, have_ids)]
+    with db.session(read_only=True) as s:
+        paths = dict(s.execute(select(Sample.id, Sample.path).where(Sample.model_id == int(model_id))).all())
+    new = []
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start:start + batch_size]
+        new.append(np.asarray(fn(read_pngs([settings.abs(paths[int(i)]) for i in chunk])), dtype=np.float32))
+        if progress is not None:
+            progress(start + len(chunk), len(todo))
+    parts = ([have] if have is not None and len(have) else []) + new
+    feats = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+    all_ids = np.concatenate([have_ids, todo])
+    order = np.argsort(all_ids)
+    all_ids, feats = all_ids[order], feats[order]
+    _save_npz(folder / "features.npz", ids=all_ids, features=feats, feature=np.array(name))
+    t0 = time.perf_counter()
+    xy, used = project_2d(feats, method)
+    seconds = time.perf_counter() - t0
+    _save_npz(folder / "projection.npz", ids=all_ids, xy=xy, method=np.array(used), feature=np.array(name))
+    return {"n": int(len(all_ids)), "computed": int(len(todo)), "method": used, "feature": name,
+            "dims": int(feats.shape[1]), "projection_s": round(seconds, 3)}
+
+
+def load_map(db: Database, settings: Settings, model_id: int, classifier: str) -> dict | None:
+    """The cached map with `missing` = pool samples added since it was made (None: no map yet)."""
+    proj = _load_npz(cache_dir(settings, model_id, classifier) / "projection.npz")
+    if proj is None:
+        return None
+    ids = pool_ids(db, model_id)
+    inside = np.isin(proj["ids"], ids)  # samples deleted since are dropped from view
+    return {"ids": proj["ids"][inside], "xy": proj["xy"][inside], "method": str(proj["method"]),
+            "feature": str(proj["feature"]), "missing": int((~np.isin(ids, proj["ids"])).sum())}
+
+
+def point_attributes(db: Database, model_id: int, grouping_id: int | None, ids: np.ndarray) -> dict:
+    """Per map point: group (None: unlabelled), confidence (nan: unlabelled), not-preferred flag."""
+    pos = {int(i): k for k, i in enumerate(ids)}
+    group = np.full(len(ids), None, dtype=object)
+    conf = np.full(len(ids), np.nan)
+    np_flag = np.zeros(len(ids), dtype=bool)
+    with db.session(read_only=True) as s:
+        for sid, flag in s.execute(select(Sample.id, Sample.not_preferred).where(Sample.model_id == int(model_id))):
+            if sid in pos:
+                np_flag[pos[sid]] = bool(flag)
+        if grouping_id is not None:
+            rows = s.execute(select(Assignment.sample_id, Assignment.group_name, Assignment.confidence)
+                             .join(Sample, Sample.id == Assignment.sample_id)
+                             .where(Sample.model_id == int(model_id), Assignment.grouping_id == int(grouping_id)))
+            for sid, g, c in rows:
+                if sid in pos:
+                    group[pos[sid]] = g if g is not None else "uncertain"
+                    conf[pos[sid]] = c
+    return {"group": group, "confidence": conf, "not_preferred": np_flag}
+
+
+def ids_in_box(m: dict, x0: float, x1: float, y0: float, y1: float) -> list[int]:
+    """Sample ids of the map points inside a rectangle (what a box selection picks)."""
+    xy = m["xy"]
+    inside = (xy[:, 0] >= min(x0, x1)) & (xy[:, 0] <= max(x0, x1)) & (xy[:, 1] >= min(y0, y1)) & \
+             (xy[:, 1] <= max(y0, y1))
+    return [int(i) for i in m["ids"][inside]]
+
+
+# ----------------------------------------------------------------------------- selections
+
+def _check_status(status: str) -> None:
+    if status not in STATUSES:
+        raise UserError(f"Unknown status filter {status!r}; choose one of {', '.join(STATUSES)}.")
+
+
+def _filtered(model_id, grouping_id, group, min_conf, max_conf, status):
+    _check_status(status)
+    join_on = and_(Assignment.sample_id == Sample.id, Assignment.grouping_id == (grouping_id or -1))
+    conds = _filters(int(model_id), grouping_id, group, min_conf, max_conf, status)
+    return join_on, conds
+
+
+def matching_ids(db: Database, model_id: int, grouping_id: int | None = None, group: str | None = None,
+                 min_conf: float | None = None, max_conf: float | None = None, status: str = "all") -> list[int]:
+    """Every sample id matching the gallery's filters (for 'select all matching')."""
+    join_on, conds = _filtered(model_id, grouping_id, group, min_conf, max_conf, status)
+    with db.session(read_only=True) as s:
+        return list(s.scalars(select(Sample.id).outerjoin(Assignment, join_on).where(*conds).order_by(Sample.id)))
+
+
+def selection_page(db: Database, model_id: int, ids: Sequence[int], grouping_id: int | None = None,
+                   group: str | None = None, min_conf: float | None = None, max_conf: float | None = None,
+                   status: str = "all", page: int = 1, per_page: int = 48) -> GalleryPage:
+    """A gallery page of the selected samples that also match the filters.
+
+    The filter runs as one indexed query and is intersected with the selection in numpy, so a
+    selection of any size works on any database (no IN list of 50,000 parameters).
+    """
+    wanted = np.unique(np.asarray(list(ids), dtype=np.int64))
+    match = np.asarray(matching_ids(db, model_id, grouping_id, group, min_conf, max_conf, status), dtype=np.int64)
+    hit = match[np.isin(match, wanted)]
+    pages = max(1, -(-len(hit) // per_page))
+    page = min(max(1, int(page or 1)), pages)
+    page_ids = [int(i) for i in hit[(page - 1) * per_page: page * per_page]]
+    join_on, _ = _filtered(model_id, grouping_id, None, None, None, "all")
+    with db.session(read_only=True) as s:
+        rows = s.execute(select(Sample, Assignment).outerjoin(Assignment, join_on)
+                         .where(Sample.id.in_(page_ids)).order_by(Sample.id)).all()
+        out = [{"id": smp.id, "seed": smp.seed, "path": smp.path, "not_preferred": smp.not_preferred,
+                "group": a.group_name if a else None, "confidence": a.confidence if a else None,
+                "source": (a.source.value if hasattr(a.source, "value") else a.source) if a else None}
+               for smp, a in rows]
+    return GalleryPage(out, int(len(hit)), page, pages)
+
+
+# ----------------------------------------------------------------------------- bulk actions + undo
+
+def _undo_path(settings: Settings, model_id: int) -> Path:
+    return settings.path("curation", f"undo-m{int(model_id)}.json")
+
+
+def _write_undo(settings: Settings, model_id: int, record: dict) -> None:
+    path = _undo_path(settings, model_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record))
+    tmp.replace(path)
+
+
+def _own_ids(db: Database, model_id: int, ids: Sequence[int]) -> list[int]:
+    """The ids, checked to be samples of this pool (clear error otherwise)."""
+    wanted = sorted({int(i) for i in ids})
+    if not wanted:
+        raise UserError("Select at least one sample first (click thumbnails in select mode, 'Select page', "
+                        "'Select all matching', or a box/lasso on the map).")
+    pool = pool_ids(db, model_id)
+    missing = np.asarray(wanted)[~np.isin(wanted, pool)]
+    if len(missing):
+        raise UserError(f"Samples {missing[:10].tolist()} are not in this model's pool; clear the selection "
+                        "and select again.")
+    return wanted
+
+
+def bulk_label(db: Database, settings: Settings, model_id: int, ids: Sequence[int], classifier: str,
+               class_name: str, author: str = "studio (bulk)") -> int:
+    """Give every selected sample the manual label `class_name`, recording how to undo it; returns how many."""
+    wanted = _own_ids(db, model_id, ids)
+    with db.session(read_only=True) as s:
+        before = int(s.scalar(select(func.coalesce(func.max(Label.id), 0))))
+    for k in range(0, len(wanted), CHUNK):
+        set_manual_label(db, wanted[k:k + CHUNK], classifier, class_name, author=author)
+    with db.session(read_only=True) as s:
+        added = list(s.scalars(select(Label.id).where(Label.id > before, Label.source == LabelSource.manual,
+                                                      Label.classifier == classifier, Label.author == author)))
+    _write_undo(settings, model_id, {"action": "label", "classifier": classifier, "class": class_name,
+                                     "label_ids": added, "sample_ids": wanted, "at": time.time()})
+    return len(wanted)
+
+
+def bulk_not_preferred(db: Database, settings: Settings, model_id: int, ids: Sequence[int], flag: bool) -> int:
+    """Mark (or unmark) every selected sample not preferred, recording the previous flags; returns how many."""
+    wanted = _own_ids(db, model_id, ids)
+    with db.session() as s:
+        prev = {}
+        for k in range(0, len(wanted), CHUNK):
+            part = wanted[k:k + CHUNK]
+            prev.update({str(i): bool(f) for i, f in s.execute(select(Sample.id, Sample.not_preferred)
+                                                                  .where(Sample.id.in_(part)))})
+            s.execute(update(Sample).where(Sample.id.in_(part)).values(not_preferred=bool(flag)))
+    _write_undo(settings, model_id, {"action": "not_preferred", "flag": bool(flag), "previous": prev,
+                                     "sample_ids": wanted, "at": time.time()})
+    return len(wanted)
+
+
+def last_action(settings: Settings, model_id: int) -> dict | None:
+    """The bulk action undo would revert (None: nothing to undo)."""
+    path = _undo_path(settings, model_id)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def describe(action: dict | None) -> str:
+    """One line about the last bulk action."""
+    if action is None:
+        return "Nothing to undo."
+    n = len(action["sample_ids"])
+    if action["action"] == "label":
+        what = f"labelled {n} samples '{action['class']}'" if action["class"] else f"withdrew {n} manual labels"
+    else:
+        what = f"{'marked' if action['flag'] else 'unmarked'} {n} samples not preferred"
+    return f"Last bulk action: {what} ({time.strftime('%H:%M:%S', time.localtime(action['at']))})."
+
+
+def undo_last(db: Database, settings: Settings, model_id: int) -> str:
+    """Revert the last bulk action of this pool exactly; returns what was undone."""
+    action = last_action(settings, model_id)
+    if action is None:
+        raise UserError("Nothing to undo: no bulk action was recorded for this pool (only the last one is kept).")
+    if action["action"] == "label":
+        ids = action["label_ids"]
+        with db.session() as s:
+            for k in range(0, len(ids), CHUNK):
+                s.execute(delete(Label).where(Label.id.in_(ids[k:k + CHUNK])))
+            for k in range(0, len(action["sample_ids"]), CHUNK):
+                refresh_assignments(s, action["classifier"], action["sample_ids"][k:k + CHUNK])
+    else:
+        by_flag: dict[bool, list[int]] = {True: [], False: []}
+        for sid, f in action["previous"].items():
+            by_flag[bool(f)].append(int(sid))
+        with db.session() as s:
+            for f, sids in by_flag.items():
+                for k in range(0, len(sids), CHUNK):
+                    s.execute(update(Sample).where(Sample.id.in_(sids[k:k + CHUNK])).values(not_preferred=f))
+    text = describe(action).replace("Last bulk action: ", "Undone: ")
+    _undo_path(settings, model_id).unlink()
+    return text
+
+
+# ----------------------------------------------------------------------------- S from a selection
+
+def build_set_from_selection(db: Database, model_id: int, ids: Sequence[int], grouping: dict | None,
+                             name: str = "") -> int:
+    """S = exactly the selected samples (kind 'selection'), composition by the grouping; returns the set id."""
+    wanted = _own_ids(db, model_id, ids)
+    groups = {}
+    if grouping is not None:
+        with db.session(read_only=True) as s:
+            for k in range(0, len(wanted), CHUNK):
+                groups.update(dict(s.execute(select(Assignment.sample_id, Assignment.group_name).where(
+                    Assignment.grouping_id == grouping["id"], Assignment.sample_id.in_(wanted[k:k + CHUNK]))).all()))
+    member_group = {i: groups.get(i) or "unlabelled" for i in wanted}
+    counts: dict[str, int] = {}
+    for g in member_group.values():
+        counts[g] = counts.get(g, 0) + 1
+    with db.session() as s:
+        row = SyntheticSet(name=name or f"selection ({len(wanted)})", model_id=int(model_id),
+                           grouping_id=grouping["id"] if grouping else None, kind="selection", n_s=len(wanted),
+                           counts=counts, state="ready")
+        s.add(row)
+        s.flush()
+        s.add_all([SetMember(set_id=row.id, sample_id=i, group_name=member_group[i], position=k)
+                   for k, i in enumerate(wanted)])
+        return row.id
+
+
+# ----------------------------------------------------------------------------- near-duplicates
+
+def near_duplicates(db: Database, settings: Settings, model_id: int, classifier: str,
+                    threshold: float) -> dict:
+    """Groups of pool sample ids whose features' cosine exceeds `threshold` (from the cached map features)."""
+    from pipelines.embedding import near_duplicate_groups
+    feats = _load_npz(cache_dir(settings, model_id, classifier) / "features.npz")
+    if feats is None:
+        raise UserError("Compute the embedding map first: near-duplicates use the same cached features.")
+    ids = pool_ids(db, model_id)
+    inside = np.isin(feats["ids"], ids)
+    fids, x = feats["ids"][inside], feats["features"][inside]
+    groups = [[int(fids[i]) for i in g] for g in near_duplicate_groups(x, float(threshold))]
+    return {"groups": groups, "searched": int(len(fids)), "missing": int((~np.isin(ids, fids)).sum()),
+            "feature": str(feats["feature"]), "threshold": float(threshold)}
