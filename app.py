@@ -1,66 +1,7 @@
-"""SIMS Studio: `python app.py` opens the bundled digits demo in the browser (offline, CPU is fine).
-
-Parses arguments, opens the data directory and database (migrations run on start), starts
-the job runner and launches the Gradio app. Everything else lives in studio/.
-"""
-from __future__ import annotations
-
-import argparse
-import os
+"""`python app.py`: the studio from a checkout (installed, the same is the `sims-studio` command)."""
 import sys
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python app.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", default="data", help="folder for the database, samples, runs, exports (default ./data)")
-    p.add_argument("--db", default="", help="SQLAlchemy URL (default: sqlite:///DATA_DIR/studio.db, WAL); "
-                                           "e.g. postgresql+psycopg://user:pw@host/sims for a shared studio")
-    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=None, help="port (default: first free from 7860)")
-    p.add_argument("--share", action="store_true", help="create a public gradio.live link (needs internet)")
-    p.add_argument("--auth", default=None, metavar="USER:PASS", help="require this login")
-    p.add_argument("--device", default=None, help="default device for jobs: cpu, cuda, cuda:1 (default: auto)")
-    p.add_argument("--jobs-per-device", type=int, default=1, help="GPU-bound jobs running at once per device")
-    p.add_argument("--max-upload-mb", type=int, default=512, help="largest accepted upload")
-    p.add_argument("--no-demo", action="store_true", help="do not register the bundled digits demo")
-    return p.parse_args(argv)
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    from pipelines.errors import UserError
-    from studio.core import open_studio
-    from studio.settings import Settings, default_device
-    from studio.ui.app import build_ui, launch_kwargs
-
-    auth = None
-    if args.auth:
-        if ":" not in args.auth:
-            print("error: --auth must look like user:password", file=sys.stderr)
-            return 2
-        auth = tuple(args.auth.split(":", 1))
-    try:
-        settings = Settings(data_dir=args.data_dir, db_url=args.db, device=args.device or default_device(),
-                            jobs_per_device=args.jobs_per_device, max_upload_mb=args.max_upload_mb)
-        studio = open_studio(settings, demo=not args.no_demo)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"SIMS Studio: data in {settings.data_dir}, database {settings.db_url}")
-    for note in studio.notes:
-        print(f"note: {note}")
-    demo = build_ui(studio)
-    demo.queue(default_concurrency_limit=4)
-    try:
-        demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth,
-                    **launch_kwargs(studio))
-    finally:
-        studio.close()
-    return 0
-
+from studio.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -21,6 +21,7 @@ class Settings:
     jobs_per_device: int = 1          # GPU-bound jobs running at once on one device
     stale_after_s: float = 30.0       # heartbeat age after which a running job counts as interrupted
     max_upload_mb: int = 512
+    allow_private_urls: bool = False  # model import by URL may reach loopback/private addresses (SSRF guard off)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):

@@ -380,10 +380,11 @@ PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
 def test_download_once_into_cache(tmp_path, http_server):
     srv, base = http_server
     srv.files["/edm/net.pkl"] = PAYLOAD
-    path = download.fetch(f"{base}/edm/net.pkl", cache_dir=tmp_path, expected_sha256=PAYLOAD_SHA, progress=False)
+    path = download.fetch(f"{base}/edm/net.pkl", cache_dir=tmp_path, expected_sha256=PAYLOAD_SHA,
+                          progress=False, allow_private=True)
     assert path.read_bytes() == PAYLOAD and path.is_relative_to(tmp_path)
     assert path.with_name("net.pkl.sha256").read_text().split()[0] == PAYLOAD_SHA
-    assert download.fetch(f"{base}/edm/net.pkl", cache_dir=tmp_path, progress=False) == path
+    assert download.fetch(f"{base}/edm/net.pkl", cache_dir=tmp_path, progress=False, allow_private=True) == path
     assert len(srv.requests) == 1  # the second call used the cache
 
 
@@ -392,11 +393,12 @@ def test_download_resumes_after_a_dropped_connection(tmp_path, http_server):
     srv.files["/net.pkl"] = PAYLOAD
     srv.cut_after = 100_000
     with pytest.raises(UserError, match="resume"):
-        download.fetch(f"{base}/net.pkl", cache_dir=tmp_path, progress=False)
+        download.fetch(f"{base}/net.pkl", cache_dir=tmp_path, progress=False, allow_private=True)
     part = download.cache_path(f"{base}/net.pkl", tmp_path).with_name("net.pkl.part")
     have = part.stat().st_size
     assert 0 < have < len(PAYLOAD)
-    path = download.fetch(f"{base}/net.pkl", cache_dir=tmp_path, expected_sha256=PAYLOAD_SHA, progress=False)
+    path = download.fetch(f"{base}/net.pkl", cache_dir=tmp_path, expected_sha256=PAYLOAD_SHA,
+                          progress=False, allow_private=True)
     assert srv.requests[-1] == ("/net.pkl", f"bytes={have}-")
     assert path.read_bytes() == PAYLOAD and not part.exists()
 
@@ -409,7 +411,7 @@ def test_download_resumes_an_existing_part_file(tmp_path, http_server, monkeypat
     assert target.is_relative_to(tmp_path / "envcache")
     target.parent.mkdir(parents=True)
     target.with_name("net.pkl.part").write_bytes(PAYLOAD[:1234])
-    assert download.fetch(f"{base}/net.pkl", progress=False).read_bytes() == PAYLOAD
+    assert download.fetch(f"{base}/net.pkl", progress=False, allow_private=True).read_bytes() == PAYLOAD
     assert srv.requests == [("/net.pkl", "bytes=1234-")]
 
 
@@ -419,22 +421,25 @@ def test_download_restarts_when_server_ignores_range(tmp_path, http_server):
     target = download.cache_path(f"{base}/net.pkl", tmp_path)
     target.parent.mkdir(parents=True)
     target.with_name("net.pkl.part").write_bytes(b"stale bytes")
-    assert download.fetch(f"{base}/net.pkl", cache_dir=tmp_path, progress=False).read_bytes() == PAYLOAD
+    got = download.fetch(f"{base}/net.pkl", cache_dir=tmp_path, progress=False, allow_private=True)
+    assert got.read_bytes() == PAYLOAD
 
 
 def test_download_errors(tmp_path, http_server):
     srv, base = http_server
     srv.files["/net.pkl"] = PAYLOAD
     with pytest.raises(UserError, match="sha256 mismatch"):
-        download.fetch(f"{base}/net.pkl", cache_dir=tmp_path, expected_sha256="ab" * 32, progress=False)
+        download.fetch(f"{base}/net.pkl", cache_dir=tmp_path, expected_sha256="ab" * 32,
+                       progress=False, allow_private=True)
     assert not download.cache_path(f"{base}/net.pkl", tmp_path).exists()  # a bad download is not kept
     with pytest.raises(UserError, match="HTTP 404"):
-        download.fetch(f"{base}/missing.pkl", cache_dir=tmp_path, progress=False)
+        download.fetch(f"{base}/missing.pkl", cache_dir=tmp_path, progress=False, allow_private=True)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead_port = s.getsockname()[1]
     with pytest.raises(UserError, match="Could not reach.*by hand"):
-        download.fetch(f"http://127.0.0.1:{dead_port}/net.pkl", cache_dir=tmp_path, progress=False)
+        download.fetch(f"http://127.0.0.1:{dead_port}/net.pkl", cache_dir=tmp_path,
+                       progress=False, allow_private=True)
     with pytest.raises(UserError, match="not found"):
         download.fetch(tmp_path / "nope.pkl")
     local = tmp_path / "local.pkl"
@@ -450,7 +455,8 @@ def test_import_by_url(tmp_path, http_server, fake_persistence):
     srv.files["/pretrained/edm-toy.pkl"] = write_edm_pickle(tmp_path / "n.pkl", fake_persistence, model, cfg
                                                             ).read_bytes()
     url = f"{base}/pretrained/edm-toy.pkl"
-    out = edm_pickle.import_edm(url, tmp_path / "toy.safetensors", cache_dir=tmp_path / "cache")
+    out = edm_pickle.import_edm(url, tmp_path / "toy.safetensors", cache_dir=tmp_path / "cache",
+                                allow_private_urls=True)  # the test server is on loopback
     loaded, meta = load_model(out)
     assert meta["provenance"]["source"] == url
     assert torch.equal(outputs(loaded), outputs(model))

@@ -50,8 +50,9 @@ def test_unreachable_checkpoint_url_fails_with_a_clear_message(studio):
     job = registry.submit_import(studio.db, studio.settings, "http://127.0.0.1:9/edm-ffhq-64x64-uncond-vp.pkl")
     view = run_now(studio, job)
     assert view.state == "failed"
-    assert "Could not reach http://127.0.0.1:9/edm-ffhq-64x64-uncond-vp.pkl" in view.message
-    assert "local path" in view.message
+    # loopback is refused before any connection (SSRF guard); tests/test_ssrf.py covers the allowed case
+    assert "Refused to download http://127.0.0.1:9/edm-ffhq-64x64-uncond-vp.pkl" in view.message
+    assert "--allow-private-urls" in view.message and "local path" in view.message
 
 
 def test_uploads_are_checked(studio, tmp_path):

@@ -349,12 +349,16 @@ def load_edm_pickle(path) -> tuple[Precond, ModelConfig, dict]:
     return model.eval().requires_grad_(False), cfg, info
 
 
-def import_edm(src, out_path, cache_dir=None, expected_sha256: str | None = None) -> Path:
-    """Fetch (path or URL) an EDM pickle, import it safely and save it as our .safetensors checkpoint."""
+def import_edm(src, out_path, cache_dir=None, expected_sha256: str | None = None,
+               allow_private_urls: bool = False) -> Path:
+    """Fetch (path or URL) an EDM pickle, import it safely and save it as our .safetensors checkpoint.
+
+    URLs on loopback/private/link-local addresses are refused unless `allow_private_urls`."""
     out_path = Path(out_path)
     if out_path.suffix != ".safetensors":
         raise UserError(f"Output {out_path} must end in .safetensors.")
-    path = download.fetch(src, cache_dir=cache_dir, expected_sha256=expected_sha256)
+    path = download.fetch(src, cache_dir=cache_dir, expected_sha256=expected_sha256,
+                          allow_private=allow_private_urls)
     sha = download.recorded_sha256(path)
     model, cfg, info = load_edm_pickle(path)
     net = cfg.network

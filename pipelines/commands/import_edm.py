@@ -23,6 +23,8 @@ def register(sub) -> None:
     p.add_argument("--cache-dir", default=None,
                    help="download cache (default $SIMS_CACHE_DIR or ~/.cache/sims-studio)")
     p.add_argument("--sha256", default=None, help="expected sha256 of the .pkl; a mismatch is refused")
+    p.add_argument("--allow-private-urls", action="store_true",
+                   help="let SRC be a URL on a loopback, private or link-local address (refused by default)")
     p.add_argument("--scan-only", action="store_true",
                    help="list the Python globals the pickle references (read from its opcodes, nothing "
                         "loaded) and whether the importer allows them; write nothing")
@@ -36,7 +38,8 @@ def run(args) -> int:
     if not args.out:
         raise UserError("Give the output path: python -m pipelines import-edm SRC OUT.safetensors "
                         "(or --scan-only to only inspect SRC).")
-    out = edm_pickle.import_edm(args.src, args.out, cache_dir=args.cache_dir, expected_sha256=args.sha256)
+    out = edm_pickle.import_edm(args.src, args.out, cache_dir=args.cache_dir, expected_sha256=args.sha256,
+                                allow_private_urls=args.allow_private_urls)
     model, meta = load_model(out)  # read back what was written: the saved file is what users get
     print(f"imported {args.src} -> {out}")
     print(f"  state-dict keys: {len(model.state_dict())}   parameters: "
@@ -47,7 +50,8 @@ def run(args) -> int:
 
 
 def _scan(args) -> int:
-    path = download.fetch(args.src, cache_dir=args.cache_dir, expected_sha256=args.sha256)
+    path = download.fetch(args.src, cache_dir=args.cache_dir, expected_sha256=args.sha256,
+                          allow_private=args.allow_private_urls)
     counts = edm_pickle.scan_globals(path)
     refused = set(edm_pickle.disallowed_globals(counts))
     print(f"globals referenced by {path}:")

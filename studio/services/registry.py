@@ -105,7 +105,9 @@ def submit_import(db: Database, settings: Settings, src: str, name: str = "") ->
         if p.suffix not in (".pkl", ".safetensors"):
             raise UserError(f"{p.name}: expected an EDM pickle (.pkl) or one of our .safetensors checkpoints.")
         src = str(p.resolve())
-    return jobs_service.submit(db, "import_model", {"src": src, "name": name.strip()},
+    # the studio's --allow-private-urls travels with the job: the worker checks the URL against it
+    return jobs_service.submit(db, "import_model", {"src": src, "name": name.strip(),
+                                                    "allow_private_urls": settings.allow_private_urls},
                                title=f"Import {Path(src).name}")
 
 

@@ -54,10 +54,10 @@ def test_1_models(page, server):
     pg = page
     tab(pg, "Models")
     wait_text(pg, "model-card", "tiny test model")
-    # import by an unreachable URL: the job fails with the downloader's advice
+    # import by a loopback URL: the job fails saying why and which flag allows it
     fill(pg, "import-src", "http://127.0.0.1:9/edm-ffhq-64x64-uncond-vp.pkl")
     state, text = run_job(pg, "import-btn", "import_model", timeout=120)
-    assert state == "failed" and "Could not reach" in text
+    assert state == "failed" and "--allow-private-urls" in text  # loopback: refused (SSRF guard)
     # a non-image upload as reference images is refused with a message
     bad = Path(server[1].settings.data_dir).parent / "notes.txt"
     bad.write_text("not an image")

@@ -17,7 +17,8 @@ def run(ctx) -> dict:
     out = ctx.settings.path("models", "imported", f"job{ctx.job_id}-{Path(src).stem[:60]}.safetensors")
     out.parent.mkdir(parents=True, exist_ok=True)
     ctx.progress(0.05, f"importing {src}", force=True)
-    import_edm(src, out, cache_dir=ctx.settings.path("cache", "downloads"))
+    import_edm(src, out, cache_dir=ctx.settings.path("cache", "downloads"),
+               allow_private_urls=bool(ctx.params.get("allow_private_urls")))
     ctx.progress(0.9, "registering", force=True)
     model_id = register_checkpoint(ctx.db, ctx.settings, out, name or Path(src).stem,
                                    source="url" if is_url else "path", source_ref=src)
