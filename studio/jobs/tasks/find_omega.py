@@ -1,4 +1,4 @@
-"""Job 'find_omega': search omega for the group fraction closest to the target (bisection on the measured curve)."""
+"""Job 'find_omega': the engine's search (pipelines.shift.find_omega) over stored and new measurements."""
 from __future__ import annotations
 
 from sqlalchemy import select
@@ -7,54 +7,41 @@ from ...models import Metric
 from ...services.attributes import get_grouping
 from ...services.evaluate import Measurer, pair_paths
 from .common import set_threads
-from .sweep import has_point, measure_point
-
-COARSE = (-1.0, 0.0, 1.0, 2.0, 3.0)
+from .sweep import measure_point
 
 
-def _curve(ctx, p) -> dict[float, float]:
+def _curve(ctx, p) -> dict[float, tuple[float, tuple | None]]:
+    """{omega: (fraction, (lo, hi))} of the group as stored for this checkpoint and settings (latest row wins)."""
     with ctx.db.session(read_only=True) as s:
-        rows = s.execute(select(Metric.omega, Metric.value).where(
+        rows = s.execute(select(Metric.omega, Metric.value, Metric.ci_lo, Metric.ci_hi).where(
             Metric.kind == "fraction", Metric.checkpoint_id == p["checkpoint_id"], Metric.group_name == p["group"],
-            Metric.grouping_id == p["grouping_id"], Metric.settings_key == p["settings_key"])).all()
-    return {float(w): float(v) for w, v in rows}
+            Metric.grouping_id == p["grouping_id"], Metric.settings_key == p["settings_key"])
+            .order_by(Metric.id)).all()
+    return {float(w): (float(v), (lo, hi) if lo is not None and hi is not None else None) for w, v, lo, hi in rows}
 
 
 def run(ctx) -> dict:
-    """Coarse grid where missing, then bisect where the fraction crosses the target."""
-    from pipelines.shift import closest_omega
+    """Reuse the measured points, measure the rest of the coarse grid, bisect where the curve crosses the target."""
+    from pipelines.shift import find_omega
     set_threads()
     p = ctx.params
     target, ck = float(p["target"]), int(p["checkpoint_id"])
     base = pair_paths(ctx.db, ctx.settings, ck)[0]
     measurer = Measurer(ctx.db, ctx.settings, base, get_grouping(ctx.db, p["grouping_id"]), ctx.device)
-    steps = [w for w in COARSE if not has_point(ctx, ck, w, p["grouping_id"], p["settings_key"])]
-    total = len(steps) + int(p["iterations"])
-    for i, w in enumerate(steps):
+
+    def measure(w: float):
         measure_point(ctx, measurer, ck, w, p)
-        ctx.progress((i + 1) / total, f"coarse grid omega={w:+.2f}")
-    for i in range(int(p["iterations"])):
-        curve = _curve(ctx, p)
-        ws = sorted(curve)
-        brackets = [(a, b) for a, b in zip(ws, ws[1:]) if (curve[a] - target) * (curve[b] - target) <= 0]
-        if not brackets:
-            break  # the target is outside what the measured range reaches
-        a, b = min(brackets, key=lambda ab: abs(curve[ab[0]] - target) + abs(curve[ab[1]] - target))
-        mid = round((a + b) / 2, 4)
-        if mid in curve or b - a < 0.02:
-            break
-        measure_point(ctx, measurer, ck, mid, p)
-        ctx.progress((len(steps) + i + 1) / total, f"bisection omega={mid:+.3f}")
-    curve = _curve(ctx, p)
-    ws = sorted(curve)
-    best, frac = closest_omega(ws, [curve[w] for w in ws], target)
+        return _curve(ctx, p)[round(float(w), 4)]
+
+    def progress(done: int, total: int, w: float, stage: str) -> None:
+        ctx.progress(done / max(total, 1), f"{'coarse grid' if stage == 'coarse' else stage} omega={w:+.3f}")
+
+    result = find_omega(measure, target, iterations=int(p["iterations"]), known=_curve(ctx, p), progress=progress)
     with ctx.db.session(read_only=True) as s:
         fd = s.scalar(select(Metric.value).where(
             Metric.kind == "fd_group", Metric.checkpoint_id == ck, Metric.group_name == p["group"],
-            Metric.settings_key == p["settings_key"], Metric.omega == best).order_by(Metric.id.desc()).limit(1))
-    reached = abs(frac - target) <= 0.02
-    msg = (f"omega = {best:+.3f} gives {p['group']} {100 * frac:.1f}% (target {100 * target:.0f}%)"
-           + (f", {measurer.metric} {fd:.2f} for that group" if fd is not None else "")
-           + ("" if reached else " — the closest the measured range [-1, 3] reaches"))
-    return {"message": msg, "omega": best, "fraction": frac, "fd_group": fd, "reached": reached,
-            "metric": measurer.metric}
+            Metric.settings_key == p["settings_key"], Metric.omega == result.omega).order_by(Metric.id.desc()).limit(1))
+    msg = result.describe(p["group"]) + (f"; {measurer.metric} {fd:.2f} for that group" if fd is not None else "")
+    return {"message": msg, "omega": result.omega, "fraction": result.fraction, "fd_group": fd,
+            "reached": result.reached, "status": result.status, "interval": result.interval,
+            "measured": result.measured, "metric": measurer.metric}
