@@ -136,3 +136,62 @@ def test_shared_encoder_with_a_decoder_only_unet():
                                SamplerConfig(num_steps=4))[0]
     torch.testing.assert_close(full, shared, rtol=1e-5, atol=1e-5)
     assert not torch.equal(full, sample_from_seeds(base, [0, 1], (1, 8, 8), SamplerConfig(num_steps=4))[0])
+
+
+def _songunet(resolution, channels, seed=0):
+    from pipelines.models import ModelConfig, build_model
+    from pipelines.networks.songunet import songunet_config
+    torch.manual_seed(seed)
+    cfg = ModelConfig(backbone="songunet", network=songunet_config("tiny", img_resolution=resolution,
+                                                                    img_channels=channels))
+    return build_model(cfg).eval(), cfg
+
+
+def test_guide_of_the_wrong_shape_is_refused_with_both_shapes():
+    base, _ = _songunet(8, 1)
+    with pytest.raises(UserError, match=r"sample shape differ \(base sample shape \(1, 8, 8\); guide sample "
+                                        r"shape \(3, 8, 8\)\)"):
+        SIMSDenoiser(base, _songunet(8, 3)[0], 1.0)
+    with pytest.raises(UserError, match="sample shape"):
+        SIMSDenoiser(base, _songunet(16, 1)[0], 1.0)
+
+
+def test_guide_with_other_preconditioning_is_refused(mlp_pair):
+    from conftest import make_mlp
+    base, _, _ = mlp_pair
+    with pytest.raises(UserError, match=r"preconditioning.* differ \(base preconditioning EDMPrecond"):
+        SIMSDenoiser(base, make_mlp(2, precond="vp")[0], 1.0)
+
+
+def test_any_model_of_the_same_shape_can_guide(tmp_path):
+    """Autoguidance: a guide of another architecture but the same sample shape is accepted,
+    in the Python API, in a bundle (guide kind and sha recorded) and on the CLI as --guide."""
+    from pipelines.checkpoints.bundle import load_bundle, read_bundle_metadata, save_bundle
+    from pipelines.checkpoints.download import sha256_file
+    from pipelines.checkpoints.native import save_model
+    from pipelines.cli import main
+    from pipelines.models import ModelConfig, build_model
+    base, cfg = _songunet(8, 1)
+    small_cfg = ModelConfig(backbone="songunet", network={**cfg.network, "model_channels": 8})
+    torch.manual_seed(1)
+    guide = build_model(small_cfg).eval()
+    x, sigma = torch.randn(2, 1, 8, 8), torch.full((2,), 1.0)
+    with torch.no_grad():
+        got = SIMSDenoiser(base, guide, 0.5)(x, sigma)
+        torch.testing.assert_close(got, 1.5 * base(x, sigma) - 0.5 * guide(x, sigma))
+    b = save_model(tmp_path / "b.safetensors", base, cfg)
+    g = save_model(tmp_path / "g.safetensors", guide, small_cfg)
+    bundle = save_bundle(tmp_path / "auto.safetensors", b, g, 0.5, guide_kind="other-model")
+    card = read_bundle_metadata(bundle)["card"]
+    assert card["guide_kind"] == "other-model" and card["aux_sha256"] == sha256_file(g)
+    assert card["base_sha256"] == sha256_file(b)
+    loaded = load_bundle(bundle)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.denoiser()(x, sigma), got)
+    assert main(["sample-sims", "--base", str(b), "--guide", str(g), "--omega", "0.5", "--seeds", "0-1",
+                 "--steps", "3", "--device", "cpu", "--out", str(tmp_path / "s.npz")]) == 0
+    wrong = save_model(tmp_path / "w.safetensors", *_songunet(16, 1))
+    assert main(["sample-sims", "--base", str(b), "--guide", str(wrong), "--omega", "0.5", "--seeds", "0",
+                 "--steps", "3", "--device", "cpu", "--out", str(tmp_path / "w.npz")]) == 2
+    with pytest.raises(UserError, match="sample shape"):
+        save_bundle(tmp_path / "bad.safetensors", b, wrong, 0.5)

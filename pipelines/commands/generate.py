@@ -127,7 +127,9 @@ def register(sub) -> None:
     p = sub.add_parser("sample-sims", help="sample with SIMS guidance (1+omega)*D_base - omega*D_aux")
     p.add_argument("--bundle", help="SIMS bundle exported by the studio (holds base, aux, omega, interval)")
     p.add_argument("--base", help="base checkpoint (without --bundle)")
-    p.add_argument("--aux", help="auxiliary checkpoint (without --bundle)")
+    p.add_argument("--aux", "--guide", dest="aux",
+                   help="the guide: the SIMS auxiliary, or any model of the base's sample shape and preconditioning "
+                        "(autoguidance when it is a weaker version of the base, e.g. an earlier checkpoint)")
     p.add_argument("--omega", default=None, help="guidance weight; 0 = base, -1 = auxiliary, >0 away from aux")
     p.add_argument("--interval", default=None, help="guide only for sigma in [lo,hi], e.g. 0.28,1.61")
     p.add_argument("--shared-encoder", action="store_true",
