@@ -101,3 +101,34 @@ def test_digits_heldout_confusion_feeds_the_report():
     r = fairness_report({"0-4": 40, "5-9": 60}, {"0-4": 0.3, "5-9": 0.7}, n_boot=100, confusion=conf)
     assert set(r["corrected"]["fractions"]) == {"0-4", "5-9"}
     assert "classifier-error-aware" in format_report(r)
+
+
+def test_label_and_fid_cli_report_fairness(tmp_path, capsys):
+    """`label` and `fid --per-group` with --target write the metrics to JSON and print them."""
+    import json
+
+    from sklearn.datasets import load_digits
+
+    from pipelines.cli import main
+    d = load_digits()
+    keep = np.r_[np.flatnonzero(d.target < 5)[:60], np.flatnonzero(d.target >= 5)[:140]]
+    src = tmp_path / "set.npz"
+    np.savez(src, images=np.round(d.images[keep] * 255 / 16).astype(np.uint8)[..., None])
+    out = tmp_path / "labels.json"
+    common = ["--classifier", "digits", "--grouping", "digits 0-4 vs 5-9", "--target", "5-9=0.7",
+              "--n-boot", "200", "--no-cache", "--device", "cpu"]
+    assert main(["label", str(src), "--out", str(out), *common]) == 0
+    text = capsys.readouterr().out
+    assert "fairness discrepancy (L2)" in text and "classifier-error-aware" in text
+    fair = json.loads(out.read_text())["fairness"]
+    assert fair["n_boot"] == 200 and fair["target"] == pytest.approx({"0-4": 0.3, "5-9": 0.7})
+    p = fair["fractions"]["5-9"]
+    assert fair["metrics"]["fairness discrepancy (L2)"]["value"] == pytest.approx(math.sqrt(2) * abs(p - 0.7))
+    assert fair["corrected"]["confusion"]["source"].startswith("held-out split")
+    rep = tmp_path / "fid.json"
+    assert main(["fid", str(src), "--ref", str(src), "--feature", "digits", "--per-group", "--out", str(rep),
+                 *common]) == 0
+    assert json.loads(rep.read_text())["fairness"]["metrics"]["total variation"]["value"] == pytest.approx(
+        abs(p - 0.7))
+    assert main(["fid", str(src), "--ref", str(src), "--feature", "digits", "--target", "5-9=0.7",
+                 "--no-cache"]) == 2  # --target without --per-group: clean error

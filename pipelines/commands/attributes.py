@@ -71,13 +71,52 @@ def _print_fractions(result) -> None:
 # ----------------------------------------------------------------------------
 
 
+def _fairness(args, clf, result) -> dict | None:
+    """Fairness metrics vs --target (pipelines/fairness.py), or None without a target. The classifier's
+    confusion comes from --confusion-set/--confusion-labels, or for `digits` from its held-out split."""
+    if not args.target:
+        return None
+    from ..attributes.labels import read_manual_labels
+    from .. import fairness
+
+    target = fairness.parse_target(args.target, result.grouping.group_names)
+    confusion = None
+    if args.confusion_set:
+        if not args.confusion_labels:
+            raise UserError("--confusion-set needs --confusion-labels CSV (columns name,label: true class or group)")
+        labelled = _label(args, clf, args.confusion_set)
+        confusion = fairness.confusion_from_labelled_set(labelled, read_manual_labels(args.confusion_labels),
+                                                         str(args.confusion_set))
+    elif clf.name == "digits":
+        confusion = fairness.digits_heldout_confusion(clf, result.grouping, args.threshold)
+    counts = result.counts()
+    report = fairness.fairness_report({g: counts[g] for g in target}, target, n_boot=args.n_boot,
+                                      seed=args.boot_seed, confusion=confusion)
+    if confusion is None:
+        report["corrected_note"] = ("no classifier-error correction: give a labelled real set with "
+                                    "--confusion-set SRC --confusion-labels CSV")
+    print(fairness.format_report(report))
+    return report
+
+
 def run_label(args) -> int:
     """`label`: probabilities, top class and group per image -> CSV/JSON; prints group fractions."""
     from ..attributes.labels import write_labels
 
-    result = _label(args, _classifier(args), args.src)
+    clf = _classifier(args)
+    result = _label(args, clf, args.src)
     write_labels(result, args.out)
     _print_fractions(result)
+    report = _fairness(args, clf, result)
+    if report is not None:
+        out = Path(args.out)
+        if out.suffix.lower() == ".json":  # one document: labels + fractions + fairness
+            doc = json.loads(out.read_text())
+            out.write_text(json.dumps({**doc, "fairness": report}, indent=1))
+        else:
+            out = out.with_suffix(".fairness.json")
+            out.write_text(json.dumps(report, indent=1))
+            print(f"wrote {out}")
     print(f"wrote {args.out}")
     return 0
 
@@ -133,6 +172,8 @@ def run_fid(args) -> int:
 
     if args.per_group and not args.classifier:
         raise UserError("--per-group needs --classifier (and usually --grouping)")
+    if args.target and not args.per_group:
+        raise UserError("--target needs --per-group (and --classifier) to know each image's group")
     extractor = _extractor(args)
     clf = _classifier(args) if args.per_group else None
     ref = _reference(args, extractor, clf)
@@ -151,6 +192,8 @@ def run_fid(args) -> int:
         gen_groups = result.assigned
     report = fd_report(gen_feats, ref, gen_groups, feature=extractor.feature_id)
     _print_report(report)
+    if args.per_group and args.target:
+        report["fairness"] = _fairness(args, clf, result)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=1))
@@ -210,12 +253,25 @@ def _add_feature(p) -> None:
     p.add_argument("--per-group", action="store_true", help="also per group of --classifier/--grouping")
 
 
+def _add_fairness_args(p) -> None:
+    g = p.add_argument_group("fairness vs a target mix (pipelines/fairness.py)")
+    g.add_argument("--target", default=None, metavar="SPEC",
+                   help="target group mix, e.g. '5-9=0.7' or 'female=70%%' (unnamed groups share the rest): "
+                        "adds fairness discrepancy (L2), KL and total variation with bootstrap intervals")
+    g.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the intervals (default 1000)")
+    g.add_argument("--boot-seed", type=int, default=0, help="bootstrap seed (default 0)")
+    g.add_argument("--confusion-set", default=None, metavar="SRC",
+                   help="labelled real images for classifier-error-aware fractions (digits: its held-out split)")
+    g.add_argument("--confusion-labels", default=None, metavar="CSV", help="name,label of --confusion-set")
+
+
 def register(sub) -> None:
     """Add label, fid, ref-stats, fit-probe and build-digits-classifier."""
     p = sub.add_parser("label", help="classify images; write per-image probabilities and group fractions")
     p.add_argument("src", help="folder of images or .npz with 'images'")
     p.add_argument("--out", required=True, help="labels.csv or labels.json")
     _add_common(p, classifier_required=True)
+    _add_fairness_args(p)
     p.set_defaults(run=run_label)
 
     p = sub.add_parser("fid", help="FID (or FD-digits) of generated images, overall and per group")
@@ -224,6 +280,7 @@ def register(sub) -> None:
     p.add_argument("--out", default=None, help="write the report as JSON")
     _add_feature(p)
     _add_common(p, classifier_required=False)
+    _add_fairness_args(p)
     p.set_defaults(run=run_fid)
 
     p = sub.add_parser("ref-stats", help="reference statistics (mu, sigma) of a real set, overall and per group")
