@@ -146,3 +146,16 @@ def test_exported_dataset_zip_has_images_and_labels(world):
     images, labels = read_images(st.settings.abs(view.result["file"]))
     assert images.shape == (10, 8, 8, 1) and labels.shape == (10,)
     assert sum(view.result["label_counts"].values()) == 10
+
+
+def test_export_plan_states_the_exact_omega_before_exporting(world):
+    st, mid, g, cks = world
+    gs = guide.GuideSettings(preview_steps=2, preview_count=4, steps=4, n=16, skip_steps=1)
+    p = export.plan(st.db, cks[-1]["id"], 0.375, gs, "digits")
+    assert p["omega"] == 0.375 and p["steps"] == 4 and p["skip_steps"] == 1 and p["interval"][0] == 0.0
+    assert "first 1 of 4 steps unguided" in export.interval_text(p["skip_steps"], p["steps"], p["interval"])
+    assert guide.fmt_omega(0.375) == "+0.375" and guide.fmt_omega(1.5) == "+1.50"
+    out = export.export_bundle(st.db, st.settings, cks[-1]["id"], 0.375, steps=4, skip_steps=1, name="exact")
+    assert out["card_data"]["omega"] == 0.375  # not snapped to a slider step
+    from pipelines.checkpoints.bundle import read_bundle_metadata
+    assert read_bundle_metadata(out["bundle"])["omega"] == 0.375

@@ -14,7 +14,7 @@ from ..settings import DEFAULT_STEPS, Settings
 from . import jobs as jobs_service
 from .evaluate import interval_from_skip, metric_name
 from .finetune import get_checkpoint
-from .guide import OMEGA_MAX, OMEGA_MIN, GuideSettings
+from .guide import OMEGA_MAX, OMEGA_MIN, GuideSettings, fmt_omega
 
 
 def _name(name: str, default: str) -> str:
@@ -58,6 +58,25 @@ def provenance(db: Database, checkpoint_id: int) -> dict:
         }
 
 
+def plan(db: Database, checkpoint_id: int, omega: float, gs: GuideSettings, classifier: str = "") -> dict:
+    """What both exports will use, stated before exporting: checkpoint, exact ω, guidance interval, sampler."""
+    from pipelines.guidance import parse_omega
+    omega = parse_omega(omega)
+    ck = get_checkpoint(db, checkpoint_id)
+    interval = interval_from_skip(gs.steps, gs.skip_steps)
+    return {"checkpoint_id": ck["id"], "run": ck["job_id"], "budget_kimg": ck["kimg"], "omega": omega,
+            "steps": int(gs.steps), "skip_steps": int(gs.skip_steps or 0),
+            "interval": list(interval) if interval else None, "shared_encoder": bool(gs.shared_encoder),
+            "measured": _measured(db, ck["id"], omega)}
+
+
+def interval_text(skip_steps: int, steps: int, interval) -> str:
+    """The guidance interval in words."""
+    if not interval:
+        return "whole trajectory (every step guided)"
+    return f"first {skip_steps} of {steps} steps unguided (guided while σ ≤ {interval[1]:.3g})"
+
+
 def export_bundle(db: Database, settings: Settings, checkpoint_id: int, omega: float, steps: int = DEFAULT_STEPS,
                   skip_steps: int = 0, shared_encoder: bool = False, name: str = "", classifier: str = "") -> dict:
     """Write the SIMS bundle (+ its Markdown card) under exports/; returns paths and the card."""
@@ -75,7 +94,7 @@ def export_bundle(db: Database, settings: Settings, checkpoint_id: int, omega: f
             "guidance_interval_skip_first_steps": int(skip_steps or 0),
             "measured": _measured(db, ck["id"], omega), "distance_metric": metric_name(classifier) if classifier else None,
             "provenance_chain": provenance(db, ck["id"]), "exported": datetime.now().isoformat(timespec="seconds")}
-    out = settings.path("exports", _name(name, f"sims-ckpt{ck['id']}-omega{omega:+.2f}") + ".safetensors")
+    out = settings.path("exports", _name(name, f"sims-ckpt{ck['id']}-omega{fmt_omega(omega)}") + ".safetensors")
     save_bundle(out, base_path, settings.abs(ck["path"]), omega, interval, SamplerConfig(num_steps=int(steps)),
                 shared_encoder, card)
     return {"bundle": str(out), "card": str(out.with_suffix(".md")), "card_data": card,
@@ -91,9 +110,9 @@ def submit_dataset_export(db: Database, checkpoint_id: int, omega: float, n: int
     if not 1 <= n <= 5_000_000:
         raise UserError(f"Number of images must be between 1 and 5,000,000 (got {n}).")
     ck = get_checkpoint(db, checkpoint_id)
-    fname = _name(name, f"shifted-ckpt{ck['id']}-omega{omega:+.2f}-{n}") + ".zip"
+    fname = _name(name, f"shifted-ckpt{ck['id']}-omega{fmt_omega(omega)}-{n}") + ".zip"
     return jobs_service.submit(db, "export_dataset", {
         "checkpoint_id": ck["id"], "omega": omega, "n": n, "classifier": classifier or None, "steps": gs.steps,
         "interval": list(gs.interval()) if gs.interval() else None, "shared_encoder": gs.shared_encoder,
-        "seed0": 2_000_000, "file": f"exports/{fname}"}, title=f"Export {n} images at omega {omega:+.2f}",
+        "seed0": 2_000_000, "file": f"exports/{fname}"}, title=f"Export {n} images at omega {fmt_omega(omega)}",
         device=device)

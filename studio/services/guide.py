@@ -55,6 +55,12 @@ class GuideSettings:
         return self
 
 
+def fmt_omega(omega) -> str:
+    """ω as shown: two decimals for slider positions, every digit of a finer (found or typed) value."""
+    w = float(omega)
+    return f"{w:+.2f}" if abs(round(w, 2) - w) < 1e-9 else f"{w:+.4g}"
+
+
 def omega_grid(step: float = OMEGA_STEP) -> list[float]:
     """Slider positions from -1 to 3."""
     n = int(round((OMEGA_MAX - OMEGA_MIN) / step))

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import gradio as gr
 
+from pipelines.errors import UserError
+
 from ..services import attributes, export, jobs
+from ..services.guide import fmt_omega
 from .common import Page, as_int, user_errors
 from .guide_tab import settings_from
 
@@ -14,7 +17,7 @@ def card_md(out: dict) -> str:
     chain = c["provenance_chain"]
     base, sset, ft = chain["base_model"], chain["synthetic_set"], chain["finetune"]
     lines = [f"### {c['title']}", "", "| | |", "|---|---|",
-             f"| ω | {c['omega']:+.2f} |", f"| budget | {c['budget_kimg']:g} kimg |",
+             f"| ω | {fmt_omega(c['omega'])} |", f"| budget | {c['budget_kimg']:g} kimg |",
              f"| guidance interval | {'first ' + str(c['guidance_interval_skip_first_steps']) + ' steps unguided' if c['guidance_interval_skip_first_steps'] else 'whole trajectory'} |",
              f"| base model | {base['name']} ({base['source']}, sha256 {base['sha256'][:12]}…) |"]
     if sset:
@@ -30,10 +33,26 @@ def card_md(out: dict) -> str:
     return "\n".join(lines) + f"\n\nFull card: `{out['card']}`\n\nSample from it anywhere:\n\n```\n{out['command']}\n```"
 
 
+def plan_md(p: dict) -> str:
+    """What the exports will use, shown before exporting."""
+    rows = [("checkpoint", f"run #{p['run']} · {p['budget_kimg']:g} kimg (checkpoint #{p['checkpoint_id']})"),
+            ("ω", fmt_omega(p["omega"])),
+            ("guidance interval", export.interval_text(p["skip_steps"], p["steps"], p["interval"])),
+            ("sampler", f"Heun, {p['steps']} steps" + (", shared encoder" if p["shared_encoder"] else ""))]
+    if p["measured"]:
+        m = next(iter(p["measured"].values()))
+        rows.append(("measured at this ω", ", ".join(f"{g} {100 * v[0]:.1f}% [{100 * v[1]:.0f}–{100 * v[2]:.0f}]"
+                                                     for g, v in m["fractions"].items()) + f" (n = {m['n']})"))
+    else:
+        rows.append(("measured at this ω", "nothing yet (Guide: Precompute ω grid or Find ω)"))
+    return "#### Both exports will use\n\n| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+
+
 def build(page: Page) -> None:
     """Lay out the tab and wire its events (uses the Guide tab's checkpoint, ω and settings)."""
     db, settings = page.db, page.settings
     gr.Markdown("Exports use the checkpoint, ω, guidance interval and sampler settings picked in the **Guide** tab.")
+    plan_view = gr.Markdown(elem_id="export-plan", elem_classes=["card-md"])
     with gr.Row():
         with gr.Column():
             gr.Markdown("#### SIMS bundle (base + auxiliary + ω + interval + sampler + model card)")
@@ -75,6 +94,18 @@ def build(page: Page) -> None:
         j = jobs.get(db, job_id)
         return str(settings.abs(j.result["file"])) if j.state == "succeeded" and j.result.get("file") else None
 
+    def show_plan(ck, w, grouping_id, *gs_vals):
+        if as_int(ck) is None:
+            return "Pick an auxiliary checkpoint in the **Guide** tab (finish a fine-tune first)."
+        try:
+            return plan_md(export.plan(db, as_int(ck), w, settings_from(*gs_vals), classifier_of(grouping_id)))
+        except UserError as e:
+            return f"**Cannot export yet:** {e}"
+
+    plan_in = [page.guide_checkpoint, page.guide_omega, page.grouping, *page.guide_settings]
+    for comp in (page.guide_checkpoint, page.guide_omega, *page.guide_settings):
+        comp.change(show_plan, plan_in, plan_view, show_progress="hidden", trigger_mode="always_last")
+    page.loaders.append((show_plan, plan_in, [plan_view]))
     b_btn.click(do_bundle, [page.guide_checkpoint, page.guide_omega, page.grouping, b_name, *page.guide_settings],
                 [b_file, b_card])
     d_btn.click(do_dataset, [page.guide_checkpoint, page.guide_omega, page.grouping, d_n, d_name, page.device,

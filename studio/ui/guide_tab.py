@@ -45,6 +45,10 @@ class GuideTab:
         self.omega = gr.Slider(guide.OMEGA_MIN, guide.OMEGA_MAX, 0.0, step=guide.OMEGA_STEP, label="ω (guidance)",
                                info="0 = base model, −1 = auxiliary model, > 0 steers away from S",
                                elem_id="omega", buttons=["reset"])
+        # The ω every view and export uses. The slider moves in cached 0.25 steps; a found or typed ω is kept
+        # exactly here (a slider would snap 0.375 to 0.5).
+        self.omega_exact = gr.Number(0.0, label="ω used (exact: previews, curves, exports)", step=0.001,
+                                     minimum=guide.OMEGA_MIN, maximum=guide.OMEGA_MAX, elem_id="omega-exact")
         self.skip = gr.Slider(0, 11, 0, step=1, label="Guidance interval: leave the first k steps unguided",
                               elem_id="guide-skip")
         with gr.Accordion("Sampling and measurement", open=False):
@@ -85,10 +89,11 @@ class GuideTab:
             return None, "Finish a fine-tune (Fine-tune tab) to guide with its checkpoints."
         near = guide.nearest_cached(self.db, self.settings, as_int(ck), w, settings_from(*gs_vals))
         if near is None:
-            return gr.skip(), f"rendering ω = **{float(w):+.2f}**…"
+            return gr.skip(), f"rendering ω = **{guide.fmt_omega(w)}**…"
         if abs(near["omega"] - float(w)) < 1e-9:
-            return near["grid"], f"ω = **{float(w):+.2f}** · cached"
-        return near["grid"], f"showing cached ω = {near['omega']:+.2f} while ω = **{float(w):+.2f}** renders…"
+            return near["grid"], f"ω = **{guide.fmt_omega(w)}** · cached"
+        return near["grid"], (f"showing cached ω = {guide.fmt_omega(near['omega'])} while ω = "
+                              f"**{guide.fmt_omega(w)}** renders…")
 
     @user_errors
     def render_exact(self, ck, w, device, *gs_vals):
@@ -104,10 +109,10 @@ class GuideTab:
         for kind, *rest in guide.preview_stream(self.db, self.settings, as_int(ck), w, gs, device):
             if kind == "partial":
                 image, done, total = rest
-                yield image, f"ω = **{float(w):+.2f}** · rendering… {done} of {total} samples"
+                yield image, f"ω = **{guide.fmt_omega(w)}** · rendering… {done} of {total} samples"
             else:
                 out = rest[0]
-                yield out["grid"], f"ω = **{float(w):+.2f}** · rendered now in {1000 * out['seconds']:.0f} ms"
+                yield out["grid"], f"ω = **{guide.fmt_omega(w)}** · rendered now in {1000 * out['seconds']:.0f} ms"
 
     def _target(self, model_id, g: dict, groups, values) -> dict | None:
         """The Target tab's target when its sliders are loaded for this grouping, else the last S's plan."""
@@ -164,14 +169,17 @@ class GuideTab:
         """A finished find-ω job: show its answer and move the slider there."""
         from ..services import jobs
         if job_id is None:
-            return gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), gr.skip()
         j = jobs.get(self.db, job_id)
         if j.kind != "find_omega":
-            return gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), gr.skip()
         if j.state != "succeeded":
-            return f"**Search failed:** {j.message}", gr.skip()
-        snapped = round(j.result["omega"] / guide.OMEGA_STEP) * guide.OMEGA_STEP
-        return f"**Found:** {j.message}", gr.Slider(value=min(max(snapped, guide.OMEGA_MIN), guide.OMEGA_MAX))
+            return f"**Search failed:** {j.message}", gr.skip(), gr.skip()
+        found = float(j.result["omega"])
+        # the exact ω drives previews, curves and exports; the slider only points at the nearest step
+        snapped = min(max(round(found / guide.OMEGA_STEP) * guide.OMEGA_STEP, guide.OMEGA_MIN), guide.OMEGA_MAX)
+        return (f"**Found:** {j.message}\n\nω = **{guide.fmt_omega(found)}** is now the ω used by the previews "
+                "and both exports.", found, gr.Slider(value=snapped))
 
     @staticmethod
     def skip_limit(preview_steps, steps):
@@ -182,14 +190,19 @@ class GuideTab:
     def wire(self) -> None:
         """Connect the components to the handlers; expose the picks for the Export tab."""
         page = self.page
-        fig_in = [self.ckpt, page.grouping, self.omega, page.target_groups, page.model, *self.gs_inputs,
+        fig_in = [self.ckpt, page.grouping, self.omega_exact, page.target_groups, page.model, *self.gs_inputs,
                   *page.target_sliders[:MAX_GROUPS]]
         fig_out = [self.frac_plot, self.fd_plot, self.heat]
-        scrub_in, scrub_out = [self.ckpt, self.omega, page.device, *self.gs_inputs], [self.grid, self.caption]
-        self.omega.change(self.scrub, scrub_in, scrub_out, trigger_mode="always_last", show_progress="hidden").then(
+        scrub_in, scrub_out = [self.ckpt, self.omega_exact, page.device, *self.gs_inputs], [self.grid, self.caption]
+        # a user moving the slider sets the exact ω; a program setting the slider (find ω) does not
+        self.omega.input(lambda w: w, self.omega, self.omega_exact, show_progress="hidden", trigger_mode="always_last")
+        self.omega_exact.change(self.scrub, scrub_in, scrub_out, trigger_mode="always_last",
+                                show_progress="hidden").then(
             self.render_exact, scrub_in, scrub_out, show_progress="hidden", concurrency_id="render",
             concurrency_limit=1, trigger_mode="always_last")
-        self.omega.release(self.figures, fig_in, fig_out, show_progress="hidden")
+        self.omega.release(lambda w: w, self.omega, self.omega_exact, show_progress="hidden").then(
+            self.figures, fig_in, fig_out, show_progress="hidden")
+        self.omega_exact.submit(self.figures, fig_in, fig_out, show_progress="hidden")
         for comp in (self.ckpt, self.skip, self.shared, self.p_steps, self.p_count):
             comp.change(self.scrub, scrub_in, scrub_out, show_progress="hidden").then(
                 self.render_exact, scrub_in, scrub_out, show_progress="minimal", concurrency_id="render",
@@ -205,13 +218,13 @@ class GuideTab:
                                              *self.gs_inputs], self.follow.job)
         self.find_btn.click(self.do_find, [self.ckpt, page.grouping, self.f_group, self.f_target, page.device,
                                            *self.gs_inputs], self.follow.job)
-        self.follow.done.change(self.after_job, [self.follow.job, self.omega], [self.find_md, self.omega]).then(
-            self.figures, fig_in, fig_out)
+        self.follow.done.change(self.after_job, [self.follow.job, self.omega],
+                                [self.find_md, self.omega_exact, self.omega]).then(self.figures, fig_in, fig_out)
         for ev in (page.model.change, page.grouping.change):
             ev(self.refresh, [page.model, page.grouping], [self.ckpt, self.f_group, self.f_target])
         page.loaders.append((self.refresh, [page.model, page.grouping], [self.ckpt, self.f_group, self.f_target]))
         page.loaders.append((self.figures, fig_in, fig_out))
-        page.guide_checkpoint, page.guide_omega, page.guide_settings = self.ckpt, self.omega, self.gs_inputs
+        page.guide_checkpoint, page.guide_omega, page.guide_settings = self.ckpt, self.omega_exact, self.gs_inputs
 
 
 def build(page: Page) -> None:
