@@ -10,6 +10,7 @@ import torch
 
 from .guidance import SIMSDenoiser
 from .models import sample_shape
+from .precision import network_precision
 from .sampler import SamplerConfig, sample_from_seeds, to_uint8
 
 
@@ -22,40 +23,65 @@ def _clamped(sampler: SamplerConfig, model) -> SamplerConfig:
     return SamplerConfig(**{**sampler.__dict__, "sigma_min": lo, "sigma_max": hi})
 
 
-def generate_batches(denoiser: Callable, model, seeds: Sequence[int], sampler: SamplerConfig,
-                     batch_size: int = 64, device="cpu", class_labels=None,
-                     progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, int]:
-    """Sample `seeds` in batches with `denoiser`; returns ([-1,1] float NCHW on CPU, NFE per sample)."""
+def seed_batches(seeds: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Consecutive batches of `batch_size` seeds; the unit of work (and of sharding)."""
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError("No seeds given; pass at least one seed.")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch size must be >= 1 (got {batch_size}).")
+    return [seeds[i:i + batch_size] for i in range(0, len(seeds), batch_size)]
+
+
+def generate_batches(denoiser: Callable, model, seeds: Sequence[int], sampler: SamplerConfig,
+                     batch_size: int = 64, device="cpu", class_labels=None,
+                     progress: Callable[[int, int], None] | None = None, precision: str = "fp32",
+                     shard=None) -> tuple[torch.Tensor | None, int]:
+    """Sample `seeds` in batches with `denoiser`; returns ([-1,1] float NCHW on CPU, NFE per sample).
+
+    precision: 'fp32' or 'bf16' (autocast of the networks only; see pipelines.precision).
+    shard: a DistEnv under torchrun. The seeds are cut into batches exactly as in one process
+    and rank r samples batches r, r + world, ... (EDM's generate.py shards batches the same way);
+    rank 0 gathers them back in seed order and returns the whole tensor, other ranks None. Each
+    batch is computed as a single process would compute it, so the result is identical to a
+    one-process run on the same device type.
+    """
     sampler = _clamped(sampler, model)
     shape = sample_shape(model)
-    outs, nfe = [], 0
-    for start in range(0, len(seeds), batch_size):
-        chunk = seeds[start:start + batch_size]
-        labels = None if class_labels is None else class_labels[start:start + batch_size].to(device)
-        with torch.no_grad():
+    batches = seed_batches(seeds, batch_size)
+    starts = np.cumsum([0] + [len(b) for b in batches])
+    rank, world = (shard.rank, shard.world_size) if shard is not None else (0, 1)
+    mine = list(range(rank, len(batches), world))
+    outs, nfe, done = {}, 0, 0
+    with torch.no_grad(), network_precision(precision):
+        for k in mine:
+            chunk = batches[k]
+            labels = None if class_labels is None else class_labels[starts[k]:starts[k + 1]].to(device)
             x, nfe = sample_from_seeds(denoiser, chunk, shape, sampler, class_labels=labels, device=device)
-        outs.append(x.cpu())
-        if progress is not None:
-            progress(start + len(chunk), len(seeds))
-    return torch.cat(outs), nfe
+            outs[k] = x.cpu()
+            done += len(chunk)
+            if progress is not None:
+                progress(done, int(starts[-1]) if world == 1 else sum(len(batches[j]) for j in mine))
+    if world > 1:
+        outs = shard.gather_to_main(outs)
+        if outs is None:
+            return None, nfe
+    return torch.cat([outs[k] for k in range(len(batches))]), nfe
 
 
 def generate_images(model, seeds: Sequence[int], sampler: SamplerConfig = SamplerConfig(), batch_size=64,
-                    device="cpu", class_labels=None, progress=None) -> np.ndarray:
+                    device="cpu", class_labels=None, progress=None, precision: str = "fp32") -> np.ndarray:
     """Samples of the base model as uint8 NHWC, one per seed."""
-    x, _ = generate_batches(model, model, seeds, sampler, batch_size, device, class_labels, progress)
+    x, _ = generate_batches(model, model, seeds, sampler, batch_size, device, class_labels, progress, precision)
     return to_uint8(x)
 
 
 def generate_sims(base, aux, omega: float, seeds: Sequence[int], sampler: SamplerConfig = SamplerConfig(),
                   interval=None, shared_encoder=False, batch_size=64, device="cpu", class_labels=None,
-                  progress=None) -> tuple[np.ndarray, int]:
+                  progress=None, precision: str = "fp32") -> tuple[np.ndarray, int]:
     """Samples with the SIMS-guided denoiser; returns (uint8 NHWC, network evaluations per sample)."""
     guided = SIMSDenoiser(base, aux, omega, interval=interval, shared_encoder=shared_encoder)
-    x, _ = generate_batches(guided, base, seeds, sampler, batch_size, device, class_labels, progress)
+    x, _ = generate_batches(guided, base, seeds, sampler, batch_size, device, class_labels, progress, precision)
     batches = -(-len(list(seeds)) // batch_size)
     c = guided.counts
     # Network passes per sample: base + auxiliary (decoder passes in shared-encoder mode).

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import contextlib
 
-
 import torch
 from torch import nn
+
+from .precision import amp_dtype
 
 
 def _broadcast_sigma(sigma, x: torch.Tensor) -> torch.Tensor:
@@ -31,7 +32,7 @@ class Precond(nn.Module):
         self.label_dim = label_dim
         self.sigma_min = sigma_min
         self.sigma_max = sigma_max
-        self.amp_dtype: torch.dtype | None = None  # e.g. torch.bfloat16 for mixed precision on CUDA
+        self.amp_dtype: torch.dtype | None = None  # e.g. torch.bfloat16 for mixed-precision training
 
     def coefficients(self, sigma: torch.Tensor):
         raise NotImplementedError
@@ -44,9 +45,11 @@ class Precond(nn.Module):
         return class_labels.to(torch.float32).reshape(-1, self.label_dim)
 
     def _autocast(self, device: torch.device):
-        if self.amp_dtype is None or device.type != "cuda":
-            return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype=self.amp_dtype)
+        """Autocast the backbone only: the training setting, else the caller's `network_precision`."""
+        dtype = self.amp_dtype or amp_dtype()
+        if dtype is None:
+            return contextlib.nullcontext()  # fp32: no autocast at all, bit-identical to plain fp32
+        return torch.autocast(device.type, dtype=dtype)
 
     def encode(self, x, sigma, class_labels=None, augment_labels=None) -> dict:
         """Run the backbone's encoder half; returns what `decode` needs."""

@@ -1,4 +1,9 @@
-"""CLI: `generate` (base model) and `sample-sims` (guided by an auxiliary model or a bundle)."""
+"""CLI: `generate` (base model) and `sample-sims` (guided by an auxiliary model or a bundle).
+
+Under torchrun (`torchrun --nproc_per_node=N -m pipelines generate ...`) the seeds are cut into
+batches as in one process and rank r samples batches r, r+N, ...; rank 0 gathers them and writes
+one output, identical to a one-process run on the same device type.
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,25 +12,32 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from ..checkpoints.bundle import load_bundle
 from ..checkpoints.native import load_model
 from ..errors import UserError
 from ..generate import generate_batches, parse_seeds
 from ..guidance import SIMSDenoiser, parse_omega
+from ..precision import PRECISIONS
 from ..sampler import SamplerConfig, to_uint8
+from .progress import Progress
 
 
 def _sampler_args(p: argparse.ArgumentParser):
     p.add_argument("--seeds", default="0-63", help="seed range/list, e.g. 0-63 or 1,5,9 (one image per seed)")
-    p.add_argument("--steps", type=int, default=None, help="Heun steps (default 18; NFE = 2*steps-1)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="Heun steps (default 18, EDM's; a bundle's own sampler when given; NFE = 2*steps-1)")
     p.add_argument("--sigma-min", type=float, default=None)
     p.add_argument("--sigma-max", type=float, default=None)
     p.add_argument("--rho", type=float, default=None)
     p.add_argument("--churn", type=float, default=None, help="S_churn (0 = deterministic)")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch", type=int, default=64, help="images per network call (default 64)")
+    p.add_argument("--device", default="auto",
+                   help="auto (default: cuda if available, else cpu), cpu, cuda, cuda:N; under torchrun "
+                        "each process takes its local GPU")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="network precision: fp32 (default, bit-reproducible) or bf16 (autocast of the networks "
+                        "only; the sampler and the SIMS combination stay in float32/float64; CPU autocast on a CPU)")
     p.add_argument("--out", required=True, help="output folder (PNG, EDM layout) or file ending in .npz")
 
 
@@ -62,20 +74,42 @@ def _write(out: str, x, seeds, info: dict):
     print(f"wrote {len(x)} {'images' if is_image else 'samples'} to {out_path}")
 
 
-def _bar(total):
-    bar = tqdm(total=total, unit="img")
-    return bar, lambda done, _total: bar.update(done - bar.n)
+def _start(args, n_seeds: int):
+    """Join torchrun's group if launched by it; pick and announce the device. Returns (env, progress)."""
+    from ..training.distributed import init_from_env
+    if args.batch < 1:
+        raise UserError(f"--batch must be >= 1 (got {args.batch}).")
+    env = init_from_env(args.device)
+    if env.is_main:
+        how = "auto: CUDA found" if args.device == "auto" and env.device.type == "cuda" else \
+            "auto: no CUDA here" if args.device == "auto" else "asked"
+        procs = f", {env.world_size} processes" if env.distributed else ""
+        print(f"sampling {n_seeds} seeds on {env.device} ({how}{procs}), precision {args.precision}", flush=True)
+    bar = Progress(n_seeds, "img", args.command, enabled=env.is_main)
+    return env, bar
+
+
+def _info(args, env, t0: float) -> dict:
+    return {"device": str(env.device), "device_type": env.device.type, "processes": env.world_size,
+            "precision": args.precision, "seconds": round(time.time() - t0, 2)}
 
 
 def run_generate(args) -> int:
-    model, _ = load_model(args.model, args.device)
     seeds, sampler = _seeds(args.seeds), _sampler_from(args)
-    bar, progress = _bar(len(seeds))
-    t0 = time.time()
-    x, _ = generate_batches(model, model, seeds, sampler, args.batch, args.device, progress=progress)
-    bar.close()
-    _write(args.out, x, seeds, {"model": args.model, "sampler": sampler.__dict__, "nfe": sampler.nfe,
-                                     "seconds": round(time.time() - t0, 2)})
+    env, bar = _start(args, len(seeds))
+    try:
+        model, _ = load_model(args.model, env.device)
+        t0 = time.time()
+        # Progress counts this rank's images; rank 0 alone shows it (its share of the seeds).
+        x, _ = generate_batches(model, model, seeds, sampler, args.batch, env.device, precision=args.precision,
+                                shard=env, progress=lambda done, total: bar.update(done * env.world_size))
+        bar.close()
+        if env.is_main:
+            _write(args.out, x, seeds, {"model": args.model, "sampler": sampler.__dict__, "nfe": sampler.nfe,
+                                        **_info(args, env, t0)})
+        env.barrier()
+    finally:
+        env.close()
     return 0
 
 
@@ -90,31 +124,45 @@ def _interval(spec):
 
 
 def run_sample_sims(args) -> int:
+    seeds = _seeds(args.seeds)
+    if not args.bundle and not (args.base and args.aux):
+        raise UserError("Give --bundle FILE, or both --base CKPT and --aux CKPT.")
+    interval_arg = _interval(args.interval)
+    omega_arg = None if args.omega is None else parse_omega(args.omega)
+    env, bar = _start(args, len(seeds))
+    try:
+        return _sample_sims(args, seeds, interval_arg, omega_arg, env, bar)
+    finally:
+        env.close()
+
+
+def _sample_sims(args, seeds, interval_arg, omega_arg, env, bar) -> int:
+    device = env.device
     if args.bundle:
-        bundle = load_bundle(args.bundle, args.device)
+        bundle = load_bundle(args.bundle, device)
         base, aux, sampler = bundle.base, bundle.aux, _sampler_from(args, bundle.sampler)
-        omega = bundle.omega if args.omega is None else parse_omega(args.omega)
-        interval = _interval(args.interval) if args.interval else bundle.interval
+        omega = bundle.omega if omega_arg is None else omega_arg
+        interval = interval_arg if args.interval else bundle.interval
         shared = bundle.shared_encoder or args.shared_encoder
     else:
-        if not (args.base and args.aux):
-            raise UserError("Give --bundle FILE, or both --base CKPT and --aux CKPT.")
-        base, _ = load_model(args.base, args.device)
-        aux, _ = load_model(args.aux, args.device)
+        base, _ = load_model(args.base, device)
+        aux, _ = load_model(args.aux, device)
         sampler = _sampler_from(args)
-        omega = parse_omega(args.omega if args.omega is not None else 0.0)
-        interval, shared = _interval(args.interval), args.shared_encoder
-    seeds = _seeds(args.seeds)
-    bar, progress = _bar(len(seeds))
+        omega = 0.0 if omega_arg is None else omega_arg
+        interval, shared = interval_arg, args.shared_encoder
     t0 = time.time()
     guided = SIMSDenoiser(base, aux, omega, interval=interval, shared_encoder=shared)
-    x, _ = generate_batches(guided, base, seeds, sampler, args.batch, args.device, progress=progress)
+    x, _ = generate_batches(guided, base, seeds, sampler, args.batch, device, precision=args.precision,
+                            shard=env, progress=lambda done, total: bar.update(done * env.world_size))
     bar.close()
-    runs = -(-len(seeds) // args.batch)
-    nfe = (guided.counts.base + guided.counts.aux) // runs
-    _write(args.out, x, seeds, {"bundle": args.bundle, "base": args.base, "aux": args.aux, "omega": omega,
-                                     "interval": interval, "shared_encoder": shared, "sampler": sampler.__dict__,
-                                     "network_passes_per_sample": nfe, "seconds": round(time.time() - t0, 2)})
+    # Network passes per sample, from this rank's batches (every batch spends the same).
+    runs = len(range(env.rank, -(-len(seeds) // args.batch), env.world_size))
+    nfe = (guided.counts.base + guided.counts.aux) // max(runs, 1)
+    if env.is_main:
+        _write(args.out, x, seeds, {"bundle": args.bundle, "base": args.base, "aux": args.aux, "omega": omega,
+                                    "interval": interval, "shared_encoder": shared, "sampler": sampler.__dict__,
+                                    "network_passes_per_sample": nfe, **_info(args, env, t0)})
+    env.barrier()
     return 0
 
 
@@ -124,14 +172,20 @@ def register(sub) -> None:
     _sampler_args(p)
     p.set_defaults(run=run_generate)
 
-    p = sub.add_parser("sample-sims", help="sample with SIMS guidance (1+omega)*D_base - omega*D_aux")
+    p = sub.add_parser("sample-sims", help="sample with SIMS guidance (1+omega)*D_base - omega*D_aux",
+                       description="Sample with SIMS guidance D = (1+omega)*D_base - omega*D_aux. Defaults "
+                                   "without --bundle: omega 0 (the base model), no guidance interval (guide at "
+                                   "every step), 18 Heun steps (EDM's; NFE 35 per network), fp32. The demo's "
+                                   "numbers use 12 steps (--steps 12). A bundle brings its own omega, interval "
+                                   "and sampler; flags override them.")
     p.add_argument("--bundle", help="SIMS bundle exported by the studio (holds base, aux, omega, interval)")
     p.add_argument("--base", help="base checkpoint (without --bundle)")
     p.add_argument("--aux", "--guide", dest="aux",
                    help="the guide: the SIMS auxiliary, or any model of the base's sample shape and preconditioning "
                         "(autoguidance when it is a weaker version of the base, e.g. an earlier checkpoint)")
     p.add_argument("--omega", default=None, help="guidance weight; 0 = base, -1 = auxiliary, >0 away from aux")
-    p.add_argument("--interval", default=None, help="guide only for sigma in [lo,hi], e.g. 0.28,1.61")
+    p.add_argument("--interval", default=None,
+                   help="guide only for sigma in [lo,hi], e.g. 0.28,1.61 (default: no interval, guide at every step)")
     p.add_argument("--shared-encoder", action="store_true",
                    help="auxiliary was fine-tuned decoder-only: run the encoder once for both")
     _sampler_args(p)

@@ -1,4 +1,4 @@
-"""Multi-process training under torchrun (DDP): process group, device choice, small collectives.
+"""Multi-process training and sampling under torchrun (DDP): process group, device choice, small collectives.
 
 torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; without them everything runs as a single
 process (world 1) and the collectives below are no-ops.
@@ -48,6 +48,20 @@ class DistEnv:
         t = torch.tensor([1.0 if flag else 0.0], device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item() > 0)
+
+    def gather_to_main(self, part: dict) -> dict | None:
+        """Merge every rank's {key: CPU tensor} on rank 0 (others get None). The objects travel
+        between our own processes of one run; nothing from outside is unpickled."""
+        if not self.distributed:
+            return dict(part)
+        parts = [None] * self.world_size if self.is_main else None
+        dist.gather_object(part, parts, dst=0)
+        if not self.is_main:
+            return None
+        merged: dict = {}
+        for p in parts:
+            merged.update(p)
+        return merged
 
     def close(self) -> None:
         if self.owns_group and dist.is_initialized():
