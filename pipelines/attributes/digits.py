@@ -24,8 +24,9 @@ from torch import nn
 from ..errors import UserError
 from .base import Classifier, as_float01_nchw, register_classifier, to_grey
 from ..image_source import file_fingerprint
+from ..resources import ASSETS
 
-DEFAULT_PATH = Path(__file__).resolve().parents[2] / "assets" / "digits_classifier.safetensors"
+DEFAULT_PATH = ASSETS / "digits_classifier.safetensors"
 CLASSES = [str(d) for d in range(10)]
 FORMAT = "sims-digits-classifier"
 FEATURE_DIM = 128

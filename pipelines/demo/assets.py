@@ -1,13 +1,11 @@
 """Where the bundled demo assets live and the recipe that rebuilds them."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from ..models import ModelConfig
 from ..networks.songunet import songunet_config
+from ..resources import ASSETS
 from ..sampler import SamplerConfig
 
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
 DEMO_MODEL = ASSETS / "demo" / "digits_base.safetensors"
 DEMO_CLASSIFIER = ASSETS / "digits_classifier.safetensors"
 RESOLUTION = 8

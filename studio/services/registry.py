@@ -15,14 +15,14 @@ from sqlalchemy import func, select
 
 from pipelines.checkpoints.download import sha256_file
 from pipelines.errors import UserError
+from pipelines.resources import ASSETS
 
 from ..db import Database
 from ..models import Model, Sample
 from ..settings import Settings
 from . import jobs as jobs_service
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEMO_MODEL = REPO_ROOT / "assets" / "demo" / "digits_base.safetensors"
+DEMO_MODEL = ASSETS / "demo" / "digits_base.safetensors"  # in the checkout, or installed under share/
 
 
 @dataclass
@@ -89,7 +89,7 @@ def register_demo(db: Database, settings: Settings) -> int:
         raise UserError(f"The bundled demo model is missing ({DEMO_MODEL}). Rebuild it with "
                         "`python -m pipelines build-demo` (about an hour on 2 CPU cores).")
     return register_checkpoint(db, settings, DEMO_MODEL, name="digits demo (bundled)", source="demo",
-                               source_ref=str(DEMO_MODEL.relative_to(REPO_ROOT)))
+                               source_ref=DEMO_MODEL.relative_to(ASSETS.parent).as_posix())
 
 
 def submit_import(db: Database, settings: Settings, src: str, name: str = "") -> int:
