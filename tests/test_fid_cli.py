@@ -141,6 +141,11 @@ def test_ref_stats_and_fid_per_group_fd_digits(sets, tmp_path, capsys):
     h = json.loads(out_h.read_text())
     assert h["gen_counts"]["0-4"] <= 3
     assert h["per_group"]["5-9"] < h["overall"] and h["reweighted"] < h["overall"]
+    # fewer samples than FD-digits' 128 dimensions in group 0-4: flagged in the JSON and printed
+    assert h["dims"] == 128 and h["small_sample"]["group 0-4"] and not h["small_sample"]["overall"]
+    assert any("group 0-4" in w and "< 128 feature dimensions" in w for w in h["warnings"])
+    assert "WARNING: FD-digits group 0-4" in capsys.readouterr().out
+    assert not a["warnings"] or all("group" in w for w in a["warnings"])  # 300 samples overall: no warning
 
 
 def test_cli_errors_are_clean(sets, tmp_path, capsys, monkeypatch):

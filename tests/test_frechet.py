@@ -136,3 +136,76 @@ def test_mixture_stats_match_pooled_population_and_reweighting():
     assert r["reweighted"] < 0.05 < r["overall"]
     with pytest.raises(UserError, match="same --feature"):
         fd_report(gen, ref, feature="other")
+
+
+# ----------------------------------------------------------------------------
+# The metric's own floor, bootstrap intervals and the small-sample warning
+
+
+def test_small_sample_warning_only_below_the_feature_dimension():
+    from pipelines.metrics.floor import small_sample, small_sample_warning
+
+    assert small_sample(127, 128) and not small_sample(128, 128)
+    assert small_sample_warning(128, 128) is None
+    msg = small_sample_warning(100, 128, "group 5-9", "FD-digits")
+    assert "100 samples < 128" in msg and "group 5-9" in msg and "FD-digits" in msg
+
+
+def test_fd_report_warns_for_every_small_group_and_flags_it():
+    rng = np.random.default_rng(0)
+    d = 16
+    real = rng.normal(size=(600, d))
+    real_groups = np.where(np.arange(600) % 2 == 0, "a", "b")
+    ref = stats_from_features(real, "FD-digits", "f", real_groups, ["a", "b"])
+    gen = rng.normal(size=(40, d))
+    gen_groups = np.array(["a"] * 30 + ["b"] * 10)  # 30 >= 16, 10 < 16
+    r = fd_report(gen, ref, gen_groups)
+    assert r["dims"] == d and r["small_sample"] == {"overall": False, "reweighted": False,
+                                                     "group a": False, "group b": True}
+    assert len(r["warnings"]) == 1 and "group b" in r["warnings"][0] and "10 samples < 16" in r["warnings"][0]
+    r = fd_report(gen[:12], ref)
+    assert r["small_sample"] == {"overall": True} and "overall" in r["warnings"][0]
+
+
+def test_fd_floor_falls_with_n_and_perfect_samples_sit_on_it():
+    from pipelines.metrics.floor import fd_floor
+
+    rng = np.random.default_rng(1)
+    d = 8
+    real = rng.normal(size=(3000, d))
+    small, (lo_s, hi_s) = fd_floor(real, 100, repeats=30, seed=0)
+    big, (lo_b, hi_b) = fd_floor(real, 2000, repeats=30, seed=0)
+    assert big < small and lo_b <= big <= hi_b and hi_b < lo_s  # bias shrinks with n
+    assert fd_floor(real, 100, repeats=30, seed=0)[0] == small  # seeded
+    mu, sigma = feature_stats(real)
+    # a fresh sample of the same distribution at n = 2000 lands near the floor; a shifted one far above it
+    fresh = frechet_distance(*feature_stats(rng.normal(size=(2000, d))), mu, sigma)
+    shifted = frechet_distance(*feature_stats(rng.normal(size=(2000, d)) + 0.3), mu, sigma)
+    assert fresh < 3 * hi_b and shifted > 10 * hi_b
+
+
+def test_fd_floor_per_group_uses_each_groups_rows_at_its_count():
+    from pipelines.metrics.floor import fd_floor, fd_floor_per_group
+
+    rng = np.random.default_rng(2)
+    real = np.concatenate([rng.normal(size=(500, 4)), rng.normal(size=(500, 4)) * 3])
+    groups = np.array(["a"] * 500 + ["b"] * 500)
+    out = fd_floor_per_group(real, groups, {"a": 200, "b": 200, "c": 5}, repeats=10)
+    assert out["c"]["mean"] is None and out["a"]["n"] == 200
+    assert out["b"]["mean"] > 4 * out["a"]["mean"]  # b's features are 3x wider: a 9x larger bias
+    assert out["a"]["interval"][0] <= out["a"]["mean"] <= out["a"]["interval"][1]
+    assert out["a"]["mean"] == pytest.approx(fd_floor(real[:500], 200, 10, 1000)[0])
+
+
+def test_fd_bootstrap_interval_separates_a_shifted_set():
+    from pipelines.metrics.floor import fd_bootstrap
+
+    rng = np.random.default_rng(3)
+    mu, sigma = np.zeros(4), np.eye(4)
+    same = rng.normal(size=(500, 4))
+    moved = rng.normal(size=(500, 4)) + 0.5
+    lo_s, hi_s = fd_bootstrap(same, mu, sigma, repeats=50)
+    lo_m, hi_m = fd_bootstrap(moved, mu, sigma, repeats=50)
+    assert lo_s < hi_s < lo_m < hi_m
+    point = frechet_distance(*feature_stats(moved), mu, sigma)
+    assert lo_m <= point * 1.05 and point <= hi_m

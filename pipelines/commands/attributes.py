@@ -208,6 +208,8 @@ def _print_report(r: dict) -> None:
         print(f"  {g:>16}: {v:.4f}  ({r['gen_counts'][g]} generated vs {r['ref_counts'][g]} reference)")
     if "reweighted" in r:
         print(f"  vs reference reweighted to the generated group mix: {r['reweighted']:.4f}")
+    for w in r.get("warnings", []):
+        print(f"WARNING: {w}")
 
 
 def run_fit_probe(args) -> int:

@@ -28,6 +28,7 @@ import torch
 from ..attributes.base import as_uint8_nhwc, resolve_device
 from ..image_source import ImageSource, array_hash, cached_array
 from ..errors import UserError
+from .floor import small_sample, small_sample_warning
 from .frechet import feature_stats, frechet_distance, save_stats
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
@@ -282,8 +283,12 @@ def fd_report(gen_features, ref: ReferenceStats, gen_groups=None, feature: str |
     if feature is not None and ref.feature not in ("unknown", feature):
         raise UserError(f"reference statistics were made with features {ref.feature!r} but the generated "
                         f"set uses {feature!r}; rebuild the reference with the same --feature")
+    dims = int(np.asarray(ref.mu).size)
     report = {"metric": ref.metric, "feature": feature or ref.feature, "n_gen": int(len(gen_features)),
-              "n_ref": ref.n, "overall": frechet_distance(*feature_stats(gen_features), ref.mu, ref.sigma)}
+              "n_ref": ref.n, "dims": dims,
+              "overall": frechet_distance(*feature_stats(gen_features), ref.mu, ref.sigma)}
+    # Every FD from fewer samples than feature dimensions says so (see floor.small_sample_warning).
+    sizes = {"overall": report["n_gen"]}
     if gen_groups is not None:
         if not ref.groups:
             raise UserError("the reference statistics have no groups; make them with "
@@ -297,6 +302,11 @@ def fd_report(gen_features, ref: ReferenceStats, gen_groups=None, feature: str |
         if sum(counts.values()) >= 2 and assigned.sum() >= 2:
             mu_m, sigma_m = mixture_stats(ref.groups, {g: c for g, c in counts.items()})
             report["reweighted"] = frechet_distance(*feature_stats(np.asarray(gen_features)[assigned]), mu_m, sigma_m)
+            sizes["reweighted"] = int(assigned.sum())
+        sizes.update({f"group {g}": c for g, c in counts.items()})
+    report["small_sample"] = {k: small_sample(n, dims) for k, n in sizes.items()}
+    report["warnings"] = [w for k, n in sizes.items()
+                          if (w := small_sample_warning(n, dims, k, ref.metric)) is not None]
     return report
 
 
