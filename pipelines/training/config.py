@@ -30,12 +30,13 @@ class TrainConfig:
     seed: int = 0
     loss: str | None = None              # 'edm' | 'vp'; None = match the model's preconditioning
     decoder_only: bool = False           # train only model.decoder_parameters() (shared-encoder SIMS)
-    precision: str = "fp32"              # 'fp32' | 'bf16' (bf16 autocast, CUDA only)
+    precision: str = "fp32"              # 'fp32' | 'bf16' (bf16 autocast of the network; CPU autocast on a CPU)
     tf32: bool = False                   # allow TF32 matmul/cuDNN on CUDA (EDM keeps it off)
     device: str = "auto"                 # 'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1'
     dropout: float | None = None         # override the backbone's dropout
     grad_clip: float | None = None       # max global grad norm; None = no clipping (EDM)
     num_workers: int = 0                 # DataLoader workers for decoding image files
+    compile: bool = False                # torch.compile the network (first step pays the compilation)
 
     def __post_init__(self):
         if not (isinstance(self.total_kimg, (int, float)) and math.isfinite(self.total_kimg)) \
