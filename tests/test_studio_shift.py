@@ -178,3 +178,22 @@ def test_finetune_inherits_the_base_recipe(world):
     assert cfg["ema_halflife_kimg"] == 10 and cfg["lr_rampup_kimg"] == 0 and cfg["ema_rampup_ratio"] == 0.1
     assert cfg["lr"] == 1e-3 and cfg["batch_size"] == 8 and cfg["seed"] == 0  # what the user set wins
     jobs.cancel(st.db, job)
+
+
+def test_double_start_of_a_finetune_queues_one_job(world):
+    """Two identical submissions at the same moment (a double click) give one job, shown to both."""
+    from concurrent.futures import ThreadPoolExecutor
+    st, mid, g = world
+    sid = _set(st, mid, g)
+    kw = dict(total_kimg=0.05, checkpoint_kimg=0.05, lr=1e-3, batch_size=8, previews=False)
+    with ThreadPoolExecutor(4) as ex:
+        got = list(ex.map(lambda _: finetune.submit_new(st.db, sid, **kw), range(4)))
+    assert len({j for j, _ in got}) == 1 and sum(new for _, new in got) == 1
+    job = got[0][0]
+    other, new = finetune.submit_new(st.db, sid, **{**kw, "total_kimg": 0.1})  # different settings: a new job
+    assert new and other != job
+    jobs.cancel(st.db, job)
+    again, new = finetune.submit_new(st.db, sid, **kw)  # the first is over: the same settings queue again
+    assert new and again not in (job, other)
+    for j in (other, again):
+        jobs.cancel(st.db, j)

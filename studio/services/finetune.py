@@ -42,7 +42,16 @@ def submit(db: Database, set_id: int, total_kimg: float, checkpoint_kimg: float,
     """Validate and queue a fine-tune of S's base model on S; returns the job id.
 
     With `previews`, the finished job queues the Guide tab's preview grid for its final budget.
+    An identical fine-tune still queued or running is returned instead of a second one (see `submit_new`).
     """
+    return submit_new(db, set_id, total_kimg, checkpoint_kimg, lr, batch_size, decoder_only, device, gpus, seed,
+                      previews)[0]
+
+
+def submit_new(db: Database, set_id: int, total_kimg: float, checkpoint_kimg: float, lr: float, batch_size: int,
+               decoder_only: bool = False, device: str = "cpu", gpus: int = 1, seed: int = 0,
+               previews: bool = True) -> tuple[int, bool]:
+    """Like `submit`, returning (job id, True when newly queued; False when an identical active one exists)."""
     s_set = get_set(db, set_id)
     if s_set["state"] != "ready":
         raise UserError(f"S #{set_id} is {s_set['state']}; wait for its build job to finish (Jobs tab).")
@@ -65,11 +74,10 @@ def submit(db: Database, set_id: int, total_kimg: float, checkpoint_kimg: float,
            "seed": int(seed), "device": "cuda" if device == "torchrun" else device}
     from pipelines.training import TrainConfig
     TrainConfig.from_dict(cfg)  # refuse bad numbers now, not in the worker
-    job_device = "cuda" if device == "torchrun" else device
-    return jobs_service.submit(db, "finetune", {"set_id": int(set_id), "model_id": s_set["model_id"],
-                                                "config": cfg, "gpus": gpus if device == "torchrun" else 1,
-                                                "previews": bool(previews)},
-                               title=f"Fine-tune aux on S #{set_id} ({total_kimg:g} kimg)", device=job_device)
+    params = {"set_id": int(set_id), "model_id": s_set["model_id"], "config": cfg,
+              "gpus": gpus if device == "torchrun" else 1, "previews": bool(previews)}
+    return jobs_service.submit_once(db, "finetune", params, title=f"Fine-tune aux on S #{set_id} ({total_kimg:g} kimg)",
+                                    device="cuda" if device == "torchrun" else device)
 
 
 def list_runs(db: Database, model_id: int | None = None) -> list[dict]:

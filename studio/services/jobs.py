@@ -1,6 +1,7 @@
 """Jobs service: submit, cancel, resume, list; the UI's only way to touch jobs."""
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -57,6 +58,23 @@ def submit(db: Database, kind: str, params: dict, title: str = "", device: str |
         s.flush()
         s.add(JobEvent(job_id=job.id, state=JobState.queued.value, message="submitted"))
         return job.id
+
+
+_SUBMIT_LOCK = threading.Lock()  # one studio process serves every browser: check-then-insert is atomic here
+
+
+def submit_once(db: Database, kind: str, params: dict, title: str = "", device: str | None = None) -> tuple[int, bool]:
+    """Queue a job unless an identical one (same kind, params and device) is still queued or running.
+
+    Returns (job id, True when newly queued). A double click thus gives one job, and both clicks show it.
+    """
+    with _SUBMIT_LOCK:
+        with db.session(read_only=True) as s:
+            active = [j for j in JobState if j.active]
+            for job in s.scalars(select(Job).where(Job.kind == kind, Job.state.in_(active)).order_by(Job.id.desc())):
+                if dict(job.params or {}) == params and job.device == (device if kind in DEVICE_BOUND else None):
+                    return job.id, False
+        return submit(db, kind, params, title, device), True
 
 
 def get(db: Database, job_id: int) -> JobView:

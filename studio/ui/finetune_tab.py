@@ -65,14 +65,30 @@ def build(page: Page) -> None:
         choices = [(f"S #{s['id']} · {s['name']} · {s['n_s']} samples", s["id"]) for s in ready]
         rows = [[r["id"], r["state"], r["set_id"], r["total_kimg"], r["checkpoints"], r["title"]]
                 for r in finetune.list_runs(db, mid)]
-        return gr.Dropdown(choices=choices, value=choices[0][1] if choices else None), rows
+        if not choices:
+            return gr.Dropdown(choices=[], value=None), rows, gr.skip(), gr.skip()
+        return (gr.Dropdown(choices=choices, value=choices[0][1]), rows, *prefill(choices[0][1]))
+
+    def form_from_job(job_id):
+        """A page opened during a fine-tune shows that job's set and settings (Start again would repeat it)."""
+        if job_id is None:
+            return (gr.skip(),) * 9
+        j = jobs.get(db, int(job_id))
+        if j.kind != "finetune" or j.state not in ("queued", "starting", "running", "interrupted"):
+            return (gr.skip(),) * 9
+        c, gpus_ = j.params["config"], int(j.params.get("gpus", 1))
+        return (gr.Dropdown(value=j.params["set_id"]), c["total_kimg"], c["checkpoint_kimg"], c["lr"],
+                c["batch_size"], bool(c.get("decoder_only")), "torchrun" if gpus_ > 1 else c.get("device", "cpu"),
+                max(gpus_, 2) if gpus_ > 1 else gr.skip(), c.get("seed", 0))
 
     @user_errors
     def do_start(set_id, b, e, lr_, bs, dec, dev, g, sd):
         if as_int(set_id) is None:
             raise gr.Error("Pick a synthetic set (build one in the Build set tab).")
-        job = finetune.submit(db, as_int(set_id), b, e, lr_, int(bs or 0), dec, dev, int(g or 1), int(sd or 0))
-        gr.Info(f"Fine-tune queued as job #{job}.")
+        job, new = finetune.submit_new(db, as_int(set_id), b, e, lr_, int(bs or 0), dec, dev, int(g or 1),
+                                       int(sd or 0))
+        gr.Info(f"Fine-tune queued as job #{job}." if new else
+                f"This fine-tune is already queued or running as job #{job}; showing it.")
         return job
 
     @user_errors
@@ -94,11 +110,16 @@ def build(page: Page) -> None:
         d = finetune.defaults_for(db, sets.get_set(db, as_int(set_id))["model_id"])
         return d["lr"], d["batch_size"]
 
-    set_pick.change(prefill, set_pick, [lr, batch])
-    start.click(do_start, [set_pick, budget, every, lr, batch, decoder_only, device, gpus, seed], follow.job)
+    set_pick.input(prefill, set_pick, [lr, batch])  # a user's pick; a program's (reload, refresh) keeps the form
+    start.click(do_start, [set_pick, budget, every, lr, batch, decoder_only, device, gpus, seed], follow.job,
+                concurrency_limit=1, concurrency_id="ft-start")
     cancel.click(do_cancel, follow.job, None)
     resume.click(do_resume, follow.job, follow.job)
     follow.job.change(live, follow.job, [stats, curve, runs, ckpts])
-    follow.done.change(live, follow.job, [stats, curve, runs, ckpts]).then(refresh, page.model, [set_pick, runs])
-    page.model.change(refresh, page.model, [set_pick, runs])
-    page.loaders.append((refresh, [page.model], [set_pick, runs]))
+    refresh_out = [set_pick, runs, lr, batch]
+    follow.done.change(live, follow.job, [stats, curve, runs, ckpts]).then(
+        lambda m: refresh(m)[:2], page.model, [set_pick, runs])
+    page.model.change(refresh, page.model, refresh_out)
+    form = [set_pick, budget, every, lr, batch, decoder_only, device, gpus, seed]
+    page.loaders.append((refresh, [page.model], refresh_out))
+    page.loaders.append((form_from_job, [follow.job], form))
