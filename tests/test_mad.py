@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -10,15 +11,17 @@ import torch
 
 from pipelines.cli import main as cli_main
 from pipelines.errors import UserError
-from pipelines.experiments.mad.distance import gaussian_w2, ot_w2
+from pipelines.experiments.mad.distance import OTPool, gaussian_w2, ot_w2, ot_w2_runs
 from pipelines.experiments.mad.fig4 import SweepConfig, converged_ratio, run_sweep, summarize
 from pipelines.experiments.mad.loops import LoopConfig, LoopRunner, run_loop
 from pipelines.experiments.mad.pollution import PollutionConfig, run_pollution
 from pipelines.experiments.mad.shift import ShiftConfig, run_shift, select_mix
 from pipelines.experiments.mad.report import build_report, make_figures, merge_reports, write_figures
-from pipelines.experiments.mad.training import ToyDiffusion, TrainConfig, new_denoiser, train_runs
+from pipelines.experiments.mad.recipes import DDPMRecipe
+from pipelines.experiments.mad.training import ToyDiffusion, TrainConfig, new_denoiser, sims_sample, train_runs
 from pipelines.experiments.mad.worlds import GaussianWorld, MixtureWorld, make_world
 from pipelines.guidance import SIMSDenoiser
+from pipelines.loss import make_loss
 from pipelines.models import ModelConfig, build_model
 from pipelines.networks.batched_mlp import BatchedMLP
 from pipelines.precond import EDMPrecond
@@ -81,11 +84,12 @@ def test_batched_run_trains_like_the_engine_mlp_alone():
     batched.model.load_run(0, single.model)
     data = torch.randn(1, 50, 2)
     train_runs(batched, data, TrainConfig(epochs=5), diff, torch.Generator().manual_seed(3))
-    # The same five Adam steps with the engine's MLP and loss, same noise draws.
+    # The same five Adam steps with the engine's MLP and EDMLoss, same noise draws.
     g = torch.Generator().manual_seed(3)
     opt = torch.optim.Adam(single.parameters(), lr=1e-3)
+    engine_loss = make_loss("edm", P_mean=diff.P_mean, P_std=diff.P_std, sigma_data=diff.sigma_data)
     for _ in range(5):
-        loss = diff.loss()(single, data[0], generator=g).mean()
+        loss = engine_loss(single, data[0], generator=g).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -290,3 +294,65 @@ def test_shift_study_moves_the_generated_mix_away_from_the_auxiliary_mix():
     assert abs(sum(rep["rows"][0]["fractions"].values()) - 1) < 1e-9
     with pytest.raises(UserError, match="labelled world"):
         run_shift(cfg, GaussianWorld())
+
+
+# -- toy-diffusion recipe (the paper's DDPM), blocks, batched distances ------------------------
+
+TINY_DDPM = DDPMRecipe(hidden=16, depth=2, steps=10)
+
+
+def test_toy_diffusion_schedule_and_sampler_follow_the_notebook():
+    rec = DDPMRecipe()
+    abar = rec._abar
+    assert abar.shape == (40,) and abar[0] == 1 and rec._betas[0] == 0
+    s = 0.008
+    want = math.cos((39 / 40 + s) / (1 + s) * math.pi / 2) ** 2 / math.cos(s / (1 + s) * math.pi / 2) ** 2
+    assert float(abar[39]) == pytest.approx(want, rel=1e-5)
+    torch.testing.assert_close(rec._alphas.cumprod(0), abar, rtol=1e-5, atol=1e-7)
+    net = rec.new_model(2, 2, torch.Generator().manual_seed(0))
+    assert net.weights[0].shape == (2, 3, 64) and len(net.weights) == 6  # [x, t] -> 64, 4 x 64, -> 2
+    calls = []
+    net.register_forward_hook(lambda m, a, o: calls.append(float(a[1][0])))
+    x = rec.sample(net, None, 0.0, 2 * 5, 2, torch.Generator().manual_seed(1))
+    assert x.shape == (2 * 5, 2) and calls == [float(t) for t in range(39, 0, -1)]  # raw integer t, 39 calls
+
+
+def test_toy_diffusion_trains_and_samples_a_gaussian():
+    """A few runs on a 2-D Gaussian: after enough full-batch steps the samples' moments match."""
+    world = GaussianWorld(mean=[1.0, -1.0], cov=[[1.0, 0.5], [0.5, 1.0]])
+    rec = DDPMRecipe(hidden=32, depth=2)
+    data, _ = world.sample(3, 500, torch.Generator().manual_seed(0))
+    net = new_denoiser(3, 2, rec, torch.Generator().manual_seed(1))
+    hist = train_runs(net, data, TrainConfig(epochs=800, lr=3e-3), rec, torch.Generator().manual_seed(2))
+    assert hist[-1] < hist[0]
+    x = sims_sample(net, None, 0.0, 2000, rec, torch.Generator().manual_seed(3))
+    mean, cov = world.moments()
+    for r in range(3):
+        torch.testing.assert_close(x[r].mean(0).double(), mean, atol=0.2, rtol=0)
+        torch.testing.assert_close(torch.cov(x[r].T).double(), cov, atol=0.3, rtol=0)
+
+
+@pytest.mark.parametrize("recipe", [TINY_NET, TINY_DDPM], ids=["edm", "toy-diffusion"])
+def test_omega_zero_reproduces_standard_training_in_both_recipes(recipe):
+    world = GaussianWorld()
+    std = run_loop(tiny_loop(training="standard", omega=0.0, diffusion=recipe), world)
+    sims0 = run_loop(tiny_loop(training="sims", omega=0.0, diffusion=recipe), world)
+    assert np.array_equal(std.w2_ot, sims0.w2_ot) and np.array_equal(std.w2_gauss, sims0.w2_gauss)
+    # Blocks: omegas 0 and 2 in one batch; each block is its loop run alone, bit for bit.
+    blocks = LoopRunner(tiny_loop(training="sims", diffusion=recipe), world, omegas=[0.0, 2.0]).run_blocks()
+    sims2 = run_loop(tiny_loop(training="sims", omega=2.0, diffusion=recipe), world)
+    assert np.array_equal(blocks[0].w2_gauss, std.w2_gauss) and np.array_equal(blocks[0].w2_ot, std.w2_ot)
+    assert np.array_equal(blocks[1].w2_gauss, sims2.w2_gauss)
+    assert not np.array_equal(std.w2_gauss[1:], sims2.w2_gauss[1:])
+
+
+def test_batched_ot_equals_the_per_run_exact_solver():
+    g = torch.Generator().manual_seed(0)
+    gen, ref = torch.randn(7, 40, 2, generator=g) * 1.3, torch.randn(7, 40, 2, generator=g)
+    want = np.array([ot_w2(a.numpy(), b.numpy()) for a, b in zip(gen, ref)])
+    with OTPool(workers=2, chunk=3) as pool:
+        handle = pool.submit(gen, ref)
+        assert np.array_equal(handle.result(), want)
+    assert np.array_equal(ot_w2_runs(gen, ref), want)
+    with pytest.raises(ValueError, match="reference runs"):
+        OTPool().submit(gen, ref[:3])

@@ -28,9 +28,14 @@ def register(sub) -> None:
     p = sub.add_parser("mad", help="self-consuming loops on 2-D data: Fig. 4 sweep or Fig. 5 pollution study",
                        description="Many independent runs trained at once (batched MLPs). Defaults are the paper's "
                                    "Fig. 4 settings; the full scale (1000 runs x 100 generations) needs a GPU.")
-    p.add_argument("--experiment", choices=["fig4", "pollution", "shift"], default="fig4",
+    p.add_argument("--experiment", choices=["fig4", "pollution", "shift", "base-budget"], default="fig4",
                    help="fig4: loops over |D_s| x omega; pollution: Fig. 5 analogue; shift: 2-D group shift "
-                        "(needs --world mixture)")
+                        "(needs --world mixture); base-budget: generation 1 over omega for each of "
+                        "--base-epochs-grid (how the gain depends on how well the base is trained)")
+    p.add_argument("--recipe", choices=["toy-diffusion", "edm"], default="toy-diffusion",
+                   help="toy-diffusion (default, the paper's): albarji/toy-diffusion's DDPM, T=40 cosine "
+                        "schedule, eps-MLP on [x, t], ancestral sampling (39 calls); edm: EDM preconditioning "
+                        "and loss around the same MLP, Heun sampling")
     p.add_argument("--world", choices=["gaussian", "mixture"], default="gaussian")
     p.add_argument("--loop", choices=["augment", "synthetic", "fresh"], default="augment",
                    help="augment: D_r u D_s^{t-1}; synthetic: D_s^{t-1}; fresh: new D_r^t u D_s^{t-1}")
@@ -48,7 +53,14 @@ def register(sub) -> None:
     p.add_argument("--aux-epochs", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=2048)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--steps", type=int, default=20, help="Heun steps (NFE 2*steps-1; 20 -> 39 like the paper)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="toy-diffusion: diffusion steps T (default 40, 39 network calls); "
+                        "edm: Heun steps (default 20, NFE 2*steps-1 = 39)")
+    p.add_argument("--base-epochs-grid", type=_ints, default=[100, 300, 1000],
+                   help="base epochs compared by --experiment base-budget")
+    p.add_argument("--ot-workers", type=int, default=None,
+                   help="processes for the exact OT (default: all cores with --device cuda, "
+                        "0 = in the main process on cpu, where the cores are busy training)")
     p.add_argument("--converged-from", type=int, default=20, help="G^inf averages generations from here on")
     p.add_argument("--pollution", type=_ints, default=[0, 250, 500, 1000, 2000],
                    help="|D_p| values (pollution experiment)")
@@ -65,15 +77,34 @@ def register(sub) -> None:
     p.set_defaults(run=run)
 
 
+def _recipe(args):
+    from ..experiments.mad.recipes import make_recipe
+    if args.steps is None:
+        return make_recipe(args.recipe)
+    if args.steps < 2:
+        raise UserError(f"--steps must be >= 2 (got {args.steps}).")
+    return make_recipe(args.recipe, **({"steps": args.steps} if args.recipe == "toy-diffusion"
+                                       else {"num_steps": args.steps}))
+
+
+def _ot_workers(args) -> int:
+    import os
+    if args.ot_workers is None:
+        return (os.cpu_count() or 1) if args.device.startswith("cuda") else 0
+    if args.ot_workers < 0:
+        raise UserError(f"--ot-workers must be >= 0 (got {args.ot_workers}).")
+    return args.ot_workers
+
+
 def _loop_config(args):
     from ..experiments.mad.loops import LoopConfig
-    from ..experiments.mad.training import ToyDiffusion, TrainConfig
+    from ..experiments.mad.training import TrainConfig
     return LoopConfig(loop=args.loop, runs=args.runs, generations=args.generations, n_real=args.n_real,
                       n_syn=max(args.sizes), n_aux=args.n_s, n_eval=args.n_eval, ot_points=args.ot_points,
-                      seed=args.seed, device=args.device,
+                      ot_workers=_ot_workers(args), seed=args.seed, device=args.device,
                       base=TrainConfig(args.base_epochs, args.batch_size, args.lr),
                       aux=TrainConfig(args.aux_epochs, args.batch_size, args.lr),
-                      diffusion=ToyDiffusion(num_steps=args.steps))
+                      diffusion=_recipe(args))
 
 
 def _check_device(device: str):
@@ -98,6 +129,8 @@ def run(args) -> int:
         return _run_pollution(args, world)
     if args.experiment == "shift":
         return _run_shift(args, world)
+    if args.experiment == "base-budget":
+        return _run_budget(args, world)
     from ..experiments.mad.fig4 import SweepConfig, run_sweep
     from ..experiments.mad.report import build_report, write_report
     cfg = SweepConfig(loop=_loop_config(args), sizes=args.sizes, omegas=args.omegas,
@@ -105,7 +138,7 @@ def run(args) -> int:
     if args.dry_run:
         print(json.dumps({"world": asdict(world), "sweep": asdict(cfg)}, indent=1))
         return 0
-    total = 1 + len(cfg.sizes) * len(cfg.omegas) * cfg.loop.generations
+    total = 1 + len(cfg.sizes) * cfg.loop.generations
     bar = tqdm(total=total, desc="mad fig4")
 
     def progress(msg):
@@ -173,3 +206,10 @@ def _run_shift(args, world) -> int:
     from ..experiments.mad.shift import ShiftConfig, run_shift, shift_table
     cfg = ShiftConfig(loop=_loop_config(args), aux_mix=args.aux_mix, omegas=args.omegas)
     return _run_study(args, world, "shift", cfg, run_shift, shift_table)
+
+
+def _run_budget(args, world) -> int:
+    from ..experiments.mad.budget import BudgetConfig, budget_table, run_budget
+    cfg = BudgetConfig(loop=_loop_config(args), base_epochs=args.base_epochs_grid,
+                       omegas=sorted(set(args.omegas) | set(args.gen1_omegas)))
+    return _run_study(args, world, "base_budget", cfg, run_budget, budget_table)

@@ -6,8 +6,16 @@
   beside it.
 - Closed-form Gaussian W2 between N(mean, cov) fitted to the generated points and p_r's true
   mean and covariance: ||m1 - m2||^2 + tr(C1 + C2 - 2 (C2^1/2 C1 C2^1/2)^1/2).
+
+Many runs: `OTPool` solves the per-run exact problems in a pool of processes (POT's solver is
+single-threaded), in chunks, and hands back a handle, so a loop can train its next
+generation while the distances of this one are computed. The values are the same exact
+solver's, only spread over cores.
 """
 from __future__ import annotations
+
+import multiprocessing
+from concurrent.futures import Future, ProcessPoolExecutor
 
 import numpy as np
 import ot
@@ -26,10 +34,67 @@ def ot_w2(x, y) -> float:
     return float(np.sqrt(max(ot.emd2(a, b, cost, numItermax=NUM_ITERMAX), 0.0)))
 
 
-def ot_w2_runs(gen: torch.Tensor, ref: torch.Tensor) -> np.ndarray:
-    """Per-run exact W2 between gen[r] and ref[r] ([R, m, d] each)."""
-    g, r = gen.double().cpu().numpy(), ref.double().cpu().numpy()
+def _ot_chunk(g: np.ndarray, r: np.ndarray) -> np.ndarray:
     return np.array([ot_w2(a, b) for a, b in zip(g, r)])
+
+
+def ot_w2_runs(gen: torch.Tensor, ref: torch.Tensor, workers: int = 0) -> np.ndarray:
+    """Per-run exact W2 between gen[r] and ref[r] ([R, m, d] each); `workers` > 0 uses a process pool."""
+    with OTPool(workers) as pool:
+        return pool.submit(gen, ref).result()
+
+
+class _Done:
+    def __init__(self, value):
+        self.value = value
+
+    def result(self):
+        return self.value
+
+
+class _Chunks:
+    """Handle on the chunks of one batch of problems: result() joins them in run order."""
+
+    def __init__(self, futures: list[Future]):
+        self.futures = futures
+
+    def result(self) -> np.ndarray:
+        return np.concatenate([f.result() for f in self.futures])
+
+
+class OTPool:
+    """Exact W2 of many runs at once: `workers` processes (0: here, one after another)."""
+
+    def __init__(self, workers: int = 0, chunk: int = 16):
+        if workers < 0 or chunk < 1:
+            raise ValueError(f"OTPool needs workers >= 0 and chunk >= 1 (got {workers}, {chunk}).")
+        self.workers, self.chunk = workers, chunk
+        self._ex: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> "OTPool":
+        if self.workers:
+            # fork where there is one: workers start in milliseconds (spawn re-imports torch via POT)
+            # and only run numpy/POT, never torch or CUDA, so the parent's threads do not matter
+            methods = multiprocessing.get_all_start_methods()
+            ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+            self._ex = ProcessPoolExecutor(self.workers, mp_context=ctx)
+        return self
+
+    def __exit__(self, *exc):
+        if self._ex is not None:
+            self._ex.shutdown(wait=True, cancel_futures=exc[0] is not None)
+            self._ex = None
+
+    def submit(self, gen: torch.Tensor, ref: torch.Tensor):
+        """Start the problems gen[r] vs ref[r]; returns a handle whose result() is the [R] array."""
+        g = gen.detach().to("cpu", torch.float64).numpy()
+        r = ref.detach().to("cpu", torch.float64).numpy()
+        if g.shape[0] != r.shape[0]:
+            raise ValueError(f"{g.shape[0]} generated runs but {r.shape[0]} reference runs.")
+        if self._ex is None:
+            return _Done(_ot_chunk(g, r))
+        return _Chunks([self._ex.submit(_ot_chunk, g[i:i + self.chunk], r[i:i + self.chunk])
+                        for i in range(0, len(g), self.chunk)])
 
 
 def _psd_sqrt(c: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,8 @@ Generation 1 trains on D_r alone, so its base and auxiliary models are the same 
 |D_s| and omega: they are trained once, and each (|D_s|, omega) loop starts from that
 generation's output drawn with its omega (the same latents for every omega, so the
 generation-1 curve over omega is free of sampling noise between omegas). omega = 0 runs as
-standard training (no auxiliary model), which SIMS with omega = 0 reproduces bit for bit.
+standard training (no auxiliary model), which SIMS with omega = 0 reproduces bit for bit. All
+omegas of one |D_s| run as blocks of one batch (loops.py), each equal to its loop run alone.
 Ratios are E[dist(G^t)] / E[dist(G^1)], expectations over runs; G^inf averages generations
 `converged_from`..G as the paper (20..100).
 """
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import numpy as np
+import torch
 
 from ...errors import UserError
 from .loops import Generation, LoopConfig, LoopResult, LoopRunner
@@ -59,10 +61,11 @@ class SweepResult:
 
 
 def run_sweep(cfg: SweepConfig, world, progress: Callable[[str], None] | None = None) -> SweepResult:
-    """Train generation 1 once, then every (|D_s|, omega) loop from it."""
+    """Train generation 1 once, then, per |D_s|, every omega's loop as one batch of blocks."""
     first_cfg = replace(cfg.loop, n_syn=cfg.sizes[-1], training="sims", omega=0.0)
     runner = LoopRunner(first_cfg, world)
-    base, aux = runner.train_generation(1, runner.real, with_aux=True)
+    needs_aux = any(cfg.gen1_omegas)
+    base, aux = runner.train_generation(1, runner.real, with_aux=needs_aux)
     outs, gen1 = {}, {}
     for omega in cfg.gen1_omegas:
         outs[omega] = runner.draw(1, base, aux, omega)
@@ -71,12 +74,15 @@ def run_sweep(cfg: SweepConfig, world, progress: Callable[[str], None] | None = 
     if progress is not None:
         progress("generation 1")
     loops = {}
+    sims = any(cfg.omegas)
     for size in cfg.sizes:
-        for omega in cfg.omegas:
-            first = Generation(1, base, aux if omega != 0 else None, outs[omega])
-            loop_runner = LoopRunner(cfg.loop_config(size, omega), world)
-            step = (lambda t, s=size, o=omega: progress(f"|D_s|={s} omega={o:g} t={t}")) if progress else None
-            loops[(size, omega)] = loop_runner.run(first=first, progress=step)
+        loop_cfg = replace(cfg.loop, n_syn=size, omega=0.0, training="sims" if sims else "standard")
+        # generation 1's models are not used again: the loops only need its output, one block per omega
+        first = Generation(1, base, aux, torch.cat([outs[o] for o in cfg.omegas]))
+        step = (lambda t, s=size: progress(f"|D_s|={s} t={t}")) if progress else None
+        results = LoopRunner(loop_cfg, world, cfg.omegas).run_blocks(first=first, progress=step)
+        for omega, res in zip(cfg.omegas, results):
+            loops[(size, omega)] = res
     return SweepResult(cfg, gen1, loops)
 
 

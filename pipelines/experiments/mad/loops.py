@@ -11,18 +11,24 @@ points per run: D_s^t is its first |D_s| points, the distances use it all.
 
 Randomness: one torch generator per (seed, generation, purpose); the auxiliary model has its
 own streams, so SIMS with omega = 0 reproduces standard training bit for bit.
+
+Blocks: a runner may hold several omegas at once (one block of R runs per omega, all
+sharing D_r and every random draw), so one sweep size is one batch of B*R models: the
+per-generation work is a few large launches instead of one loop per omega. Block b equals
+the loop of R runs at omega_b run alone.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass, field, replace
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
 from ...errors import UserError
-from .distance import gaussian_w2_runs, ot_w2_runs
-from .training import ToyDiffusion, TrainConfig, finetune_copy, new_denoiser, sample_runs, sims_sample, train_runs
+from .distance import OTPool, gaussian_w2_runs
+from .recipes import DDPMRecipe
+from .training import TrainConfig, finetune_copy, new_denoiser, sample_runs, sims_sample, tile_model, train_runs
 
 LOOPS = ("augment", "synthetic", "fresh")
 TRAININGS = ("standard", "sims")
@@ -50,17 +56,20 @@ class LoopConfig:
     n_aux: int = 2000           # n_s: samples the auxiliary model is fine-tuned on
     n_eval: int = 1000          # points drawn per generation and run (>= n_syn)
     ot_points: int = 500        # points per side of each exact OT problem
+    ot_workers: int = 0         # processes for the exact OT (0: in this process, one problem after another)
     seed: int = 0
     device: str = "cpu"         # training/sampling device; data and latents are drawn on the CPU
     base: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=100))
     aux: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=50))
-    diffusion: ToyDiffusion = field(default_factory=ToyDiffusion)
+    diffusion: object = field(default_factory=DDPMRecipe)   # a recipe (recipes.py)
 
     def __post_init__(self):
         if self.loop not in LOOPS:
             raise UserError(f"Unknown loop '{self.loop}'; choose one of {LOOPS}.")
         if self.training not in TRAININGS:
             raise UserError(f"Unknown training '{self.training}'; choose one of {TRAININGS}.")
+        if self.ot_workers < 0:
+            raise UserError(f"ot_workers must be >= 0 (got {self.ot_workers}).")
         for name in ("runs", "generations", "n_real", "n_syn", "n_aux", "n_eval", "ot_points"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1 (got {getattr(self, name)}).")
@@ -77,7 +86,7 @@ class LoopConfig:
 
 @dataclass
 class Generation:
-    """What generation t produced: its models and its output points [R, n_out, d]."""
+    """What generation t produced: its models and its output points [B*R, n_out, d]."""
     t: int
     base: torch.nn.Module
     aux: torch.nn.Module | None
@@ -93,18 +102,34 @@ class LoopResult:
 
 
 class LoopRunner:
-    """Holds a loop's real data and reference sample; runs generations one by one."""
+    """Holds a loop's real data and reference sample; runs generations one by one.
 
-    def __init__(self, cfg: LoopConfig, world):
+    `omegas` (default: the config's one omega) gives one block of R runs per value.
+    """
+
+    def __init__(self, cfg: LoopConfig, world, omegas: Sequence[float] | None = None):
         self.cfg, self.world = cfg, world
+        self.omegas = [float(o) for o in omegas] if omegas is not None else [float(cfg.omega)]
+        if cfg.training == "standard" and any(self.omegas):
+            raise UserError("Standard training has no auxiliary model: use omega 0 or training 'sims'.")
+        self.blocks = len(self.omegas)
         self.diff = cfg.diffusion.for_world(world)
         self.device = torch.device(cfg.device)
-        self.real = world.sample(cfg.runs, cfg.n_real, stream(cfg.seed, 0, REAL))[0].to(self.device)
+        real = world.sample(cfg.runs, cfg.n_real, stream(cfg.seed, 0, REAL))[0]
+        self.real = real.repeat(self.blocks, 1, 1).to(self.device)
         self.ref, _ = world.sample(cfg.runs, cfg.ot_points, stream(cfg.seed, 0, REF))
         self.true_mean, self.true_cov = world.moments()
 
+    @property
+    def omega(self):
+        """The guidance argument of the samplers: a float for one block, else one value per block."""
+        return self.omegas[0] if self.blocks == 1 else self.omegas
+
+    def gen(self, t: int, purpose: int) -> torch.Generator:
+        return stream(self.cfg.seed, t, purpose, self.device)
+
     def training_data(self, t: int, previous: torch.Tensor | None) -> torch.Tensor:
-        """D^t for this loop ([R, N, d]); `previous` is D_s^{t-1} (None at t = 1)."""
+        """D^t for this loop ([B*R, N, d]); `previous` is D_s^{t-1} (None at t = 1)."""
         if t == 1:
             return self.real
         if self.cfg.loop == "augment":
@@ -112,50 +137,70 @@ class LoopRunner:
         if self.cfg.loop == "synthetic":
             return previous
         fresh, _ = self.world.sample(self.cfg.runs, self.cfg.n_real, stream(self.cfg.seed, t, FRESH))
-        return torch.cat([fresh.to(self.device), previous], 1)
+        return torch.cat([fresh.repeat(self.blocks, 1, 1).to(self.device), previous], 1)
 
     def train_generation(self, t: int, data: torch.Tensor, with_aux: bool):
         """Base on D^t and, for SIMS, the auxiliary model fine-tuned on n_s base samples."""
-        cfg, dim = self.cfg, data.shape[-1]
-        base = new_denoiser(cfg.runs, dim, self.diff, stream(cfg.seed, t, INIT)).to(self.device)
-        train_runs(base, data, cfg.base, self.diff, stream(cfg.seed, t, TRAIN, self.device))
+        cfg, dim, b = self.cfg, data.shape[-1], self.blocks
+        base = tile_model(new_denoiser(cfg.runs, dim, self.diff, stream(cfg.seed, t, INIT)), b).to(self.device)
+        train_runs(base, data, cfg.base, self.diff, self.gen(t, TRAIN), repeat=b)
         aux = None
         if with_aux:
-            synth = sample_runs(base, cfg.runs, cfg.n_aux, dim, self.diff, stream(cfg.seed, t, AUX_SET))
-            aux = finetune_copy(base, synth, cfg.aux, self.diff, stream(cfg.seed, t, AUX_TRAIN, self.device))
+            synth = sample_runs(base, b * cfg.runs, cfg.n_aux, dim, self.diff, self.gen(t, AUX_SET), repeat=b)
+            aux = finetune_copy(base, synth, cfg.aux, self.diff, self.gen(t, AUX_TRAIN), repeat=b)
         return base, aux
 
-    def draw(self, t: int, base, aux, omega: float) -> torch.Tensor:
-        """The generation's output with guidance omega (same latents for every omega)."""
-        return sims_sample(base, aux, omega, self.cfg.n_out, self.diff, stream(self.cfg.seed, t, OUT))
+    def draw(self, t: int, base, aux, omega) -> torch.Tensor:
+        """The generation's output with guidance omega (same latents for every omega and block)."""
+        return sims_sample(base, aux, omega, self.cfg.n_out, self.diff, self.gen(t, OUT), repeat=self.blocks)
 
     def generation(self, t: int, previous: torch.Tensor | None) -> Generation:
         """Train generation t on D^t and draw its output."""
         base, aux = self.train_generation(t, self.training_data(t, previous), self.cfg.training == "sims")
-        return Generation(t, base, aux, self.draw(t, base, aux, self.cfg.omega))
+        return Generation(t, base, aux, self.draw(t, base, aux, self.omega))
 
-    def distances(self, out: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """(exact-OT W2 on ot_points per side, closed-form Gaussian W2 on all points), per run."""
+    def distances(self, out: torch.Tensor, pool: OTPool | None = None):
+        """(exact-OT W2 on ot_points per side, closed-form Gaussian W2 on all points), per run.
+
+        With a pool the exact-OT part is a handle (`.result()`), computed while the caller goes on.
+        """
         k = self.cfg.ot_points
         out = out.cpu()
-        return (ot_w2_runs(out[:, :k], self.ref),
-                gaussian_w2_runs(out, self.true_mean, self.true_cov))
+        ref = self.ref.repeat(out.shape[0] // self.ref.shape[0], 1, 1)
+        gauss = gaussian_w2_runs(out, self.true_mean, self.true_cov)
+        if pool is None:
+            with OTPool(self.cfg.ot_workers) as p:
+                return p.submit(out[:, :k], ref).result(), gauss
+        return pool.submit(out[:, :k], ref), gauss
 
-    def run(self, first: Generation | None = None,
-            progress: Callable[[int], None] | None = None) -> LoopResult:
-        """All generations; `first` reuses an already drawn generation 1 (same seed and settings)."""
+    def run_blocks(self, first: Generation | None = None,
+                   progress: Callable[[int], None] | None = None) -> list[LoopResult]:
+        """All generations of every block; `first` reuses an already drawn generation 1."""
         cfg = self.cfg
         w_ot, w_g = [], []
         previous = None
-        for t in range(1, cfg.generations + 1):
-            gen = first if (t == 1 and first is not None) else self.generation(t, previous)
-            d_ot, d_g = self.distances(gen.out)
-            w_ot.append(d_ot)
-            w_g.append(d_g)
-            previous = gen.out[:, :cfg.n_syn]
-            if progress is not None:
-                progress(t)
-        return LoopResult(cfg, np.stack(w_ot), np.stack(w_g))
+        with OTPool(cfg.ot_workers) as pool:
+            for t in range(1, cfg.generations + 1):
+                gen = first if (t == 1 and first is not None) else self.generation(t, previous)
+                d_ot, d_g = self.distances(gen.out, pool)
+                w_ot.append(d_ot)
+                w_g.append(d_g)
+                previous = gen.out[:, :cfg.n_syn]
+                if progress is not None:
+                    progress(t)
+            w_ot = np.stack([d.result() for d in w_ot])
+        w_g = np.stack(w_g)
+        r = cfg.runs
+        return [LoopResult(replace(cfg, omega=o, training="sims" if o else cfg.training),
+                           w_ot[:, i * r:(i + 1) * r], w_g[:, i * r:(i + 1) * r])
+                for i, o in enumerate(self.omegas)]
+
+    def run(self, first: Generation | None = None,
+            progress: Callable[[int], None] | None = None) -> LoopResult:
+        """All generations of a one-block loop."""
+        if self.blocks != 1:
+            raise ValueError("run() is for one omega; use run_blocks() for several.")
+        return self.run_blocks(first, progress)[0]
 
 
 def run_loop(cfg: LoopConfig, world, progress=None) -> LoopResult:

@@ -58,7 +58,7 @@ def run_pollution(cfg: PollutionConfig, world) -> dict:
     base1, aux1 = runner.train_generation(1, runner.real, with_aux=True)
     sims_i = _sims_rows(runner, 1, base1, aux1, cfg.omegas)
     st_i = sims_i["0"]
-    pool = sample_runs(base1, cfg.loop.runs, max(cfg.pollution[-1], 1), base1.model.config.dim,
+    pool = sample_runs(base1, cfg.loop.runs, max(cfg.pollution[-1], 1), world.dim,
                        runner.diff, stream(cfg.loop.seed, 1, POLLUTE))
     rows = []
     for p in cfg.pollution:
@@ -67,6 +67,7 @@ def run_pollution(cfg: PollutionConfig, world) -> dict:
         sims_p = _sims_rows(runner, 2, base2, aux2, cfg.omegas)
         rows.append({"n_pollution": p, "st_p": sims_p["0"], "sims_p": sims_p})
     out = {"config": {"loop": {k: v for k, v in vars(cfg.loop).items() if k not in ("base", "aux", "diffusion")},
+                      "recipe": cfg.loop.diffusion.for_world(world).settings(),
                       "base_epochs": cfg.loop.base.epochs, "aux_epochs": cfg.loop.aux.epochs,
                       "pollution": list(cfg.pollution), "omegas": list(cfg.omegas)},
            "st_i": st_i, "sims_i": sims_i, "rows": rows}

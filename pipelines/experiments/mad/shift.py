@@ -4,7 +4,8 @@ Per run: a base model on D_r; a pool of base samples labelled by the world's Bay
 (the stand-in for an attribute classifier); an auxiliary set S of n_s pool points with a
 chosen group mix; the auxiliary model fine-tuned on S; then samples at each omega. SIMS
 pushes the generated mix away from S's mix. Quality is read per group (Gaussian W2 of each
-group's samples against that component), as DESIGN §1 asks, beside the group fractions.
+group's samples against that component), beside the group fractions: a shifted mix alone
+would move a whole-distribution distance.
 """
 from __future__ import annotations
 

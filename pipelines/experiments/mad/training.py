@@ -1,59 +1,26 @@
-"""Batched training of many independent 2-D diffusion models with the engine's EDM parts.
+"""Batched training and sampling of many independent 2-D diffusion models, for any recipe.
 
-R runs with N points each are one flat batch of R*N rows (run-major); `BatchedMLP` inside
-`EDMPrecond` (or `VPPrecond`) evaluates each run with its own weights, the matched loss draws one sigma per row and the
-loss is the sum over runs of each run's mean, so a single Adam step trains every run exactly
-as it would be trained alone (Adam acts per parameter element). Training follows the paper's
-toy recipe in epochs: Adam, lr 1e-3, batch 2048, so on <= 2048 points an epoch is one
-full-batch step (base 100 epochs = 100 steps; auxiliary fine-tune 50 epochs on n_s = 2000).
+R runs with N points each are one flat batch of R*N rows (run-major); `BatchedMLP` evaluates
+each run with its own weights, the recipe's loss gives one value per element and the loss
+is the sum over runs of each run's mean, so a single Adam step trains every run exactly as
+it would be trained alone (Adam acts per parameter element). Training follows the paper's
+toy recipe in epochs: Adam, lr 1e-3 (constant), batch 2048, so on <= 2048 points an epoch is
+one full-batch step (base 100 epochs = 100 steps; auxiliary fine-tune 50 epochs on n_s = 2000).
+
+`repeat = B` stacks B blocks of R runs that share every random draw (see recipes.py): a
+sweep trains all omegas of one |D_s| in one batch, block b bit for bit the loop run alone.
 """
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
 from ...errors import UserError
-from ...guidance import SIMSDenoiser
-from ...loss import make_loss
-from ...networks.batched_mlp import BatchedMLP
-from ...precond import Precond, make_precond
-from ...sampler import SamplerConfig, heun_sample
-from .worlds import sigma_data_of
+from .recipes import EDMRecipe, _tile, batched_mlp
 
-
-@dataclass
-class ToyDiffusion:
-    """Engine settings of the 2-D models: backbone shape, EDM sigma_data/loss, Heun steps."""
-    hidden: int = 64
-    depth: int = 4
-    activation: str = "relu"
-    precond: str = "edm"         # 'edm' (EDMPrecond + EDMLoss) or 'vp' (VPPrecond + VPLoss: DDPM's eps-MSE)
-    sigma_data: float | None = None  # None: the world's per-coordinate std (set by the loops)
-    P_mean: float = -1.2
-    P_std: float = 1.2
-    num_steps: int = 20          # Heun: 2*20 - 1 = 39 network calls, like the paper's 39 DDPM calls
-    sigma_min: float = 0.002
-    sigma_max: float = 80.0
-
-    def for_world(self, world) -> "ToyDiffusion":
-        """These settings with sigma_data filled in from p_r when it was left unset."""
-        return self if self.sigma_data is not None else replace(self, sigma_data=sigma_data_of(world))
-
-    def sampler(self) -> SamplerConfig:
-        return SamplerConfig(num_steps=self.num_steps, sigma_min=self.sigma_min, sigma_max=self.sigma_max)
-
-    def __post_init__(self):
-        if self.precond not in ("edm", "vp"):
-            raise UserError(f"precond must be 'edm' or 'vp' (got {self.precond!r}).")
-
-    def loss(self):
-        """The engine loss matched to the preconditioning."""
-        if self.precond == "vp":
-            return make_loss("vp")
-        assert self.sigma_data is not None, "resolve sigma_data first (for_world)"
-        return make_loss("edm", P_mean=self.P_mean, P_std=self.P_std, sigma_data=self.sigma_data)
+ToyDiffusion = EDMRecipe  # the earlier name of the EDM recipe
 
 
 @dataclass
@@ -68,77 +35,83 @@ class TrainConfig:
             raise UserError(f"Training needs epochs >= 0, batch_size >= 1, lr > 0 (got {self}).")
 
 
-def new_denoiser(runs: int, dim: int, diff: ToyDiffusion, generator: torch.Generator) -> Precond:
-    """`runs` freshly initialised 2-D denoisers as one Precond(BatchedMLP) of the engine."""
-    net = BatchedMLP(runs, dim, diff.hidden, diff.depth, diff.activation, generator=generator)
-    kwargs = {"sigma_data": diff.sigma_data} if diff.precond == "edm" else {}
-    return make_precond(diff.precond, net, **kwargs)
+def new_denoiser(runs: int, dim: int, recipe, generator: torch.Generator):
+    """`runs` freshly initialised 2-D models of the recipe (weights drawn on the CPU)."""
+    return recipe.new_model(runs, dim, generator)
 
 
-def _epoch_batches(runs: int, n: int, batch_size: int, generator: torch.Generator):
+def tile_model(model, blocks: int):
+    """B block-major copies of a model's R runs (a model of B*R runs)."""
+    if blocks == 1:
+        return model
+    mlp = batched_mlp(model)
+    tiled = mlp.subset(torch.arange(mlp.runs).repeat(blocks))
+    if model is mlp:
+        return tiled
+    out = copy.deepcopy(model)  # the wrapper (preconditioning) around the tiled network
+    out.model = tiled
+    return out
+
+
+def _epoch_batches(runs: int, n: int, batch_size: int, generator: torch.Generator, repeat: int):
     """Index tensors [R, b] of one epoch: a fresh permutation per run, cut into batches."""
     if n <= batch_size:  # one full batch; order does not matter to a full-batch step
         yield None
         return
-    perm = torch.argsort(torch.rand(runs, n, generator=generator, device=generator.device), dim=1)
+    perm = torch.argsort(torch.rand(runs // repeat, n, generator=generator, device=generator.device), dim=1)
+    perm = _tile(perm, repeat)
     for start in range(0, n, batch_size):
         yield perm[:, start:start + batch_size]
 
 
-def train_runs(net: Precond, data: torch.Tensor, cfg: TrainConfig, diff: ToyDiffusion,
-               generator: torch.Generator) -> list[float]:
+def train_runs(net, data: torch.Tensor, cfg: TrainConfig, recipe, generator: torch.Generator,
+               repeat: int = 1) -> list[float]:
     """Train every run on its own points data[r] ([R, N, d]) in place; returns mean loss per epoch."""
     runs, n, dim = data.shape
-    if runs != net.model.runs:
-        raise ValueError(f"data holds {runs} runs but the model has {net.model.runs}.")
-    loss_fn = diff.loss()
+    if runs != batched_mlp(net).runs or runs % repeat:
+        raise ValueError(f"data holds {runs} runs but the model has {batched_mlp(net).runs} "
+                         f"(or they do not split into {repeat} blocks).")
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     history = []
     net.train()
     for _ in range(cfg.epochs):
         total, steps = 0.0, 0
-        for idx in _epoch_batches(runs, n, cfg.batch_size, generator):
+        for idx in _epoch_batches(runs, n, cfg.batch_size, generator, repeat):
             batch = data if idx is None else torch.gather(data, 1, idx[..., None].expand(-1, -1, dim))
-            per_elem = loss_fn(net, batch.reshape(-1, dim), generator=generator)
+            # run-major rows; the recipe tiles one block's draws over the blocks
+            per_elem = recipe.loss(net, batch.reshape(-1, dim), generator, repeat)
             # Sum over runs of each run's mean: run r's gradient is that of training it alone.
             loss = per_elem.reshape(runs, -1).mean(1).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss.detach()) / runs
+            total += loss.detach() / runs
             steps += 1
         history.append(total / max(steps, 1))
     net.eval()
-    return history
+    return [float(h) for h in history]  # one device sync at the end, not one per step
 
 
-def finetune_copy(base: Precond, data: torch.Tensor, cfg: TrainConfig, diff: ToyDiffusion,
-                  generator: torch.Generator) -> Precond:
+def finetune_copy(base, data: torch.Tensor, cfg: TrainConfig, recipe, generator: torch.Generator,
+                  repeat: int = 1):
     """SIMS Alg. 1 step 3: a copy of the base fine-tuned on its own samples (fresh Adam state)."""
     aux = copy.deepcopy(base)
-    train_runs(aux, data, cfg, diff, generator)
+    train_runs(aux, data, cfg, recipe, generator, repeat)
     return aux
 
 
-def _models(denoiser):
-    """The BatchedMLPs behind a Precond or a SIMSDenoiser."""
-    if isinstance(denoiser, SIMSDenoiser):
-        return [denoiser.base.model] + ([denoiser.aux.model] if denoiser.aux is not None else [])
-    return [denoiser.model]
+def sample_runs(model, runs: int, n: int, dim: int, recipe, generator: torch.Generator,
+                repeat: int = 1) -> torch.Tensor:
+    """n samples per run from a batched model: [R, n, d]."""
+    return sims_sample(model, None, 0.0, n, recipe, generator, repeat)
 
 
-@torch.no_grad()
-def sample_runs(denoiser, runs: int, n: int, dim: int, diff: ToyDiffusion,
-                generator: torch.Generator) -> torch.Tensor:
-    """n Heun samples per run from a batched denoiser: [R, n, d]."""
-    device = next(iter(_models(denoiser))).weights[0].device
-    latents = torch.randn(runs * n, dim, generator=generator).to(device)  # drawn on the CPU: same on any device
-    x, _ = heun_sample(denoiser, latents, diff.sampler())
+def sims_sample(base, aux, omega, n: int, recipe, generator: torch.Generator, repeat: int = 1) -> torch.Tensor:
+    """Samples of (1 + omega) base - omega aux for every run: [R, n, d].
+
+    omega: a float, or one value per block when `repeat` > 1 (0 = the base alone, exactly).
+    """
+    mlp = batched_mlp(base)
+    runs, dim = mlp.runs, mlp.config.dim
+    x = recipe.sample(base, aux, omega, (runs // repeat) * n, dim, generator, repeat)
     return x.reshape(runs, n, dim)
-
-
-def sims_sample(base: Precond, aux: Precond | None, omega: float, n: int, diff: ToyDiffusion,
-                generator: torch.Generator) -> torch.Tensor:
-    """Samples of D = (1 + omega) D_base - omega D_aux for every run (omega = 0: the base alone)."""
-    runs, dim = base.model.runs, base.model.config.dim
-    return sample_runs(SIMSDenoiser(base, aux, omega), runs, n, dim, diff, generator)
