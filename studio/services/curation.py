@@ -157,6 +157,25 @@ def ids_in_box(m: dict, x0: float, x1: float, y0: float, y1: float) -> list[int]
     return [int(i) for i in m["ids"][inside]]
 
 
+def ids_in_lasso(m: dict, xs: Sequence[float], ys: Sequence[float]) -> list[int]:
+    """Sample ids of the map points inside a lasso polygon."""
+    from matplotlib.path import Path as Polygon
+    if len(xs) < 3 or len(xs) != len(ys):
+        raise UserError("A lasso needs at least 3 points; draw it again.")
+    inside = Polygon(np.column_stack([xs, ys])).contains_points(m["xy"])
+    return [int(i) for i in m["ids"][inside]]
+
+
+def ids_in_selection(m: dict, geometry: dict) -> list[int]:
+    """Ids inside a map selection: {'box': [x0, x1, y0, y1]} or {'lasso': [[x, ...], [y, ...]]}."""
+    if "box" in geometry:
+        return ids_in_box(m, *[float(v) for v in geometry["box"]])
+    if "lasso" in geometry:
+        xs, ys = geometry["lasso"]
+        return ids_in_lasso(m, [float(v) for v in xs], [float(v) for v in ys])
+    raise UserError(f"Unknown map selection {sorted(geometry)}; use the box or lasso tool.")
+
+
 # ----------------------------------------------------------------------------- selections
 
 def _check_status(status: str) -> None:

@@ -10,6 +10,7 @@ from ..storage import read_png, upscale
 from . import plots
 from ..settings import DEFAULT_STEPS
 from .common import Page, as_int, hidden_id, hidden_value, user_errors
+from .curation_panel import SHIFT_JS, CurationPanel
 
 PER_PAGE = 48
 
@@ -51,6 +52,7 @@ class GenerateTab:
             with gr.Column(scale=3):
                 self._gallery()
                 self._detail()
+                self.curation.map_section()
 
     def _pool_controls(self, page: Page) -> None:
         gr.Markdown("#### Grow the pool")
@@ -90,6 +92,7 @@ class GenerateTab:
             self.bulk_btn = gr.Button("Relabel selection", elem_id="bulk-relabel", scale=1)
             self.np_btn = gr.Button("Mark not preferred", elem_id="bulk-np", scale=1)
             self.unnp_btn = gr.Button("Unmark", elem_id="bulk-unnp", scale=0, min_width=90)
+        self.curation = CurationPanel(self)  # select all matching, only the selection, S from it, undo
 
     def _detail(self) -> None:
         with gr.Group():
@@ -111,12 +114,13 @@ class GenerateTab:
         gid = as_int(grouping_id)
         return as_int(model_id), (attributes.get_grouping(self.db, gid) if gid is not None else None)
 
-    def load_page(self, model_id, grouping_id, grp, st, lo, hi, page_n):
+    def load_page(self, model_id, grouping_id, grp, st, lo, hi, only_sel, sel_text, page_n):
         """One gallery page with captions (group, confidence, manual, not preferred)."""
         mid, g = self.context(model_id, grouping_id)
         if mid is None:
             return [], [], "Register or pick a model (Models tab).", 1
-        res = pool.gallery_page(self.db, mid, g["id"] if g else None, grp, lo, hi, st, page_n, PER_PAGE)
+        res = (self.curation.page(mid, grouping_id, grp, st, lo, hi, sel_text, page_n) if only_sel else
+               pool.gallery_page(self.db, mid, g["id"] if g else None, grp, lo, hi, st, page_n, PER_PAGE))
         items = [(str(self.settings.abs(r["path"])), _caption(r)) for r in res.rows]
         text = f"**{res.total:,}** samples match · page {res.page} of {res.pages}"
         return items, [r["id"] for r in res.rows], text, res.page
@@ -159,16 +163,16 @@ class GenerateTab:
             raise gr.Error("Pick a model and a grouping first.")
         return pool.submit_label(self.db, mid, g["classifier"], device)
 
-    def on_select(self, rows, select_on, sel_text, grouping_id, evt: gr.SelectData):
-        """A thumbnail click: toggle it in the selection (select mode) or open its detail."""
+    def on_select(self, rows, select_on, sel_text, grouping_id, shift, anchor, evt: gr.SelectData):
+        """A thumbnail click: toggle it in the selection (select mode; Shift adds a range) or open its detail."""
         if evt.index is None or evt.index >= len(rows):
-            return (gr.skip(),) * 6
+            return (gr.skip(),) * 7
         sid = rows[evt.index]
         if select_on:
-            ids = set(parse_ids(sel_text)) ^ {sid}
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), _fmt_ids(ids), gr.skip()
+            text, anchor = self.curation.click(rows, sid, sel_text, shift, anchor)
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), text, gr.skip(), anchor
         img, md, fig, cls = self.detail(sid, grouping_id)
-        return sid, img, md, fig, gr.skip(), cls
+        return sid, img, md, fig, gr.skip(), cls, gr.skip()
 
     def detail(self, sid, grouping_id):
         """Enlarged image, label summary + manual history, probability chart, current manual class."""
@@ -213,26 +217,12 @@ class GenerateTab:
         labels.set_not_preferred(self.db, [sid], not labels.sample_detail(self.db, sid, None)["not_preferred"])
         return self.detail(sid, grouping_id)
 
-    @user_errors
-    def bulk(self, sel_text, cls, grouping_id):
-        """Relabel the selection."""
-        if not cls:
-            raise gr.Error("Choose the class to give the selection.")
-        n = labels.set_manual_label(self.db, parse_ids(sel_text), self._classifier(grouping_id), cls,
-                                    author="studio (bulk)")
-        gr.Info(f"{n} samples relabelled '{cls}'.")
-
-    @user_errors
-    def mark(self, sel_text, flag):
-        """Mark or unmark the selection as not preferred."""
-        n = labels.set_not_preferred(self.db, parse_ids(sel_text), flag)
-        gr.Info(f"{n} samples {'marked' if flag else 'unmarked'} not preferred.")
-
     # -- events --------------------------------------------------------------------------------------
     def wire(self) -> None:
         """Connect the components to the handlers."""
         page = self.page
-        page_in = [page.model, page.grouping, self.group, self.status, self.min_conf, self.max_conf, self.page_no]
+        page_in = [page.model, page.grouping, self.group, self.status, self.min_conf, self.max_conf,
+                   self.curation.only_sel, self.selection, self.page_no]
         page_out = [self.gallery, self.rows, self.info, self.page_no]
         ctx_in = [page.model, page.grouping]
         ctx_out = [self.group, self.bulk_class, self.fix_class, self.clf_status, self.counts_plot]
@@ -247,9 +237,10 @@ class GenerateTab:
         self.gen_btn.click(self.generate, [page.model, self.n, self.steps, page.device], self.follow.job)
         self.label_btn.click(self.label_pool, [page.model, page.grouping, page.device], self.follow.job)
         self.follow.done.change(self.load_page, page_in, page_out).then(self.counts_fig, ctx_in, self.counts_plot)
-        self.gallery.select(self.on_select, [self.rows, self.select_mode, self.selection, page.grouping],
+        self.gallery.select(self.on_select, [self.rows, self.select_mode, self.selection, page.grouping,
+                                             self.curation.shift, self.curation.anchor],
                             [self.current, self.detail_img, self.detail_md, self.probs_plot, self.selection,
-                             self.fix_class])
+                             self.fix_class, self.curation.anchor], js=SHIFT_JS)
         self.sel_page.click(lambda rows, text: _fmt_ids(set(parse_ids(text)) | set(rows)),
                             [self.rows, self.selection], self.selection)
         self.sel_clear.click(lambda: "", None, self.selection)
@@ -259,11 +250,8 @@ class GenerateTab:
             self.load_page, page_in, page_out)
         self.toggle_np.click(self.toggle, [self.current, page.grouping], detail_out).success(
             self.load_page, page_in, page_out)
-        self.bulk_btn.click(self.bulk, [self.selection, self.bulk_class, page.grouping], None).success(
-            self.load_page, page_in, page_out)
-        self.np_btn.click(lambda t: self.mark(t, True), self.selection, None).then(self.load_page, page_in, page_out)
-        self.unnp_btn.click(lambda t: self.mark(t, False), self.selection, None).then(
-            self.load_page, page_in, page_out)
+        self.curation.wire_bulk(page_in, page_out)  # relabel / mark / unmark the selection, undoable
+        self.curation.wire(page_in, page_out)
         page.loaders.append((self.on_context, ctx_in, ctx_out))
         page.loaders.append((self.load_page, page_in, page_out))
 

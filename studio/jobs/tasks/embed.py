@@ -13,6 +13,6 @@ def run(ctx) -> dict:
     out = compute_map(ctx.db, ctx.settings, p["model_id"], p["classifier"], device=ctx.device,
                       progress=lambda k, total: ctx.progress(0.95 * k / max(total, 1), f"{k}/{total} embedded"))
     msg = (f"{out['method']} map of {out['n']} samples ({out['computed']} newly embedded, "
-           f"{out['dims']}-d {out['feature']} features)")
+           f"{out['dims']}-d {out['feature'].split(':')[0]} features)")
     ctx.log(msg)
     return {"message": msg, **out}
