@@ -145,7 +145,15 @@ def run(args) -> int:
         bar.update(1)
         bar.set_postfix_str(msg)
     t0 = time.time()
-    result = run_sweep(cfg, world, progress)
+    out = Path(args.out)
+
+    def partial(res):
+        # a long run leaves a readable report behind after every generation
+        out.mkdir(parents=True, exist_ok=True)
+        rep = build_report(res, world, seconds=time.time() - t0)
+        rep["partial"] = True
+        (out / "results.partial.json").write_text(json.dumps(rep, indent=1))
+    result = run_sweep(cfg, world, progress, on_partial=partial)
     bar.close()
     report = build_report(result, world, seconds=time.time() - t0)
     written = write_report(report, Path(args.out), png=args.png)

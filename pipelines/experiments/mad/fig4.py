@@ -60,8 +60,13 @@ class SweepResult:
     loops: dict[tuple[int, float], LoopResult]          # (|D_s|, omega) -> result
 
 
-def run_sweep(cfg: SweepConfig, world, progress: Callable[[str], None] | None = None) -> SweepResult:
-    """Train generation 1 once, then, per |D_s|, every omega's loop as one batch of blocks."""
+def run_sweep(cfg: SweepConfig, world, progress: Callable[[str], None] | None = None,
+              on_partial: Callable[["SweepResult"], None] | None = None) -> SweepResult:
+    """Train generation 1 once, then, per |D_s|, every omega's loop as one batch of blocks.
+
+    `on_partial` gets, after each generation of the |D_s| in progress, a result holding the
+    sizes done and that size's generations so far, with G^inf over the later half of them.
+    """
     first_cfg = replace(cfg.loop, n_syn=cfg.sizes[-1], training="sims", omega=0.0)
     runner = LoopRunner(first_cfg, world)
     needs_aux = any(cfg.gen1_omegas)
@@ -80,7 +85,16 @@ def run_sweep(cfg: SweepConfig, world, progress: Callable[[str], None] | None = 
         # generation 1's models are not used again: the loops only need its output, one block per omega
         first = Generation(1, base, aux, torch.cat([outs[o] for o in cfg.omegas]))
         step = (lambda t, s=size: progress(f"|D_s|={s} t={t}")) if progress else None
-        results = LoopRunner(loop_cfg, world, cfg.omegas).run_blocks(first=first, progress=step)
+
+        def partial(results, size=size):
+            if on_partial is None or len(results[0].w2_ot) < 2:
+                return
+            t = len(results[0].w2_ot)
+            part = replace(cfg, loop=replace(cfg.loop, generations=t), converged_from=t // 2 + 1,
+                           sizes=[x for x in cfg.sizes if x <= size])  # sizes run in ascending order
+            on_partial(SweepResult(part, gen1, {**loops, **{(size, o): r for o, r in zip(cfg.omegas, results)}}))
+        results = LoopRunner(loop_cfg, world, cfg.omegas).run_blocks(first=first, progress=step,
+                                                                     on_generation=partial)
         for omega, res in zip(cfg.omegas, results):
             loops[(size, omega)] = res
     return SweepResult(cfg, gen1, loops)

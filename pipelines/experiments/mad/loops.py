@@ -173,9 +173,13 @@ class LoopRunner:
                 return p.submit(out[:, :k], ref).result(), gauss
         return pool.submit(out[:, :k], ref), gauss
 
-    def run_blocks(self, first: Generation | None = None,
-                   progress: Callable[[int], None] | None = None) -> list[LoopResult]:
-        """All generations of every block; `first` reuses an already drawn generation 1."""
+    def run_blocks(self, first: Generation | None = None, progress: Callable[[int], None] | None = None,
+                   on_generation: Callable[[list[LoopResult]], None] | None = None) -> list[LoopResult]:
+        """All generations of every block; `first` reuses an already drawn generation 1.
+
+        `on_generation` gets the blocks' results so far after each generation (for partial
+        reports of long runs); it waits for that generation's exact-OT values.
+        """
         cfg = self.cfg
         w_ot, w_g = [], []
         previous = None
@@ -188,10 +192,14 @@ class LoopRunner:
                 previous = gen.out[:, :cfg.n_syn]
                 if progress is not None:
                     progress(t)
-            w_ot = np.stack([d.result() for d in w_ot])
-        w_g = np.stack(w_g)
-        r = cfg.runs
-        return [LoopResult(replace(cfg, omega=o, training="sims" if o else cfg.training),
+                if on_generation is not None:
+                    on_generation(self._split(np.stack([d.result() for d in w_ot]), np.stack(w_g)))
+            return self._split(np.stack([d.result() for d in w_ot]), np.stack(w_g))
+
+    def _split(self, w_ot: np.ndarray, w_g: np.ndarray) -> list[LoopResult]:
+        """[G, B*R] distances -> one LoopResult per block."""
+        r, cfg = self.cfg.runs, self.cfg
+        return [LoopResult(replace(cfg, omega=o, training="sims" if o else cfg.training, generations=len(w_ot)),
                            w_ot[:, i * r:(i + 1) * r], w_g[:, i * r:(i + 1) * r])
                 for i, o in enumerate(self.omegas)]
 
