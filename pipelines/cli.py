@@ -27,6 +27,7 @@ COMMANDS = {
     "mad": "mad",
     "build-demo": "demo",
     "demo-shift": "demo",
+    "self-improve": "self_improve",
     "merge": "merge",
 }
 
