@@ -46,13 +46,16 @@ SHIFT_JS = "(...a) => { a[4] = !!window.simsShift; return a.slice(0, 6); }"
 
 
 def fmt_ranges(ids) -> str:
-    """[1, 2, 3, 7, 9, 10] -> '1-3, 7, 9-10' (short text even for 50,000 ids)."""
+    """[1, 2, 3, 7, 9, 10] -> '1-3, 7, 9, 10': runs of 3 or more as ranges (short even for 50,000 ids)."""
     a = np.unique(np.asarray(list(ids), dtype=np.int64))
     if not len(a):
         return ""
     breaks = np.flatnonzero(np.diff(a) != 1)
     starts, ends = np.r_[a[0], a[breaks + 1]], np.r_[a[breaks], a[-1]]
-    return ", ".join(f"{s}" if s == e else f"{s}-{e}" for s, e in zip(starts, ends))
+    parts = []
+    for s, e in zip(starts, ends):
+        parts += [f"{s}-{e}"] if e - s >= 2 else [str(v) for v in range(s, e + 1)]
+    return ", ".join(parts)
 
 
 def parse(text: str) -> list[int]:
