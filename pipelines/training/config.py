@@ -37,6 +37,8 @@ class TrainConfig:
     grad_clip: float | None = None       # max global grad norm; None = no clipping (EDM)
     num_workers: int = 0                 # DataLoader workers for decoding image files
     compile: bool = False                # torch.compile the network (first step pays the compilation)
+    augment_p: float | None = None       # EDM non-leaking augmentation probability (training/augment.py);
+                                         # None = the base checkpoint's recorded recipe (0 from scratch)
 
     def __post_init__(self):
         if not (isinstance(self.total_kimg, (int, float)) and math.isfinite(self.total_kimg)) \
@@ -61,6 +63,8 @@ class TrainConfig:
             raise UserError(f"precision must be 'fp32' or 'bf16' (got {self.precision!r}).")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise UserError(f"dropout must be in [0, 1) (got {self.dropout}).")
+        if self.augment_p is not None and not (isinstance(self.augment_p, (int, float)) and 0 <= self.augment_p <= 1):
+            raise UserError(f"augment_p must be in [0, 1] or null (got {self.augment_p!r}).")
         if self.num_workers < 0:
             raise UserError(f"num_workers must be >= 0 (got {self.num_workers}).")
 
@@ -77,7 +81,10 @@ class TrainConfig:
 
     def recipe(self) -> dict[str, Any]:
         """The settings a resumed run must share with the run it continues."""
-        return {k: getattr(self, k) for k in RECIPE_KEYS}
+        recipe = {k: getattr(self, k) for k in RECIPE_KEYS}
+        if self.augment_p:  # only when on, so runs saved before the option existed still resume
+            recipe["augment_p"] = self.augment_p
+        return recipe
 
 
 def _positive(name: str, value, kind) -> None:
