@@ -25,6 +25,7 @@ from ..data import BaseDataset, open_dataset, to_model_input
 from ..errors import UserError
 from ..loss import make_loss
 from ..models import ModelConfig, backbone_class, build_model, sample_shape
+from .augment import resolve_augment_p
 from .config import TrainConfig, lr_factor
 from .distributed import DistEnv, init_from_env
 from .ema import ema_beta, update_ema
@@ -160,7 +161,7 @@ def _setup(model_cfg, dataset, cfg: TrainConfig, run_dir: Path, init_checkpoint,
         net.load_state_dict(weights)
     _check_data(net, model_cfg, dataset)
     net.train().to(env.device)
-    loss_fn = make_loss(cfg.loss or model_cfg.precond)
+    loss_fn = make_loss(cfg.loss or model_cfg.precond, augment_p=cfg.augment_p or 0.0)
     x0, lab0 = dataset.get_batch([0])
     x0, probe_labels = to_model_input(x0).to(env.device), _one_hot(lab0, model_cfg.label_dim)
     probe_labels = probe_labels.to(env.device) if probe_labels is not None else None
@@ -302,6 +303,8 @@ def train(model_cfg: ModelConfig | dict | None, dataset, cfg: TrainConfig | dict
           should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
     """Train (or fine-tune from `init_checkpoint`) until `cfg.total_kimg`; resumes from run_dir's state."""
     cfg = cfg if isinstance(cfg, TrainConfig) else TrainConfig.from_dict(cfg)
+    if cfg.augment_p is None:  # unset: the base's recorded recipe decides, and the checkpoints record it
+        cfg = dataclasses.replace(cfg, augment_p=resolve_augment_p(None, init_checkpoint)[0])
     run_dir = Path(run_dir)
     env = init_from_env(cfg.device)
     try:
