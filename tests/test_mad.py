@@ -356,3 +356,15 @@ def test_batched_ot_equals_the_per_run_exact_solver():
     assert np.array_equal(ot_w2_runs(gen, ref), want)
     with pytest.raises(ValueError, match="reference runs"):
         OTPool().submit(gen, ref[:3])
+
+
+def test_ot_runs_limits_the_exact_ot_to_the_first_runs_of_each_block():
+    world = GaussianWorld()
+    full = LoopRunner(tiny_loop(training="sims", diffusion=TINY_DDPM), world, omegas=[0.0, 1.0]).run_blocks()
+    some = LoopRunner(tiny_loop(training="sims", diffusion=TINY_DDPM, ot_runs=2), world,
+                      omegas=[0.0, 1.0]).run_blocks()
+    for a, b in zip(full, some):
+        assert b.w2_ot.shape == (3, 2) and np.array_equal(b.w2_ot, a.w2_ot[:, :2])
+        assert np.array_equal(b.w2_gauss, a.w2_gauss)
+    with pytest.raises(UserError, match="ot_runs"):
+        tiny_loop(ot_runs=9)

@@ -57,6 +57,7 @@ class LoopConfig:
     n_eval: int = 1000          # points drawn per generation and run (>= n_syn)
     ot_points: int = 500        # points per side of each exact OT problem
     ot_workers: int = 0         # processes for the exact OT (0: in this process, one problem after another)
+    ot_runs: int = 0            # runs (per omega) whose exact OT is computed; 0: all (Gaussian W2: always all)
     seed: int = 0
     device: str = "cpu"         # training/sampling device; data and latents are drawn on the CPU
     base: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=100))
@@ -70,6 +71,8 @@ class LoopConfig:
             raise UserError(f"Unknown training '{self.training}'; choose one of {TRAININGS}.")
         if self.ot_workers < 0:
             raise UserError(f"ot_workers must be >= 0 (got {self.ot_workers}).")
+        if not 0 <= self.ot_runs <= self.runs:
+            raise UserError(f"ot_runs must lie in 0..runs ({self.runs}; 0 = all) (got {self.ot_runs}).")
         for name in ("runs", "generations", "n_real", "n_syn", "n_aux", "n_eval", "ot_points"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1 (got {getattr(self, name)}).")
@@ -95,7 +98,7 @@ class Generation:
 
 @dataclass
 class LoopResult:
-    """Distances per generation and run ([G, R]), both views."""
+    """Distances per generation and run ([G, R]; exact OT [G, ot_runs] when set), both views."""
     config: LoopConfig
     w2_ot: np.ndarray
     w2_gauss: np.ndarray
@@ -164,14 +167,22 @@ class LoopRunner:
 
         With a pool the exact-OT part is a handle (`.result()`), computed while the caller goes on.
         """
-        k = self.cfg.ot_points
+        k, r = self.cfg.ot_points, self.cfg.runs
+        kr = self.ot_runs
         out = out.cpu()
-        ref = self.ref.repeat(out.shape[0] // self.ref.shape[0], 1, 1)
         gauss = gaussian_w2_runs(out, self.true_mean, self.true_cov)
+        blocks = out.shape[0] // r
+        sel = out.reshape(blocks, r, *out.shape[1:])[:, :kr, :k].reshape(blocks * kr, k, -1)
+        ref = self.ref[:kr].repeat(blocks, 1, 1)
         if pool is None:
             with OTPool(self.cfg.ot_workers) as p:
-                return p.submit(out[:, :k], ref).result(), gauss
-        return pool.submit(out[:, :k], ref), gauss
+                return p.submit(sel, ref).result(), gauss
+        return pool.submit(sel, ref), gauss
+
+    @property
+    def ot_runs(self) -> int:
+        """Runs per block with an exact-OT distance (the first ones)."""
+        return self.cfg.ot_runs or self.cfg.runs
 
     def run_blocks(self, first: Generation | None = None, progress: Callable[[int], None] | None = None,
                    on_generation: Callable[[list[LoopResult]], None] | None = None) -> list[LoopResult]:
@@ -198,9 +209,9 @@ class LoopRunner:
 
     def _split(self, w_ot: np.ndarray, w_g: np.ndarray) -> list[LoopResult]:
         """[G, B*R] distances -> one LoopResult per block."""
-        r, cfg = self.cfg.runs, self.cfg
+        r, kr, cfg = self.cfg.runs, self.ot_runs, self.cfg
         return [LoopResult(replace(cfg, omega=o, training="sims" if o else cfg.training, generations=len(w_ot)),
-                           w_ot[:, i * r:(i + 1) * r], w_g[:, i * r:(i + 1) * r])
+                           w_ot[:, i * kr:(i + 1) * kr], w_g[:, i * r:(i + 1) * r])
                 for i, o in enumerate(self.omegas)]
 
     def run(self, first: Generation | None = None,
