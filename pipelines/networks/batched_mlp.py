@@ -41,7 +41,7 @@ class BatchedMLP(nn.Module):
     Config = BatchedMLPConfig
 
     def __init__(self, runs=1, dim=2, hidden=64, depth=4, activation="relu", label_dim=0,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, init: bool = True):
         super().__init__()
         self.config = BatchedMLPConfig(dim=dim, hidden=hidden, depth=depth, activation=activation, runs=runs)
         self.label_dim = label_dim
@@ -53,7 +53,8 @@ class BatchedMLP(nn.Module):
         for fan_in, fan_out in zip(widths[:-1], widths[1:]):
             self.weights.append(nn.Parameter(torch.empty(runs, fan_in, fan_out)))
             self.biases.append(nn.Parameter(torch.empty(runs, 1, fan_out)))
-        self.reset_parameters(generator)
+        if init:  # init=False: the caller fills every weight (subset/tiling of thousands of runs)
+            self.reset_parameters(generator)
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None):
@@ -108,7 +109,7 @@ class BatchedMLP(nn.Module):
         """A new BatchedMLP holding copies of the selected runs' weights."""
         idx = torch.as_tensor(runs, dtype=torch.long, device=self.weights[0].device)
         cfg = self.config
-        out = BatchedMLP(len(idx), cfg.dim, cfg.hidden, cfg.depth, cfg.activation, self.label_dim)
+        out = BatchedMLP(len(idx), cfg.dim, cfg.hidden, cfg.depth, cfg.activation, self.label_dim, init=False)
         out.to(self.weights[0].device)
         for dst, src in zip(list(out.weights) + list(out.biases), list(self.weights) + list(self.biases)):
             dst.copy_(src[idx])

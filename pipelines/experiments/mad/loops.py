@@ -145,7 +145,7 @@ class LoopRunner:
     def train_generation(self, t: int, data: torch.Tensor, with_aux: bool):
         """Base on D^t and, for SIMS, the auxiliary model fine-tuned on n_s base samples."""
         cfg, dim, b = self.cfg, data.shape[-1], self.blocks
-        base = tile_model(new_denoiser(cfg.runs, dim, self.diff, stream(cfg.seed, t, INIT)), b).to(self.device)
+        base = tile_model(new_denoiser(cfg.runs, dim, self.diff, stream(cfg.seed, t, INIT)).to(self.device), b)
         train_runs(base, data, cfg.base, self.diff, self.gen(t, TRAIN), repeat=b)
         aux = None
         if with_aux:
