@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipelines.errors import UserError
+from pipelines.precision import parse_precision
 
 # Heun steps used wherever the user has not chosen (pool, S growth, previews, measurements, exports):
 # the demo's sampler; EDM's 18 suits 32x32 and larger models, and every field can be changed in the UI.
@@ -22,10 +23,12 @@ class Settings:
     stale_after_s: float = 30.0       # heartbeat age after which a running job counts as interrupted
     max_upload_mb: int = 512
     allow_private_urls: bool = False  # model import by URL may reach loopback/private addresses (SSRF guard off)
+    precision: str = field(default_factory=lambda: default_precision())  # network precision of renders/sweeps
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser().resolve())
+        object.__setattr__(self, "precision", parse_precision(self.precision))
         if not self.db_url:
             object.__setattr__(self, "db_url", f"sqlite:///{self.data_dir / 'studio.db'}")
 
@@ -48,6 +51,11 @@ class Settings:
         """Create the data directory layout."""
         for sub in ("models", "samples", "runs", "cache/renders", "exports", "uploads", "logs/jobs", "reference"):
             self.path(sub).mkdir(parents=True, exist_ok=True)
+
+
+def default_precision() -> str:
+    """fp32, or bf16 when SIMS_PRECISION=bf16: an environment variable, so job workers inherit it."""
+    return parse_precision(os.environ.get("SIMS_PRECISION") or "fp32")
 
 
 def default_device() -> str:

@@ -70,11 +70,12 @@ def interval_from_skip(steps: int, skip: int, sampler_kwargs: dict | None = None
 
 
 def render_key(base_hash: str, checkpoint_id: int, omega: float, interval, seeds, steps: int,
-               shared_encoder: bool) -> str:
-    """Cache key: everything that determines the rendered pixels."""
+               shared_encoder: bool, precision: str = "fp32") -> str:
+    """Cache key: everything that determines the rendered pixels (fp32 keys predate the precision)."""
     blob = json.dumps({"base": base_hash, "ckpt": int(checkpoint_id), "omega": round(float(omega), 4),
                        "interval": [round(v, 6) for v in interval] if interval else None,
-                       "seeds": [int(s) for s in seeds], "steps": int(steps), "shared": bool(shared_encoder)},
+                       "seeds": [int(s) for s in seeds], "steps": int(steps), "shared": bool(shared_encoder),
+                       **({"precision": precision} if precision != "fp32" else {})},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -109,7 +110,8 @@ def render_stream(db: Database, settings: Settings, checkpoint_id: int, omega: f
     t0 = time.perf_counter()
     seeds = [int(x) for x in seeds]
     base_row, base_path, aux_path = pair_paths(db, settings, checkpoint_id)
-    key = render_key(base_row.content_hash, checkpoint_id, omega, interval, seeds, steps, shared_encoder)
+    key = render_key(base_row.content_hash, checkpoint_id, omega, interval, seeds, steps, shared_encoder,
+                     settings.precision)
     with db.session(read_only=True) as s:
         row = s.scalar(select(Render).where(Render.key == key))
         hit = row is not None and settings.abs(row.path).exists()
@@ -121,7 +123,7 @@ def render_stream(db: Database, settings: Settings, checkpoint_id: int, omega: f
     parts, done = [], 0
     for size in preview_chunks(len(seeds)):
         parts.append(render(base_path, aux_path, omega, seeds[done:done + size], steps, interval, shared_encoder,
-                            device))
+                            device, precision=settings.precision))
         done += size
         if done < len(seeds):
             yield "partial", grid_image(np.concatenate(parts), total=len(seeds)), done, len(seeds)
@@ -151,17 +153,21 @@ def render_cached(db: Database, settings: Settings, checkpoint_id: int, omega: f
 
 
 def render(base_path: Path, aux_path: Path, omega: float, seeds, steps: int, interval=None,
-           shared_encoder: bool = False, device: str = "cpu", batch_size: int = 64) -> np.ndarray:
-    """uint8 NHWC samples of the SIMS-guided model for `seeds` (seeded noise: same start at every omega)."""
+           shared_encoder: bool = False, device: str = "cpu", batch_size: int = 64,
+           precision: str = "fp32") -> np.ndarray:
+    """uint8 NHWC samples of the SIMS-guided model for `seeds` (seeded noise: same start at every omega);
+    precision 'bf16' autocasts the networks (Settings.precision)."""
     from pipelines.generate import generate_images, generate_sims
     from pipelines.sampler import SamplerConfig
     base = load_cached(base_path, device)
     sampler = SamplerConfig(num_steps=int(steps))
     if float(omega) == 0.0:  # the base model alone: half the work
-        return generate_images(base, list(seeds), sampler, batch_size=batch_size, device=device)
+        return generate_images(base, list(seeds), sampler, batch_size=batch_size, device=device,
+                               precision=precision)
     aux = load_cached(aux_path, device)
     images, _ = generate_sims(base, aux, float(omega), list(seeds), sampler, interval=interval,
-                              shared_encoder=shared_encoder, batch_size=batch_size, device=device)
+                              shared_encoder=shared_encoder, batch_size=batch_size, device=device,
+                              precision=precision)
     return images
 
 

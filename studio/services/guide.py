@@ -12,7 +12,7 @@ from pipelines.errors import UserError
 
 from ..db import Database
 from ..models import Checkpoint, Metric
-from ..settings import DEFAULT_STEPS, Settings
+from ..settings import DEFAULT_STEPS, Settings, default_precision
 from . import jobs as jobs_service
 from .attributes import get_grouping
 from .evaluate import interval_from_skip, render_cached, render_stream
@@ -38,8 +38,10 @@ class GuideSettings:
 
     def key(self) -> str:
         """Short hash of the measurement settings (curves of different settings never mix)."""
+        precision = default_precision()  # bf16 measurements are kept apart; fp32 keys predate the option
         blob = json.dumps({"steps": self.steps, "n": self.n, "seed0": METRIC_SEED0, "skip": self.skip_steps,
-                           "shared": self.shared_encoder}, sort_keys=True)
+                           "shared": self.shared_encoder, **({"precision": precision} if precision != "fp32" else {})},
+                          sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def check(self) -> "GuideSettings":

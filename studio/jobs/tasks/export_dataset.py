@@ -21,7 +21,8 @@ def run(ctx) -> dict:
     images, labels, batch = [], [], 256
     for start in range(0, p["n"], batch):
         seeds = range(p["seed0"] + start, p["seed0"] + min(start + batch, p["n"]))
-        x = render(base_path, aux_path, p["omega"], seeds, p["steps"], interval, p["shared_encoder"], ctx.device)
+        x = render(base_path, aux_path, p["omega"], seeds, p["steps"], interval, p["shared_encoder"], ctx.device,
+                   precision=ctx.settings.precision)
         images.append(x)
         if clf is not None:
             labels.append(clf.predict_proba(x).argmax(axis=1))

@@ -28,7 +28,7 @@ def measure_point(ctx, measurer: Measurer, checkpoint_id: int, omega: float, p: 
     seeds = range(int(p["metric_seed0"]), int(p["metric_seed0"]) + int(p["n"]))
     interval = tuple(p["interval"]) if p.get("interval") else None
     images = render(base_path, aux_path, omega, seeds, p["steps"], interval, p.get("shared_encoder", False),
-                    ctx.device)
+                    ctx.device, precision=ctx.settings.precision)
     fr, assigned = measurer.fractions(images)
     fd = measurer.distances(images, assigned)
     common = dict(model_id=base_row.id, checkpoint_id=checkpoint_id, grouping_id=p["grouping_id"],
