@@ -1,7 +1,7 @@
 """Wall-time cost of SIMS sampling modes relative to the base sampler, measured side by side.
 
 Usage: python bench/sampling.py [--preset tiny --resolution 32 --channels 3 --batch 16 --steps 18
-                                 --repeats 5 --device cpu]
+                                 --repeats 5 --device auto --precision fp32]
 Modes at equal Heun steps: base (omega 0), full SIMS, guidance interval, shared encoder.
 Targets (issue 2): full <= 2.05x, shared encoder <= 1.6x, interval ~= 1 + guided fraction.
 Modes are interleaved within each repeat so machine noise hits them alike; medians are reported.
@@ -20,7 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipelines.guidance import SIMSDenoiser  # noqa: E402
 from pipelines.models import ModelConfig, build_model  # noqa: E402
 from pipelines.networks.songunet import songunet_config  # noqa: E402
+from pipelines.precision import network_precision  # noqa: E402
 from pipelines.sampler import SamplerConfig, sample_from_seeds, sigma_steps  # noqa: E402
+from pipelines.training.distributed import resolve_device  # noqa: E402
 
 
 def main():
@@ -35,8 +37,18 @@ def main():
     ap.add_argument("--steps", type=int, default=18)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--interval", default="0.28,1.61", help="sigma range of the guidance interval")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:N")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     args = ap.parse_args()
+    device = resolve_device(args.device)
+    results = measure_modes(args, device)
+    print(results["header"])
+    for line in results["lines"]:
+        print(line)
+
+
+def measure_modes(args, device) -> dict:
+    """Seconds per mode (medians of interleaved repeats), ratios to base, and the decoder-share bound."""
 
     overrides = {k: v for k, v in {"model_channels": args.model_channels, "num_blocks": args.num_blocks,
                                    "channel_mult": args.channel_mult and [int(c) for c in args.channel_mult.split(",")]
@@ -44,9 +56,9 @@ def main():
     cfg = ModelConfig(backbone="songunet", network=songunet_config(
         args.preset, img_resolution=args.resolution, img_channels=args.channels, **overrides))
     torch.manual_seed(0)
-    base = build_model(cfg).eval().to(args.device)
+    base = build_model(cfg).eval().to(device)
     torch.manual_seed(1)
-    aux = build_model(cfg).eval().to(args.device)
+    aux = build_model(cfg).eval().to(device)
     sampler = SamplerConfig(num_steps=args.steps)
     lo, hi = (float(v) for v in args.interval.split(","))
     t = sigma_steps(sampler).tolist()
@@ -62,13 +74,11 @@ def main():
     shape = base.model.sample_shape
 
     def run(make):
-        if args.device == "cuda":
-            torch.cuda.synchronize()
+        _sync(device)
         t0 = time.perf_counter()
-        with torch.no_grad():
-            sample_from_seeds(make(), seeds, shape, sampler, device=args.device)
-        if args.device == "cuda":
-            torch.cuda.synchronize()
+        with torch.no_grad(), network_precision(args.precision):
+            sample_from_seeds(make(), seeds, shape, sampler, device=device)
+        _sync(device)
         return time.perf_counter() - t0
 
     for make in modes.values():  # warm-up
@@ -78,34 +88,46 @@ def main():
         for name, make in modes.items():
             times[name].append(run(make))
     med = {name: statistics.median(v) for name, v in times.items()}
-    dec_share = decoder_share(base, seeds, shape, args.device)
-    dev = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device: {dev}; SongUNet preset '{args.preset}' {overrides or ''} "
-          f"{args.channels}x{args.resolution}x{args.resolution}, "
-          f"batch {args.batch}, {args.steps} Heun steps (NFE {sampler.nfe}), {args.repeats} repeats, medians")
-    print(f"guidance interval sigma in [{lo}, {hi}]: guided fraction of evaluations = {guided_fraction:.3f}")
+    with network_precision(args.precision):
+        dec_share = decoder_share(base, seeds, shape, device)
+    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     targets = {"base": "1", "full SIMS": "<= 2.05", "interval": f"~= {1 + guided_fraction:.2f}",
                "shared encoder": "<= 1.6"}
-    print(f"decoder share of one forward pass: {dec_share:.2f} -> the shared encoder cannot beat "
-          f"{1 + dec_share:.2f}x (it saves only the encoder's share of the auxiliary pass)")
-    print(f"{'mode':<16}{'seconds':>10}{'ratio to base':>16}  target")
+    header = (f"device: {dev}; SongUNet preset '{args.preset}' {overrides or ''} "
+              f"{args.channels}x{args.resolution}x{args.resolution}, batch {args.batch}, {args.steps} Heun steps "
+              f"(NFE {sampler.nfe}), {args.precision}, {args.repeats} repeats, medians")
+    lines = [f"guidance interval sigma in [{lo}, {hi}]: guided fraction of evaluations = {guided_fraction:.3f}",
+             f"decoder share of one forward pass: {dec_share:.2f} -> the shared encoder cannot beat "
+             f"{1 + dec_share:.2f}x (it saves only the encoder's share of the auxiliary pass)",
+             f"{'mode':<16}{'seconds':>10}{'images/s':>10}{'ratio to base':>16}  target"]
     for name in modes:
-        print(f"{name:<16}{med[name]:>10.3f}{med[name] / med['base']:>16.2f}  {targets[name]}")
+        lines.append(f"{name:<16}{med[name]:>10.3f}{args.batch / med[name]:>10.1f}{med[name] / med['base']:>16.2f}"
+                     f"  {targets[name]}")
+    return {"header": header, "lines": lines, "seconds": med, "decoder_share": dec_share,
+            "guided_fraction": guided_fraction}
+
+
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def decoder_share(model, seeds, shape, device, repeats: int = 5) -> float:
-    """Fraction of one network pass spent in the decoder half (timed on one batch)."""
+    """Fraction of one network pass spent in the decoder half (timed on one batch). CUDA kernels run
+    asynchronously: each half is timed between two synchronizations, or the encoder's time would be
+    only its launch cost and the bound too high."""
     x = torch.randn(len(seeds), *shape, device=device)
     sigma = torch.ones(len(seeds), device=device)
     enc, dec = [], []
     with torch.no_grad():
         for _ in range(repeats + 1):
+            _sync(device)
             t0 = time.perf_counter()
             state = model.encode(x, sigma)
+            _sync(device)
             t1 = time.perf_counter()
             model.decode(state)
-            if device == "cuda":
-                torch.cuda.synchronize()
+            _sync(device)
             enc.append(t1 - t0)
             dec.append(time.perf_counter() - t1)
     e, d = statistics.median(enc[1:]), statistics.median(dec[1:])

@@ -99,8 +99,8 @@ def test_config_errors(tmp_path):
             TrainConfig(total_kimg=bad)
     with pytest.raises(UserError, match="did you mean 'lr_rampup_kimg'"):
         TrainConfig.from_dict({"lr_rampup": 1})
-    with pytest.raises(UserError, match="CUDA-only"):
-        train(MLP, points(), cfg(precision="bf16", device="cpu"), tmp_path)
+    with pytest.raises(UserError, match="precision must be 'fp32' or 'bf16'"):
+        cfg(precision="fp16")  # bf16 runs on CPU too (CPU autocast): tests/test_precision.py
     with pytest.raises(UserError, match="does not split over 3 processes"):
         _split_batch(cfg(batch_size=16), 3)
     with pytest.raises(UserError, match="shaped \\(1, 8, 8\\)"):
@@ -194,6 +194,33 @@ def test_cli_train_and_finetune(tmp_path, capsys):
     assert main(["train", "--data", "digits", "--run-dir", str(run), "--budget-kimg", "1",
                  "--config", '{"batch": 3}']) == 2
     assert "Unknown config key(s) for training config: 'batch'" in capsys.readouterr().err
+
+
+def test_finetune_ends_with_one_summary_line_and_a_stable_final_checkpoint(tmp_path, capsys):
+    """Off a terminal (capsys is not a tty) progress is plain lines, not a redrawn bar; the run ends
+    with wall time, mean images/s, final loss and the final checkpoint, copied to stable names."""
+    base = tmp_path / "base.safetensors"
+    torch.manual_seed(0)
+    from pipelines.checkpoints.native import save_model
+    save_model(base, build_model(unet()), unet())
+    synth = tmp_path / "synth.npz"
+    np.savez(synth, images=np.random.default_rng(0).integers(0, 255, (8, 8, 8, 1), dtype=np.uint8))
+    out = tmp_path / "exported" / "aux.safetensors"
+    capsys.readouterr()
+    assert main(["finetune", "--base", str(base), "--data", str(synth), "--run-dir", str(tmp_path / "ft"),
+                 "--budget-kimg", "0.032", "--batch", "8", "--log-every", "1", "--device", "cpu",
+                 "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    last = captured.out.strip().splitlines()[-1]
+    assert last.startswith("finetune done on cpu: 0.032 kimg, wall ") and "images/s, final loss " in last
+    assert last.endswith(f"checkpoint {out}")
+    assert "\r" not in captured.err and "finetune: 0.03/0.03 kimg (100%)" in captured.err
+    (n, ckpt), = list_checkpoints(tmp_path / "ft")  # the stable copy is not one of the budget checkpoints
+    final = tmp_path / "ft" / "checkpoint-final.safetensors"
+    assert file_sha256(final) == file_sha256(ckpt) == file_sha256(out)
+    assert main(["finetune", "--base", str(base), "--data", str(synth), "--run-dir", str(tmp_path / "ft"),
+                 "--budget-kimg", "0.032", "--out", str(tmp_path / "aux.pt")]) == 2
+    assert "ending in .safetensors" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------
