@@ -185,3 +185,26 @@ def test_near_duplicates_in_the_pool_by_sample_id(world):
     out = curation.near_duplicates(st.db, st.settings, mid, "digits", 0.999)
     assert out["groups"] == [[int(ids[2]), int(ids[7]), int(ids[30])], [int(ids[40]), int(ids[41])]]
     assert out["searched"] == len(ids) and out["missing"] == 0
+
+
+def test_point_attributes_and_map_selections(world):
+    st, mid = world
+    g = _grouping(st)
+    curation.compute_map(st.db, st.settings, mid, "digits")
+    m = curation.load_map(st.db, st.settings, mid, "digits")
+    labels.set_not_preferred(st.db, [int(m["ids"][3])], True)
+    a = curation.point_attributes(st.db, mid, g["id"], m["ids"])
+    rows = {r["id"]: r for r in pool.gallery_page(st.db, mid, g["id"], per_page=1000).rows}
+    for k, sid in enumerate(m["ids"]):
+        r = rows[int(sid)]
+        assert a["not_preferred"][k] == r["not_preferred"]
+        assert (a["group"][k], a["confidence"][k]) == (r["group"] or "uncertain", r["confidence"]) \
+            if r["source"] else (a["group"][k] is None and np.isnan(a["confidence"][k]))
+    labels.set_not_preferred(st.db, [int(m["ids"][3])], False)
+    # box and lasso pick exactly the points inside
+    fake = {"ids": np.array([10, 11, 12, 13]), "xy": np.array([[0, 0], [1, 1], [2, 2], [0.2, 1.8]], np.float32)}
+    assert curation.ids_in_selection(fake, {"box": [-0.5, 1.5, -0.5, 1.5]}) == [10, 11]
+    square = {"lasso": [[0, 0.5, 0.5, 0], [1.5, 1.5, 2, 2]]}  # around (0.2, 1.8) only
+    assert curation.ids_in_selection(fake, square) == [13]
+    with pytest.raises(UserError, match="at least 3"):
+        curation.ids_in_selection(fake, {"lasso": [[0, 1], [0, 1]]})

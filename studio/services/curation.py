@@ -79,7 +79,7 @@ def compute_map(db: Database, settings: Settings, model_id: int, classifier: str
 
     `extractor` (name, fn) replaces the classifier's own features (tests, benchmarks).
     """
-    from pipelines.embedding import feature_extractor, project_2d
+    from pipelines.embedding import feature_extractor
     if extractor is None:
         from .attributes import load_classifier
         extractor = feature_extractor(load_classifier(db, classifier, device=device), device=device)
@@ -107,14 +107,22 @@ def compute_map(db: Database, settings: Settings, model_id: int, classifier: str
     feats = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
     all_ids = np.concatenate([have_ids, todo])
     order = np.argsort(all_ids)
-    all_ids, feats = all_ids[order], feats[order]
-    _save_npz(folder / "features.npz", ids=all_ids, features=feats, feature=np.array(name))
+    return {**store_map(settings, model_id, classifier, all_ids[order], feats[order], name, method),
+            "computed": int(len(todo))}
+
+
+def store_map(settings: Settings, model_id: int, classifier: str, ids: np.ndarray, feats: np.ndarray, name: str,
+              method: str = "auto") -> dict:
+    """Cache features (sorted by sample id) and their 2-D projection; returns n, method, dims, projection_s."""
+    from pipelines.embedding import project_2d
+    folder = cache_dir(settings, model_id, classifier)
+    _save_npz(folder / "features.npz", ids=ids, features=feats, feature=np.array(name))
     t0 = time.perf_counter()
     xy, used = project_2d(feats, method)
     seconds = time.perf_counter() - t0
-    _save_npz(folder / "projection.npz", ids=all_ids, xy=xy, method=np.array(used), feature=np.array(name))
-    return {"n": int(len(all_ids)), "computed": int(len(todo)), "method": used, "feature": name,
-            "dims": int(feats.shape[1]), "projection_s": round(seconds, 3)}
+    _save_npz(folder / "projection.npz", ids=ids, xy=xy, method=np.array(used), feature=np.array(name))
+    return {"n": int(len(ids)), "method": used, "feature": name, "dims": int(feats.shape[1]),
+            "projection_s": round(seconds, 3)}
 
 
 def load_map(db: Database, settings: Settings, model_id: int, classifier: str) -> dict | None:
@@ -130,22 +138,28 @@ def load_map(db: Database, settings: Settings, model_id: int, classifier: str) -
 
 def point_attributes(db: Database, model_id: int, grouping_id: int | None, ids: np.ndarray) -> dict:
     """Per map point: group (None: unlabelled), confidence (nan: unlabelled), not-preferred flag."""
-    pos = {int(i): k for k, i in enumerate(ids)}
+    join_on = and_(Assignment.sample_id == Sample.id, Assignment.grouping_id == (grouping_id or -1))
+    with db.session(read_only=True) as s:  # one Core query over the pool (no ORM rows), then numpy lookups
+        rows = s.connection().execute(select(Sample.id, Sample.not_preferred, Assignment.group_name, Assignment.confidence,
+                                Assignment.sample_id).outerjoin(Assignment, join_on)
+                         .where(Sample.model_id == int(model_id)).order_by(Sample.id)).all()
     group = np.full(len(ids), None, dtype=object)
     conf = np.full(len(ids), np.nan)
     np_flag = np.zeros(len(ids), dtype=bool)
-    with db.session(read_only=True) as s:
-        for sid, flag in s.execute(select(Sample.id, Sample.not_preferred).where(Sample.model_id == int(model_id))):
-            if sid in pos:
-                np_flag[pos[sid]] = bool(flag)
-        if grouping_id is not None:
-            rows = s.execute(select(Assignment.sample_id, Assignment.group_name, Assignment.confidence)
-                             .join(Sample, Sample.id == Assignment.sample_id)
-                             .where(Sample.model_id == int(model_id), Assignment.grouping_id == int(grouping_id)))
-            for sid, g, c in rows:
-                if sid in pos:
-                    group[pos[sid]] = g if g is not None else "uncertain"
-                    conf[pos[sid]] = c
+    if not rows:
+        return {"group": group, "confidence": conf, "not_preferred": np_flag}
+    sid, flag, grp, cf, assigned = zip(*rows)
+    sid = np.asarray(sid, dtype=np.int64)
+    pos = np.searchsorted(sid, ids)
+    found = (pos < len(sid)) & (sid[np.minimum(pos, len(sid) - 1)] == ids)
+    src = pos[found]
+    np_flag[found] = np.asarray(flag, dtype=bool)[src]
+    labelled = np.asarray([a is not None for a in assigned], dtype=bool)[src]
+    grp_arr = np.asarray([g if g is not None else "uncertain" for g in grp], dtype=object)[src]
+    conf_arr = np.asarray([c if c is not None else np.nan for c in cf], dtype=float)[src]
+    where = np.flatnonzero(found)[labelled]
+    group[where] = grp_arr[labelled]
+    conf[where] = conf_arr[labelled]
     return {"group": group, "confidence": conf, "not_preferred": np_flag}
 
 
