@@ -368,3 +368,16 @@ def test_ot_runs_limits_the_exact_ot_to_the_first_runs_of_each_block():
         assert np.array_equal(b.w2_gauss, a.w2_gauss)
     with pytest.raises(UserError, match="ot_runs"):
         tiny_loop(ot_runs=9)
+
+
+def test_cli_base_budget_compares_generation_one_over_base_epochs(tmp_path, capsys):
+    args = ["mad", "--experiment", "base-budget", "--runs", "2", "--n-real", "40", "--sizes", "20", "--n-s", "50",
+            "--n-eval", "40", "--ot-points", "30", "--base-epochs-grid", "2,6", "--aux-epochs", "2", "--steps", "5",
+            "--omegas", "0,1", "--gen1-omegas", "2", "--out", str(tmp_path)]
+    assert cli_main(args) == 0
+    rep = json.loads((tmp_path / "base_budget.json").read_text())
+    assert rep["recipe"]["name"] == "toy-diffusion" and rep["recipe"]["steps"] == 5
+    assert [r["base_epochs"] for r in rep["rows"]] == [2, 6]
+    assert [c["omega"] for c in rep["rows"][0]["gen1"]] == [0.0, 1.0, 2.0]
+    assert len(rep["rows"][1]["gen1"][2]["w2_ot_runs"]) == 2
+    assert "| 6 |" in capsys.readouterr().out

@@ -38,6 +38,7 @@ def build_report(result: SweepResult, world, seconds: float | None = None) -> di
     """Everything the figures and the README table need, JSON-ready."""
     cfg = result.config
     out = {"world": dataclasses.asdict(world), "config": dataclasses.asdict(cfg),
+           "recipe": getattr(cfg.loop.diffusion, "name", None),
            "wall_seconds": seconds, "paper_fig4": {str(k): {"standard": v[0], "sims_best": v[1]}
                                                    for k, v in PAPER_FIG4.items()},
            "paper_settings": PAPER_SETTINGS, "metrics": {}}
