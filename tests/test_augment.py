@@ -121,3 +121,11 @@ def test_imported_edm_checkpoints_inherit_edms_recipe():
     assert TrainConfig(augment_p=None).recipe() == TrainConfig().recipe()
     with pytest.raises(UserError, match="augment_p"):
         TrainConfig(augment_p=1.5)
+
+
+def test_cli_flag_sets_augment_p(capsys, tmp_path):
+    from pipelines.cli import main
+
+    assert main(["train", "--data", "digits", "--arch", "tiny", "--budget-kimg", "1", "--augment-p", "0.2",
+                 "--run-dir", str(tmp_path), "--dry-run"]) == 0
+    assert '"augment_p": 0.2' in capsys.readouterr().out

@@ -96,3 +96,15 @@ def test_cli_runs_a_tiny_grid_and_resumes_from_its_files(tmp_path, capsys):
     assert main(args) == 0  # everything is on disk: nothing is recomputed
     assert (tmp_path / "demo" / "points" / "s16-b0.128-w+1.json").stat().st_mtime == stamp
     assert json.loads((tmp_path / "grid.json").read_text())["points"] == grid["points"]
+
+
+def test_demo_shift_measure_warns_on_small_samples():
+    from pipelines.data import DigitsDataset
+    from pipelines.demo.shift import DemoWorld
+
+    world = DemoWorld()
+    real = DigitsDataset(8).images.permute(0, 2, 3, 1).numpy()
+    small = world.measure(real[:60])
+    assert any(w.startswith("FD-digits overall: 60 samples < 128") for w in small["warnings"])
+    assert sum("group" in w for w in small["warnings"]) == 2
+    assert world.measure(real[:600])["warnings"] == []  # ~300 a group: no warning

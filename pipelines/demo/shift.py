@@ -18,6 +18,7 @@ from ..attributes.groupings import Grouping
 from ..checkpoints.native import load_model
 from ..data import DigitsDataset, TensorImageDataset
 from ..errors import UserError
+from ..metrics.floor import FEATURE_DIMS, small_sample_warning
 from ..generate import generate_images, generate_sims
 from ..shift import closest_omega, mix_counts, suggest_aux_mix
 from ..synthetic_set import fill_set
@@ -25,6 +26,7 @@ from ..training import TrainConfig, list_checkpoints, train
 from .assets import DEMO_CLASSIFIER, DEMO_MODEL, DEMO_SAMPLER, HIGH, LOW, RESOLUTION, base_recipe
 from .evaluate import fd_digits
 
+FD_DIMS = FEATURE_DIMS["FD-digits"]
 GROUPING = Grouping("digits 0-4 vs 5-9", {LOW: list("01234"), HIGH: list("56789")})
 
 
@@ -70,6 +72,10 @@ class DemoWorld:
             mine = groups == g
             out[f"fd_digits_{g}"] = (fd_digits(feats[mine], self.real_features[self.real_groups == g])
                                      if mine.sum() > 20 else float("nan"))
+        # FD-digits from fewer samples than its 128 feature dimensions is mostly small-sample bias: say so.
+        sizes = {"overall": len(feats), **{f"group {g}": int((groups == g).sum()) for g in (LOW, HIGH)}}
+        out["warnings"] = [w for k, n in sizes.items()
+                           if (w := small_sample_warning(n, FD_DIMS, k, "FD-digits")) is not None]
         return out
 
 
@@ -131,6 +137,8 @@ def run_demo_shift(settings: ShiftSettings, work_dir, log: Callable[[str], None]
         sweep.append(row)
         log(f"omega {omega:+.2f}: {HIGH} fraction {row['fraction_high']:.3f}  FD-digits {row['fd_digits']:.2f} "
             f"({LOW} {row[f'fd_digits_{LOW}']:.2f}, {HIGH} {row[f'fd_digits_{HIGH}']:.2f})")
+        for w in row["warnings"]:
+            log(f"  WARNING: {w}")
     best_omega, best_fraction = closest_omega([r["omega"] for r in sweep], [r["fraction_high"] for r in sweep],
                                               settings.target_high)
     at = {r["omega"]: r for r in sweep}

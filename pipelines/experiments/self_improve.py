@@ -244,20 +244,10 @@ def run_self_improve(settings: SelfImproveSettings, work_dir, log: Callable[[str
         grid["bases"][name] = info
 
         for s_size in settings.s_sizes:
-            points = [(b, w) for w in omegas if w != 0 for b in settings.budgets_kimg]
-            if deadline and time.time() > deadline:
-                grid["not_run"] += [_point_name(s_size, b, w, aug) + f" ({name}: time limit)" for b, w in points]
-                continue
             run_dir = bdir / (f"aux-s{s_size}" + (f"-aug{aug:g}" if aug else ""))
-            _finetune(base, path, s_size, settings, bdir, run_dir, log, name)
-            for budget in settings.budgets_kimg:
-                aux, _ = load_model(_budget_checkpoint(run_dir, budget))
-                diag_file = run_dir / f"trajectory-b{budget:g}.json"
-                if not diag_file.exists():
-                    _write_json(diag_file, trajectory_errors(base, aux, ref.images[:settings.diag_images],
-                                                             settings.diag_sigmas, [0.0] + [w for w in omegas if w],
-                                                             settings.seed))
-                grid.setdefault("trajectory", {})[f"{name}/{run_dir.name}/b{budget:g}"] = json.loads(diag_file.read_text())
+            # Budget by budget, in the order given: the fine-tune continues to the next budget only
+            # once every omega of the previous one is measured (what is cut by the time limit is the tail).
+            points = [(b, w) for b in settings.budgets_kimg for w in omegas if w != 0]
             for budget, omega in points:
                 pname = _point_name(s_size, budget, omega, aug)
                 pfile = bdir / "points" / f"{pname}.json"
@@ -265,6 +255,8 @@ def run_self_improve(settings: SelfImproveSettings, work_dir, log: Callable[[str
                     if deadline and time.time() > deadline:
                         grid["not_run"].append(f"{name}/{pname} (time limit)")
                         continue
+                    _finetune(base, path, s_size, settings, bdir, run_dir, log, name, budget)
+                    _trajectory(grid, base, run_dir, budget, ref, settings, omegas, name)
                     aux, _ = load_model(_budget_checkpoint(run_dir, budget))
                     t = time.time()
                     images, nfe = generate_sims(base, aux, omega, seeds, sampler, interval=settings.interval,
@@ -278,15 +270,27 @@ def run_self_improve(settings: SelfImproveSettings, work_dir, log: Callable[[str
                     log(f"[{name}] S {s_size} budget {budget:g} omega {omega:+g}: FD-digits {row['overall']:.3f} "
                         f"(omega 0: {zero['overall']:.3f}; change {row['delta_vs_0']:+.3f}, 95% "
                         f"[{row['delta_vs_0_ci'][0]:+.3f}, {row['delta_vs_0_ci'][1]:+.3f}]) in {row['sample_seconds']:.0f} s")
+                else:
+                    _trajectory(grid, base, run_dir, budget, ref, settings, omegas, name)
                 grid["points"].append(json.loads(pfile.read_text()))
     grid["wall_seconds_this_call"] = round(time.time() - t0, 1)
     _write_json(work / "grid.json", grid)
     return grid
 
 
-def _finetune(base, base_path, s_size, settings, bdir: Path, run_dir: Path, log, name) -> None:
-    """S = base samples on seeds 0..s_size-1 (the base's own mix); fine-tune on S only to the largest budget."""
-    top = max(settings.budgets_kimg)
+def _trajectory(grid, base, run_dir: Path, budget, ref, settings, omegas, name) -> None:
+    """trajectory_errors of the budget's auxiliary, computed once and kept beside its checkpoints."""
+    diag_file = run_dir / f"trajectory-b{budget:g}.json"
+    if not diag_file.exists():
+        aux, _ = load_model(_budget_checkpoint(run_dir, budget))
+        _write_json(diag_file, trajectory_errors(base, aux, ref.images[:settings.diag_images], settings.diag_sigmas,
+                                                 [0.0] + [w for w in omegas if w], settings.seed))
+    grid.setdefault("trajectory", {})[f"{name}/{run_dir.name}/b{budget:g}"] = json.loads(diag_file.read_text())
+
+
+def _finetune(base, base_path, s_size, settings, bdir: Path, run_dir: Path, log, name, top: float) -> None:
+    """S = base samples on seeds 0..s_size-1 (the base's own mix); fine-tune on S only up to `top` kimg
+    (a later call with a larger budget resumes the same run)."""
     done = [n for n, _ in list_checkpoints(run_dir)] if run_dir.exists() else []
     if done and max(done) >= top * 1000:
         return
