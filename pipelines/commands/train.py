@@ -3,18 +3,21 @@
 Settings resolve in this order, later winning: TrainConfig defaults, (finetune) the base
 checkpoint's own recipe, --config JSON, explicit flags. --dry-run prints the result and stops.
 Ctrl-C (or SIGTERM) saves a resumable state; rerunning the same command continues exactly.
+A finished run ends with one line: wall time, mean images/s, final loss and the final EMA
+checkpoint, also copied to RUN_DIR/checkpoint-final.safetensors (and to --out when given).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import signal
+import time
 from pathlib import Path
 
-from tqdm import tqdm
-
 from ..errors import UserError
+from .progress import Progress, _duration
 
 # flag dest -> TrainConfig field
 _FLAG_FIELDS = {"batch": "batch_size", "batch_gpu": "batch_gpu", "lr": "lr", "lr_rampup_kimg": "lr_rampup_kimg",
@@ -44,7 +47,10 @@ def _common(p: argparse.ArgumentParser, data_help: str) -> None:
     p.add_argument("--state-kimg", type=float, help="save the resumable state every N kimg")
     p.add_argument("--seed", type=int)
     p.add_argument("--loss", choices=["edm", "vp"], help="default: matches the model's preconditioning")
-    p.add_argument("--precision", choices=["fp32", "bf16"], help="bf16 autocast (CUDA only)")
+    p.add_argument("--precision", choices=["fp32", "bf16"],
+                   help="fp32 (default) or bf16 autocast of the network (CUDA; CPU autocast on a CPU)")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the network; the first step pays the compilation (its time is printed)")
     p.add_argument("--tf32", action="store_true", default=None, help="allow TF32 on CUDA")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--dropout", type=float, help="override the network's dropout")
@@ -55,6 +61,7 @@ def _common(p: argparse.ArgumentParser, data_help: str) -> None:
     p.add_argument("--workers", type=int, help="DataLoader workers decoding image files")
     p.add_argument("--log-every", type=int, help="steps between loss reports")
     p.add_argument("--config", help="TrainConfig as JSON text or a .json file (flags override it)")
+    p.add_argument("--out", help="also copy the final EMA checkpoint to this .safetensors path")
     p.add_argument("--dry-run", action="store_true", help="print the resolved configuration and exit")
 
 
@@ -108,6 +115,8 @@ def _train_config(args, inherited: dict | None = None):
             data[key] = getattr(args, dest)
     if args.tf32:
         data["tf32"] = True
+    if getattr(args, "compile", None):
+        data["compile"] = True
     if getattr(args, "decoder_only", None):
         data["decoder_only"] = True
     if args.budget_kimg is not None:
@@ -157,29 +166,56 @@ def _execute(model_cfg, dataset, cfg, args, base=None) -> int:
     if args.dry_run:
         print(json.dumps(resolved, indent=2))
         return 0
+    out = _out_path(args)
     stop = _StopFlag()
     main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 talks
-    bar = tqdm(total=cfg.total_kimg, unit="kimg", disable=not main_rank, bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} kimg "
-                                                             "[{elapsed}<{remaining}{postfix}]")
+    bar = Progress(cfg.total_kimg, "kimg", args.command, enabled=main_rank, fmt="{:.2f}")
 
     def progress(info):
-        bar.update(min(info["kimg"], bar.total) - bar.n)  # the last step may overshoot the budget
-        bar.set_postfix(loss=f"{info['loss']:.4f}", img_s=f"{info['images_per_s']:.0f}")
+        bar.update(info["kimg"], loss=f"{info['loss']:.4f}", img_s=f"{info['images_per_s']:.0f}")
         if info["checkpoint"]:
             bar.write(f"checkpoint {info['checkpoint']}")
 
+    t0 = time.perf_counter()
     with stop:
         result = train(model_cfg, dataset, cfg, args.run_dir, init_checkpoint=base, progress=progress,
                        should_stop=stop)
+    wall = time.perf_counter() - t0
     bar.close()
     if not main_rank:
         return 130 if result["status"] == "cancelled" else 0
     if result["status"] == "cancelled":
         print(f"cancelled at {result['kimg']:.3f} kimg; state saved. Rerun the same command to resume.")
         return 130
-    print(f"done: {result['kimg']:.3f} kimg seen, final loss {result['loss']}, "
-          f"checkpoint {result['final_checkpoint']}")
+    final = _publish(Path(result["final_checkpoint"]), Path(args.run_dir), out)
+    if cfg.compile and result.get("first_step_s") is not None:
+        print(f"compile: the first step (with torch.compile's compilation) took {result['first_step_s']:.1f} s")
+    loss = "n/a" if result["loss"] is None else f"{result['loss']:.4f}"
+    print(f"{args.command} done on {result['device']}: {result['kimg']:.3f} kimg, wall {_duration(wall)}, "
+          f"mean {result['images_per_s']:.0f} images/s, final loss {loss}, checkpoint {final}")
     return 0
+
+
+def _out_path(args) -> Path | None:
+    if not getattr(args, "out", None):
+        return None
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise UserError(f"--out names the final checkpoint's copy; give a path ending in .safetensors "
+                        f"(got {args.out!r}).")
+    return out
+
+
+def _publish(final: Path, run_dir: Path, out: Path | None) -> Path:
+    """Copy the final EMA checkpoint to the stable RUN_DIR/checkpoint-final.safetensors (and --out);
+    written to a temporary name first, so a kill never leaves a half-written file under the name."""
+    targets = [run_dir / "checkpoint-final.safetensors"] + ([out] if out is not None else [])
+    for target in targets:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.copyfile(final, tmp)
+        tmp.replace(target)
+    return targets[-1]
 
 
 class _StopFlag:
