@@ -170,6 +170,9 @@ def test_set_from_selection_holds_exactly_the_selection(world):
     from studio.services import sets
     info = sets.get_set(st.db, sid)
     assert info["kind"] == "selection" and info["n_s"] == 10 and sum(info["counts"].values()) == 10
+    # near-duplicate extra copies left out
+    sid2 = curation.build_set_from_selection(st.db, mid, ids, g, name="deduped", exclude=[ids[1], ids[4], 10 ** 6])
+    assert sets.get_set(st.db, sid2)["n_s"] == 8 and sets.get_set(st.db, sid2)["name"] == "deduped"
 
 
 def test_near_duplicates_in_the_pool_by_sample_id(world):

@@ -342,9 +342,12 @@ def undo_last(db: Database, settings: Settings, model_id: int) -> str:
 # ----------------------------------------------------------------------------- S from a selection
 
 def build_set_from_selection(db: Database, model_id: int, ids: Sequence[int], grouping: dict | None,
-                             name: str = "") -> int:
-    """S = exactly the selected samples (kind 'selection'), composition by the grouping; returns the set id."""
-    wanted = _own_ids(db, model_id, ids)
+                             name: str = "", exclude: Sequence[int] = ()) -> int:
+    """S = the selected samples less `exclude` (e.g. near-duplicate extra copies), kind 'selection',
+    composition by the grouping; returns the set id."""
+    wanted = [i for i in _own_ids(db, model_id, ids) if i not in set(int(e) for e in exclude)]
+    if not wanted:
+        raise UserError("Nothing left to build S from: every selected sample is an excluded near-duplicate.")
     groups = {}
     if grouping is not None:
         with db.session(read_only=True) as s:

@@ -119,6 +119,8 @@ class CurationPanel:
                                        scale=1)
             self.to_set = gr.Button("Build S from selection", size="sm", elem_id="sel-to-set", scale=0,
                                     min_width=170)
+            self.drop_dups = gr.Checkbox(False, label="drop near-duplicate copies", elem_id="sel-drop-dups",
+                                         scale=0, min_width=150)
             self.undo_btn = gr.Button("Undo last bulk action", size="sm", elem_id="bulk-undo", scale=0,
                                       min_width=170)
         self.undo_md = gr.Markdown("", elem_id="bulk-undo-info")
@@ -217,13 +219,20 @@ class CurationPanel:
         return curation.describe(curation.last_action(self.settings, int(model_id)))
 
     @user_errors
-    def make_set(self, model_id, sel_text, grouping_id, name):
-        """S = the selection."""
+    def make_set(self, model_id, sel_text, grouping_id, name, drop, groups):
+        """S = the selection (less the near-duplicates' extra copies when asked)."""
+        from pipelines.embedding import extra_copies
         mid, g = self.tab.context(model_id, grouping_id)
         if mid is None:
             raise gr.Error("Pick a model first (Models tab).")
-        sid = curation.build_set_from_selection(self.db, mid, parse(sel_text), g, (name or "").strip())
-        gr.Info(f"Synthetic set #{sid} built from the selection: pick it in the Fine-tune tab.")
+        if drop and not groups:
+            raise gr.Error("No near-duplicates listed: press 'Find near-duplicates' first, or untick 'drop'.")
+        exclude = extra_copies(groups) if drop else []
+        ids = parse(sel_text)
+        sid = curation.build_set_from_selection(self.db, mid, ids, g, (name or "").strip(), exclude)
+        dropped = len(set(ids) & set(exclude))
+        gr.Info(f"Synthetic set #{sid} built from the selection" + (f" less {dropped} near-duplicate copies"
+                                                                    if drop else "") + ": pick it in the Fine-tune tab.")
 
     # -- map ----------------------------------------------------------------------------------------
     @user_errors
@@ -266,15 +275,16 @@ class CurationPanel:
                  f"({out['feature'].split(':')[0]} features, cosine > {out['threshold']:.3f})."]
         if out["missing"]:
             lines.append(f"{out['missing']:,} newer samples have no features yet: recompute the map to search them.")
-        lines += [f"- {len(x)} × #{fmt_ranges(x[:1])}: {fmt_ranges(x)}" for x in groups[:25]]
+        lines += [f"- {len(x)} samples: {fmt_ranges(x)}" for x in groups[:25]]
         if len(groups) > 25:
             lines.append(f"- … and {len(groups) - 25} more groups")
         return "\n".join(lines), groups
 
     def dup_extra(self, groups):
-        """Everything but the first sample of each group."""
+        """Everything but the first sample of each group becomes the selection, shown alone."""
         from pipelines.embedding import extra_copies
-        return fmt_ranges(extra_copies(groups or []))
+        ids = extra_copies(groups or [])
+        return fmt_ranges(ids), bool(ids)
 
     @user_errors
     def dup_mark(self, model_id, groups):
@@ -304,9 +314,10 @@ class CurationPanel:
         self.follow.done.change(self.draw, draw_in, draw_out)
         self.undo_btn.click(self.undo, page.model, self.undo_md).success(**reload).success(**counts).success(
             self.draw, draw_in, draw_out)
-        self.to_set.click(self.make_set, [page.model, tab.selection, page.grouping, self.set_name], None)
+        self.to_set.click(self.make_set, [page.model, tab.selection, page.grouping, self.set_name, self.drop_dups,
+                                          self.dup_groups], None)
         self.dup_btn.click(self.find_dups, [page.model, page.grouping, self.dup_thr], [self.dup_md, self.dup_groups])
-        self.dup_sel.click(self.dup_extra, self.dup_groups, tab.selection)
+        self.dup_sel.click(self.dup_extra, self.dup_groups, [tab.selection, self.only_sel]).then(**reload)
         self.dup_np.click(self.dup_mark, [page.model, self.dup_groups], self.undo_md).success(**reload).success(
             self.draw, draw_in, draw_out)
         for ev in (page.model.change, page.grouping.change):
