@@ -252,3 +252,18 @@ def test_tiny_unet_learns_digits(tmp_path):
           f"{init_score:.2f} -> {trained_score:.2f}; {result['images_per_s']:.0f} images/s")
     assert np.mean(losses[-2:]) < 0.7 * np.mean(losses[:2])
     assert trained_score < 0.7 * init_score
+
+
+@pytest.mark.slow
+def test_compile_trains_like_eager(tmp_path):
+    """--compile (torch.compile of the backbone halves) changes speed, not the run: same losses to
+    float rounding, checkpoints with the usual keys, the first step's time reported."""
+    eager = train(MLP, points(), cfg(total_kimg=0.064, log_every=2), tmp_path / "eager")
+    compiled = train(MLP, points(), cfg(total_kimg=0.064, log_every=2, compile=True), tmp_path / "compiled")
+    assert compiled["compiled"] and compiled["first_step_s"] > 0
+    a = [loss for _, loss in eager["loss_history"]]
+    b = [loss for _, loss in compiled["loss_history"]]
+    assert len(a) == 2 and b == pytest.approx(a, rel=1e-4)
+    ka, kb = load_file(eager["final_checkpoint"]), load_file(compiled["final_checkpoint"])
+    assert ka.keys() == kb.keys()
+    assert max((ka[k] - kb[k]).abs().max().item() for k in ka) < 1e-4

@@ -25,6 +25,7 @@ from ..data import BaseDataset, open_dataset, to_model_input
 from ..errors import UserError
 from ..loss import make_loss
 from ..models import ModelConfig, backbone_class, build_model, sample_shape
+from ..precond import compile_backbone
 from .augment import resolve_augment_p
 from .config import TrainConfig, lr_factor
 from .distributed import DistEnv, init_from_env
@@ -176,22 +177,12 @@ def _setup(model_cfg, dataset, cfg: TrainConfig, run_dir: Path, init_checkpoint,
     optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=cfg.lr,
                                  betas=(0.9, 0.999), eps=1e-8, **fused)
     if cfg.compile:
-        _compile(net)
+        compile_backbone(net)  # after the EMA copy: the EMA stays eager; compiles on the first step
     fingerprint = {"recipe": cfg.recipe(), "model": model_cfg.to_dict(), "dataset": dataset.describe(),
                    "parent_sha256": parent and parent["sha256"]}
     sampler = ChunkSampler(EpochOrder(len(dataset), cfg.seed), cfg.batch_size, batch_gpu, rounds, env.rank, 0)
     return _Run(env, cfg, model_cfg, dataset, run_dir, net, ema, optimizer, loss_fn, sampler, per_rank,
                 parent, fingerprint)
-
-
-def _compile(net: nn.Module) -> None:
-    """torch.compile the backbone's encoder and decoder halves in place (the module, its state-dict
-    keys and the EMA copy stay as they are; compilation happens on the first step)."""
-    backbone = net.model
-    if not (hasattr(backbone, "encode") and hasattr(backbone, "decode")):
-        raise UserError(f"{type(backbone).__name__} has no encode/decode halves to compile; drop --compile.")
-    backbone.encode = torch.compile(backbone.encode)
-    backbone.decode = torch.compile(backbone.decode)
 
 
 def _stage(dataset: BaseDataset, device: torch.device, num_workers: int):
