@@ -64,19 +64,39 @@ def label_source(classifier: Classifier, src, grouping: Grouping, threshold: flo
     return LabelResult(names, list(classifier.classes), probs, grouping, threshold, assigned, gp, classifier.name)
 
 
-def write_labels(result: LabelResult, out) -> None:
-    """Write labels as .csv (one row per image) or .json (rows + fractions + settings)."""
+def source_seeds(src) -> list[int] | None:
+    """Per-image seeds of a set written by `generate`/`sample-sims` (.npz 'seeds' or the folder's
+    generation.json), in the source's image order; None when the set does not record them."""
+    path = Path(src) if isinstance(src, (str, Path)) else None
+    seeds = None
+    if path is not None and path.is_file() and path.suffix.lower() == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            seeds = [int(s) for s in z["seeds"]] if "seeds" in z else None
+    elif path is not None and (path / "generation.json").is_file():
+        seeds = json.loads((path / "generation.json").read_text()).get("seeds")
+    if seeds is not None and len(seeds) != len(ImageSource(path)):
+        return None  # images added or removed since generation: the seeds no longer line up
+    return seeds
+
+
+def write_labels(result: LabelResult, out, seeds: list[int] | None = None) -> None:
+    """Write labels as .csv (one row per image) or .json (rows + fractions + settings); with `seeds`
+    (one per image), each row keeps the seed that regenerates its image."""
     out = Path(out)
+    if seeds is not None and len(seeds) != len(result.names):
+        raise UserError(f"{len(seeds)} seeds for {len(result.names)} labelled images")
     out.parent.mkdir(parents=True, exist_ok=True)
     top = result.probs.argmax(axis=1) if len(result.probs) else np.zeros(0, int)
     if out.suffix.lower() == ".csv":
         with open(out, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["name", "label", "confidence", "group", "group_confidence"]
+            w.writerow(["name"] + (["seed"] if seeds is not None else []) + ["label", "confidence", "group",
+                                                                              "group_confidence"]
                        + [f"p_{c}" for c in result.classes] + [f"group_p_{g}" for g in result.grouping.group_names])
             for i, name in enumerate(result.names):
-                w.writerow([name, result.classes[top[i]], f"{result.probs[i, top[i]]:.6f}", result.assigned[i],
-                            f"{result.group_probs[i].max(initial=0):.6f}"]
+                w.writerow([name] + ([seeds[i]] if seeds is not None else [])
+                           + [result.classes[top[i]], f"{result.probs[i, top[i]]:.6f}", result.assigned[i],
+                              f"{result.group_probs[i].max(initial=0):.6f}"]
                            + [f"{p:.6f}" for p in result.probs[i]] + [f"{p:.6f}" for p in result.group_probs[i]])
     elif out.suffix.lower() == ".json":
         doc = {
@@ -84,7 +104,8 @@ def write_labels(result: LabelResult, out) -> None:
             "threshold": result.threshold, "counts": result.counts(),
             "fractions": {g: {"fraction": f, "ci95": [lo, hi]} for g, (f, lo, hi) in result.fractions().items()},
             "fractions_note": "among assigned images; 'uncertain' and 'no_face' excluded; Wilson 95% interval",
-            "items": [{"name": n, "label": result.classes[top[i]], "group": str(result.assigned[i]),
+            "items": [{"name": n, **({"seed": int(seeds[i])} if seeds is not None else {}),
+                       "label": result.classes[top[i]], "group": str(result.assigned[i]),
                        "probs": dict(zip(result.classes, map(float, result.probs[i])))}
                       for i, n in enumerate(result.names)],
         }

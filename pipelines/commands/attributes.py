@@ -7,6 +7,7 @@ Features and probabilities are cached by content hash under --cache-dir
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from pathlib import Path
@@ -103,9 +104,10 @@ def run_label(args) -> int:
     """`label`: probabilities, top class and group per image -> CSV/JSON; prints group fractions."""
     from ..attributes.labels import write_labels
 
+    from ..attributes.labels import source_seeds
     clf = _classifier(args)
     result = _label(args, clf, args.src)
-    write_labels(result, args.out)
+    write_labels(result, args.out, seeds=source_seeds(args.src))
     _print_fractions(result)
     report = _fairness(args, clf, result)
     if report is not None:
@@ -125,14 +127,16 @@ def _reference(args, extractor, clf):
     """ReferenceStats from --ref (stats npz, or images labelled per group when asked)."""
     from ..metrics.fid import ReferenceStats, compute_features, stats_from_features
 
-    ref = Path(args.ref)
-    if ref.suffix.lower() == ".npz" and ref.is_file():
+    ref = builtin_reference(args.ref)
+    if ref is None:
+        ref = Path(args.ref)
+    if isinstance(ref, Path) and ref.suffix.lower() == ".npz" and ref.is_file():
         with np.load(ref, allow_pickle=False) as d:
             is_stats = "mu" in d
         if is_stats:
             return ReferenceStats.load(ref)
     feats = compute_features(ref, extractor, _cache(args), args.batch_size)
-    info = {"source": str(ref)}
+    info = {"source": str(args.ref)}
     if clf is None:
         return stats_from_features(feats, extractor.metric, extractor.feature_id, info=info)
     result = _label(args, clf, ref)
@@ -141,6 +145,16 @@ def _reference(args, extractor, clf):
                 counts=result.counts())
     return stats_from_features(feats, extractor.metric, extractor.feature_id, result.assigned,
                                result.grouping.group_names, info)
+
+
+def builtin_reference(spec):
+    """'digits' / 'digits:16' -> the real scikit-learn digits as uint8 NHWC (as `train --data digits`), else None."""
+    text = str(spec)
+    if text != "digits" and not text.startswith("digits:"):
+        return None
+    from ..data import open_dataset
+    ds = open_dataset(text)
+    return ds.images.permute(0, 2, 3, 1).numpy()
 
 
 def _extractor(args):
@@ -267,9 +281,25 @@ def _add_fairness_args(p) -> None:
     g.add_argument("--confusion-labels", default=None, metavar="CSV", help="name,label of --confusion-set")
 
 
+def _groupings_epilog() -> str:
+    """The built-in groupings per classifier, for `label --help` (pass one to --grouping by name)."""
+    from ..attributes.groupings import _BUILTIN, builtin_groupings
+    lines = ["built-in groupings (--grouping NAME):"]
+    for clf in _BUILTIN:
+        names = [n for n in builtin_groupings(clf) if not n.startswith("digit=")]
+        if clf == "digits":
+            names.insert(1, "digit=K vs rest")
+        lines.append(f"  {clf}: " + "; ".join(f"'{n}'" for n in names) + (" (K = 0..9)" if clf == "digits" else ""))
+    lines.append("  any classifier: 'A=c1+c2;B=c3' (your own), default one group per class")
+    return "\n".join(lines)
+
+
 def register(sub) -> None:
     """Add label, fid, ref-stats, fit-probe and build-digits-classifier."""
-    p = sub.add_parser("label", help="classify images; write per-image probabilities and group fractions")
+    p = sub.add_parser("label", help="classify images; write per-image probabilities and group fractions",
+                       description="Classify images; write per-image probabilities, group and seed (when the "
+                                   "images came from `generate`) and print group fractions with 95%% intervals.",
+                       epilog=_groupings_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", help="folder of images or .npz with 'images'")
     p.add_argument("--out", required=True, help="labels.csv or labels.json")
     _add_common(p, classifier_required=True)
@@ -278,7 +308,8 @@ def register(sub) -> None:
 
     p = sub.add_parser("fid", help="FID (or FD-digits) of generated images, overall and per group")
     p.add_argument("gen", help="generated images: folder or .npz")
-    p.add_argument("--ref", required=True, help="reference images (folder/.npz) or statistics .npz")
+    p.add_argument("--ref", required=True, help="reference images (folder/.npz), statistics .npz, or 'digits' "
+                                                "(the real scikit-learn digits, as in train --data digits)")
     p.add_argument("--out", default=None, help="write the report as JSON")
     _add_feature(p)
     _add_common(p, classifier_required=False)
@@ -286,7 +317,7 @@ def register(sub) -> None:
     p.set_defaults(run=run_fid)
 
     p = sub.add_parser("ref-stats", help="reference statistics (mu, sigma) of a real set, overall and per group")
-    p.add_argument("src", help="reference images: folder or .npz")
+    p.add_argument("src", help="reference images: folder, .npz, or 'digits' (the real scikit-learn digits)")
     p.add_argument("--out", required=True, help="stats.npz")
     _add_feature(p)
     _add_common(p, classifier_required=False)
