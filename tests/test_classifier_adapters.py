@@ -50,7 +50,8 @@ def _faces(n=2, size=224):
 
 def test_registry_lists_every_plugin():
     assert set(available_classifiers()) == {"digits", "deepface-gender", "deepface-race", "deepface-age",
-                                            "fairface-gender", "fairface-race7", "fairface-age", "facenet-probe"}
+                                            "fairface-gender", "fairface-race7", "fairface-age", "fairface-race4",
+                                            "facenet-probe"}
     with pytest.raises(UserError, match="unknown classifier"):
         get_classifier("no-such-classifier")
 
@@ -180,7 +181,9 @@ def test_fairface_all_heads_env_var_and_module_prefix(fairface_weights, tmp_path
     assert np.allclose(heads["gender"], get_classifier("fairface-gender").predict_proba(images))
     prefixed = tmp_path / "dp.pt"  # saved from nn.DataParallel
     torch.save({f"module.{k}": v for k, v in net.state_dict().items()}, prefixed)
-    p = get_classifier("fairface-race7", weights=prefixed, device="cpu").predict_proba(images)
+    with pytest.raises(UserError, match="Cannot tell which FairFace model"):  # no telling name, no statement
+        get_classifier("fairface-race7", weights=prefixed, device="cpu")
+    p = get_classifier("fairface-race7", weights=prefixed, device="cpu", variant="race7").predict_proba(images)
     assert np.allclose(p, heads["race7"], atol=1e-6)
 
 
@@ -192,12 +195,103 @@ def test_fairface_face_crop_path_runs(fairface_weights):
 
 
 def test_fairface_errors_are_actionable(tmp_path, monkeypatch):
+    from pathlib import Path
     monkeypatch.delenv("SIMS_FAIRFACE_WEIGHTS", raising=False)
     with pytest.raises(UserError, match="SIMS_FAIRFACE_WEIGHTS") as e:
         get_classifier("fairface-race7")
-    assert "fairface_alldata_20191111.pt" in str(e.value)
+    msg = str(e.value)
+    assert "res34_fair_align_multi_7_20190809.pt" in msg and "fairface_alldata_20191111.pt" in msg
+    assert "github.com/dchen236/FairFace" in msg
+    with pytest.raises(UserError) as e4:
+        get_classifier("fairface-race4")
+    assert "fairface_alldata_4race_20191111.pt" in str(e4.value) and "res34_fair_align_multi_4_20190809.pt" in str(e4.value)
+    # the README section the message points to exists
+    section = msg.split("section '")[1].split("'")[0]
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert f"### {section}" in readme
     with pytest.raises(UserError, match=str(tmp_path / "nope.pt")):
         get_classifier("fairface-race7", weights=tmp_path / "nope.pt")
     torch.save({"fc.weight": torch.zeros(4, 512)}, tmp_path / "wrong.pt")
     with pytest.raises(UserError, match="expected \\(18, 512\\)"):
-        get_classifier("fairface-race7", weights=tmp_path / "wrong.pt")
+        get_classifier("fairface-race7", weights=tmp_path / "wrong.pt", variant="race7")
+
+
+@pytest.fixture(scope="module")
+def fairface4(tmp_path_factory):
+    from pipelines.attributes.fairface import build_resnet34_18
+
+    torch.manual_seed(4)
+    net = build_resnet34_18().eval()
+    folder = tmp_path_factory.mktemp("ff4")
+    for name in ("fairface_alldata_4race_20191111.pt", "res34_fair_align_multi_4_20190809.pt", "mine.pt"):
+        torch.save(net.state_dict(), folder / name)
+    return folder, net
+
+
+@pytest.mark.parametrize("name", ["fairface_alldata_4race_20191111.pt", "res34_fair_align_multi_4_20190809.pt"])
+def test_fairface_4race_file_is_never_taken_for_the_7race_model(fairface4, name, monkeypatch):
+    """Both published 4-race files: race7/gender/age refuse; race4 reads the first 4 logits (upstream predict.py)."""
+    monkeypatch.delenv("SIMS_FAIRFACE_VARIANT", raising=False)
+    folder, net = fairface4
+    for head in ("race7", "gender", "age"):
+        with pytest.raises(UserError, match="4-race one"):
+            get_classifier(f"fairface-{head}", weights=folder / name, device="cpu")
+    with pytest.raises(UserError, match="but the 7-race variant was stated"):
+        get_classifier("fairface-race4", weights=folder / name, device="cpu", variant="race7")
+    clf = get_classifier("fairface-race4", weights=folder / name, device="cpu")
+    assert clf.classes == ["White", "Black", "Asian", "Indian"]
+    images = _faces(2, size=64)
+    p = clf.predict_proba(images)
+    assert np.allclose(p, torch.softmax(_fairface_reference(net, images)[:, :4], 1).numpy(), atol=1e-4)
+
+
+def test_fairface_unknown_name_needs_a_stated_variant(fairface4, monkeypatch):
+    from pipelines.attributes.fairface import predict_all_heads
+
+    folder, net = fairface4
+    monkeypatch.delenv("SIMS_FAIRFACE_VARIANT", raising=False)
+    for head in ("race7", "race4", "gender"):
+        with pytest.raises(UserError, match="Cannot tell which FairFace model"):
+            get_classifier(f"fairface-{head}", weights=folder / "mine.pt", device="cpu")
+    monkeypatch.setenv("SIMS_FAIRFACE_VARIANT", "race4")
+    images = _faces(2, size=64)
+    heads = predict_all_heads(images, weights=folder / "mine.pt", device="cpu")
+    assert set(heads) == {"race4"}  # a 4-race file yields no gender or age
+    with pytest.raises(UserError, match="4-race one"):
+        get_classifier("fairface-gender", weights=folder / "mine.pt", device="cpu")
+    assert np.allclose(heads["race4"], get_classifier("fairface-race4", weights=folder / "mine.pt").predict_proba(images))
+
+
+def test_fairface_7race_published_names_are_accepted(fairface_weights, tmp_path, monkeypatch):
+    monkeypatch.delenv("SIMS_FAIRFACE_VARIANT", raising=False)
+    _, net = fairface_weights
+    current = tmp_path / "res34_fair_align_multi_7_20190809.pt"
+    torch.save(net.state_dict(), current)
+    clf = get_classifier("fairface-age", weights=current, device="cpu")
+    assert clf.variant == "race7"
+    with pytest.raises(UserError, match="needs FairFace's 4-race model"):
+        get_classifier("fairface-race4", weights=current, device="cpu")
+
+
+@pytest.mark.slow
+def test_two_deepface_classifiers_do_not_share_a_model(deepface_home, monkeypatch):
+    """Each adapter owns its client: converting one leaves the other's parameters as they were,
+    and deepface's process-wide cached client is never used."""
+    from deepface.modules import modeling
+
+    _write_deepface_weights(deepface_home, "gender")
+
+    def cached(*a, **k):
+        raise AssertionError("the adapter used deepface's shared cached client")
+    monkeypatch.setattr(modeling, "build_model", cached)
+    a = get_classifier("deepface-gender", device="cpu")
+    b = get_classifier("deepface-gender", device="cpu")
+    assert a.client is not b.client and a.client.model is not b.client.model
+    pa = {p.data_ptr() for p in a.client.model.parameters()}
+    assert not pa & {p.data_ptr() for p in b.client.model.parameters()}
+    images = _faces(2)
+    before = b.predict_proba(images)
+    a.client.model.double()  # stands in for moving `a` to another device
+    assert all(p.dtype == torch.float64 for p in a.client.model.parameters())
+    assert all(p.dtype == torch.float32 and p.device.type == "cpu" for p in b.client.model.parameters())
+    assert np.array_equal(b.predict_proba(images), before)

@@ -1,7 +1,9 @@
 """deepface on its PyTorch backend: gender (Woman/Man), race (6), age (binned), truly batched.
 
-We do not call `DeepFace.analyze` per image. The client comes from deepface's own
-`modeling.build_model(task="facial_attribute", model_name=...)`; a batch is prepared the way
+We do not call `DeepFace.analyze` per image. Each adapter builds its own client from deepface's
+model class (`modeling.get_model_class(task="facial_attribute", model_name=...)()`), never the
+one `modeling.build_model` caches for the whole process: moving or converting that shared client
+would change every other user's model (two classifiers on two devices would fight over it). A batch is prepared the way
 `analyze` prepares one face (RGB -> BGR, letterboxed to 224x224 with black bars, values in
 [0, 1]) and goes through the client in one call: `client.predict((n, 224, 224, 3))` for gender
 and race. The age client's `predict` collapses its 101-way distribution to one expected age, so
@@ -11,7 +13,9 @@ the age bins FairFace uses (classes '0-2' ... '70+').
 Weights live in $DEEPFACE_HOME/.deepface/weights/ (DEEPFACE_HOME defaults to ~). We check the
 file before asking deepface for the model, so a missing file is a clear error, never a download.
 Faces: by default the whole image is analysed (deepface's detector_backend='skip', right for
-face-aligned data such as FFHQ); `crop_faces=True` crops the largest MTCNN face first.
+face-aligned data such as FFHQ); `crop_faces=True` crops the largest MTCNN face box first (no
+padding), close to what `DeepFace.analyze` does with a detector (it crops the detected box,
+rotated level by the eyes).
 """
 from __future__ import annotations
 
@@ -94,7 +98,8 @@ class DeepFaceClassifier(Classifier):
         _pytorch_engine()
         from deepface.modules import modeling
 
-        self.client = modeling.build_model(task="facial_attribute", model_name=model_name)
+        # Our own client (weights loaded from the checked file), not deepface's process-wide cached one.
+        self.client = modeling.get_model_class(task="facial_attribute", model_name=model_name)()
         # deepface picks cuda:0 by itself; follow the device we were given.
         self.client.model.to(self.device).eval()
         self.client.device = self.device

@@ -81,13 +81,44 @@ class MTCNNDetector:
             best[i] = p.max()
         return out_boxes, best
 
+    def eyes(self, images) -> list:
+        """Per image the eye centres (2, 2), image-left first, of the largest face with prob >= min_prob, or None."""
+        x, scale = self._rgb_for_detection(images)
+        if len(x) == 0:
+            return []
+        boxes, probs, points = self.mtcnn.detect(x, landmarks=True)
+        out = []
+        for b, p, pts in zip(boxes, probs, points):
+            if b is None or p is None or pts is None:
+                out.append(None)
+                continue
+            keep = [i for i, pi in enumerate(p) if pi is not None and pi >= self.min_prob]
+            if not keep:
+                out.append(None)
+                continue
+            i = max(keep, key=lambda k: (b[k][2] - b[k][0]) * (b[k][3] - b[k][1]))
+            out.append(np.asarray(pts[i][:2], dtype=np.float64) / scale)
+        return out
+
+    def aligned(self, images, size: int, padding: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
+        """dlib-style aligned chips of the largest face (see align.py); (chips uint8 NHWC, face found mask).
+        Images without a face are resized whole; the mask says which."""
+        from .align import aligned_chips
+
+        x = as_uint8_nhwc(images)
+        if x.shape[-1] == 1:
+            x = np.repeat(x, 3, axis=-1)
+        eyes = self.eyes(x)
+        return aligned_chips(x, eyes, size, padding), np.array([e is not None for e in eyes], dtype=bool)
+
     def has_face(self, images) -> np.ndarray:
         """Boolean (N,) mask: MTCNN finds a face with probability >= min_prob."""
         boxes, _ = self.detect(images)
         return np.array([len(b) > 0 for b in boxes], dtype=bool)
 
-    def crop(self, images, size: int, padding: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
-        """Square crops (largest face, box widened by `padding` per side) resized to size; whole image where none."""
+    def crop(self, images, size: int, padding: float = 0.25, square: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Crops of the largest face (box widened by `padding` per side; square unless `square=False`, which
+        is facenet-pytorch's own crop of the box as is) resized to size; whole image where none."""
         x = as_uint8_nhwc(images)
         boxes, _ = self.detect(x)
         t = torch.from_numpy(x).permute(0, 3, 1, 2).float()
@@ -97,9 +128,11 @@ class MTCNNDetector:
             if len(b):
                 found[i] = True
                 x0, y0, x1, y1 = max(b, key=lambda r: (r[2] - r[0]) * (r[3] - r[1]))
-                cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, y1 - y0) * (0.5 + padding)
-                y_lo, y_hi = int(max(0, cy - half)), int(min(x.shape[1], cy + half))
-                x_lo, x_hi = int(max(0, cx - half)), int(min(x.shape[2], cx + half))
+                cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+                hw = (max(x1 - x0, y1 - y0) if square else x1 - x0) * (0.5 + padding)
+                hh = (max(x1 - x0, y1 - y0) if square else y1 - y0) * (0.5 + padding)
+                y_lo, y_hi = int(max(0, cy - hh)), int(min(x.shape[1], cy + hh))
+                x_lo, x_hi = int(max(0, cx - hw)), int(min(x.shape[2], cx + hw))
                 img = img[..., y_lo:max(y_hi, y_lo + 1), x_lo:max(x_hi, x_lo + 1)]
             crops.append(F.interpolate(img, size=(size, size), mode="bilinear", align_corners=False, antialias=True))
         out = torch.cat(crops).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
@@ -117,11 +150,16 @@ def torch_home() -> Path:
 
 
 class FacenetEmbedder:
-    """InceptionResnetV1 (vggface2) -> 512-d L2-normalised embeddings of 160x160 face images."""
+    """InceptionResnetV1 (vggface2) -> 512-d L2-normalised embeddings of 160x160 face crops.
+
+    As in facenet-pytorch's own pipeline (MTCNN(image_size=160, margin=0) then the network), each
+    image is cut to MTCNN's box of its largest face and resized to 160x160; `crop_faces=False`
+    embeds the whole image instead (for sets that are already face crops). Images where MTCNN finds
+    no face are embedded whole and counted in `last_no_face`."""
 
     feature_name = "facenet"
 
-    def __init__(self, weights=None, device=None):
+    def __init__(self, weights=None, device=None, crop_faces: bool = True):
         path = Path(weights) if weights else torch_home() / "checkpoints" / VGGFACE2_FILE
         if not path.is_file():
             raise UserError(f"facenet weights not found: {path}. Download {VGGFACE2_URL} and put it in "
@@ -133,13 +171,21 @@ class FacenetEmbedder:
         state = {k: v for k, v in state.items() if not k.startswith("logits.")}
         net.load_state_dict(state)
         self.net = net.to(self.device).eval()
+        self.detector = MTCNNDetector(device=self.device) if crop_faces else None
+        self.framing = "mtcnn crop" if crop_faces else "whole image"
+        self.last_no_face = 0
 
     @torch.inference_mode()
     def __call__(self, images, batch_size: int = 64) -> np.ndarray:
-        """(N, 512) float64 embeddings; images resized to 160 and standardised as facenet expects."""
+        """(N, 512) float64 embeddings of the MTCNN face crops, resized to 160 and standardised as facenet expects."""
         out = [np.zeros((0, 512))]
+        self.last_no_face = 0
         for start in range(0, int(images.shape[0]), batch_size):
-            x = to_rgb(as_float01_nchw(images[start:start + batch_size], self.device))
+            batch = images[start:start + batch_size]
+            if self.detector is not None:
+                batch, found = self.detector.crop(as_uint8_nhwc(batch), size=160, padding=0.0, square=False)
+                self.last_no_face += int((~found).sum())
+            x = to_rgb(as_float01_nchw(batch, self.device))
             x = F.interpolate(x, size=(160, 160), mode="bilinear", align_corners=False, antialias=True)
             out.append(self.net((x * 255 - 127.5) / 128.0).double().cpu().numpy())
         return np.concatenate(out)
@@ -294,7 +340,8 @@ class ProbeClassifier(Classifier):
         self.features, self.probe = features, probe
         self.classes = list(probe.classes)
         digest = hashlib.sha256(np.ascontiguousarray(probe.coef_).tobytes()).hexdigest()[:16]
-        self._cache_id = f"{self.name}:{probe.feature_name}:{digest}"
+        framing = getattr(features, "framing", "whole image")  # crops and whole images embed differently
+        self._cache_id = f"{self.name}:{probe.feature_name}:{framing}:{digest}"
 
     def predict_proba(self, images, batch_size: int = 64) -> np.ndarray:
         """Probe probabilities on the extractor's features."""
