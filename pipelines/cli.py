@@ -27,6 +27,12 @@ COMMANDS = {
     "mad": "mad",
     "build-demo": "demo",
     "demo-shift": "demo",
+    "build-demo-aux": "demo_aux",
+    "suggest-mix": "shift",
+    "build-set": "shift",
+    "find-omega": "shift",
+    "sweep": "shift",
+    "export": "export",
     "self-improve": "self_improve",
     "merge": "merge",
 }

@@ -71,6 +71,21 @@ def check_feasible(pool_groups: Sequence[str], counts: Mapping[str, int], max_po
     return int(total) - len(pool_groups)
 
 
+def check_counts(pool_groups: Sequence[str], counts: Mapping[str, int], can_grow: bool,
+                 grow_hint: str = "generate more when a group runs short") -> None:
+    """Refuse a plan up front with the studio's messages: an empty group, or a short one that cannot grow."""
+    have = {g: len(v) for g, v in group_indices(pool_groups).items()}
+    for g, c in counts.items():
+        if c > 0 and have.get(g, 0) == 0:
+            raise UserError(f"Group '{g}' is empty: none of the {len(pool_groups)} pool samples is labelled '{g}', "
+                            f"yet the mix asks for {c}. Generate and label more samples, or set its share to 0%.")
+    short = {g: (c, have.get(g, 0)) for g, c in counts.items() if c > have.get(g, 0)}
+    if short and not can_grow:
+        detail = "; ".join(f"'{g}' needs {c}, the pool has {h}" for g, (c, h) in short.items())
+        raise UserError(f"n_s = {sum(counts.values())} is more than the labelled pool can supply ({detail}). "
+                        f"Lower n_s, or {grow_hint}.")
+
+
 def choose_members(pool_groups: Sequence[str], counts: Mapping[str, int]) -> dict[str, list[int]]:
     """The first `counts[g]` pool indices of each group; UserError if any group is short."""
     by_group = group_indices(pool_groups)
