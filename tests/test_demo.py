@@ -39,3 +39,8 @@ def test_demo_shift_end_to_end(tmp_path):
     decided = groups != "uncertain"
     assert report["sweep"][0]["fraction_high"] == pytest.approx(float(np.mean(groups[decided] == HIGH)))
     assert any("closest omega" in line for line in lines)
+    # find-omega reused the sweep's points and measured the rest of its coarse grid (-1, 2, 3) itself
+    found = report["find_omega"]
+    assert found["measured"][:3] == [-1.0, 2.0, 3.0] and found["status"] in ("reached", "closest", "above_range",
+                                                                              "below_range")
+    assert any(line.startswith("find omega: omega =") for line in lines)

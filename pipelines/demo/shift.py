@@ -20,7 +20,8 @@ from ..data import DigitsDataset, TensorImageDataset
 from ..errors import UserError
 from ..metrics.floor import FEATURE_DIMS, small_sample_warning
 from ..generate import generate_images, generate_sims
-from ..shift import closest_omega, mix_counts, suggest_aux_mix
+from ..attributes.groupings import wilson_interval
+from ..shift import closest_omega, find_omega, mix_counts, suggest_aux_mix
 from ..synthetic_set import fill_set
 from ..training import TrainConfig, list_checkpoints, train
 from .assets import DEMO_CLASSIFIER, DEMO_MODEL, DEMO_SAMPLER, HIGH, LOW, RESOLUTION, base_recipe
@@ -42,6 +43,7 @@ class ShiftSettings:
     eval_samples: int = 500           # fixed seeds per omega
     threshold: float = 0.5            # group probability below this -> 'uncertain'
     seed: int = 0
+    find_iterations: int = 4          # bisection points of find-omega after the sweep (0: none)
 
 
 class DemoWorld:
@@ -66,7 +68,8 @@ class DemoWorld:
         groups, _ = self.label(images)
         feats = self.classifier.features(images)
         decided = groups != "uncertain"
-        out = {"fraction_high": float((groups[decided] == HIGH).mean()) if decided.any() else float("nan"),
+        k, n = int((groups[decided] == HIGH).sum()), int(decided.sum())
+        out = {"fraction_high": k / n if n else float("nan"), "ci_high": list(wilson_interval(k, n)),
                "uncertain": float((~decided).mean()), "fd_digits": fd_digits(feats, self.real_features)}
         for g in (LOW, HIGH):
             mine = groups == g
@@ -139,6 +142,15 @@ def run_demo_shift(settings: ShiftSettings, work_dir, log: Callable[[str], None]
             f"({LOW} {row[f'fd_digits_{LOW}']:.2f}, {HIGH} {row[f'fd_digits_{HIGH}']:.2f})")
         for w in row["warnings"]:
             log(f"  WARNING: {w}")
+    # 5. Find omega for the target: the sweep's points are reused, bisection adds a few where it crosses.
+    def measure(omega):
+        images, _ = generate_sims(world.base, aux, omega, seeds, sampler, batch_size=250)
+        row = world.measure(images)
+        return row["fraction_high"], tuple(row["ci_high"])
+
+    search = find_omega(measure, settings.target_high, iterations=settings.find_iterations,
+                        known={r["omega"]: (r["fraction_high"], tuple(r["ci_high"])) for r in sweep})
+    log(f"find omega: {search.describe(HIGH)} ({len(search.measured)} extra points)")
     best_omega, best_fraction = closest_omega([r["omega"] for r in sweep], [r["fraction_high"] for r in sweep],
                                               settings.target_high)
     at = {r["omega"]: r for r in sweep}
@@ -153,6 +165,8 @@ def run_demo_shift(settings: ShiftSettings, work_dir, log: Callable[[str], None]
               "max_move_toward_target": max((r["fraction_high"] - zero["fraction_high"]) *
                                             np.sign(settings.target_high - zero["fraction_high"])
                                             for r in sweep if 0 <= r["omega"] <= 3),
+              "find_omega": {"omega": search.omega, "fraction": search.fraction, "interval": search.interval,
+                             "status": search.status, "measured": search.measured, "message": search.describe(HIGH)},
               "wall_seconds": round(time.time() - t0, 1)}
     (work_dir / "report.json").write_text(json.dumps(report, indent=1))
     log(f"closest omega to target: {best_omega} ({HIGH} fraction {best_fraction:.3f}); FD-digits "
