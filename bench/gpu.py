@@ -11,7 +11,8 @@ throughput does not depend on the weights), every figure measured side by side i
                        compilation time printed apart);
                        ratios to fp32;
   sampling images/s  — 18 Heun steps from per-seed noise, fp32 and bf16: base, full SIMS, guidance
-                       interval (sigma in [0.28, 1.61]), shared encoder; each mode's ratio to base at
+                       interval (sigma in [0.28, 1.61]), shared encoder, full SIMS as one batched
+                       call (also at batch 4, where launches dominate); each mode's ratio to base at
                        the same precision (SIMS cost) and bf16's speed-up over fp32 per mode;
   the tiny digits model's training loop against its bare step (loop/bare), fp32 and bf16.
 Modes alternate within each repeat so clock or thermal drift hits them alike; medians reported.
@@ -75,9 +76,11 @@ def train_rates(preset: str, batch: int, steps: int, repeats: int, device, compi
     return lines
 
 
-def sample_rates(preset: str, batch: int, steps: int, repeats: int, device, compile: bool) -> list[str]:
+def sample_rates(preset: str, batch: int, steps: int, repeats: int, device, compile: bool,
+                 only: tuple | None = None) -> list[str]:
     from pipelines.guidance import SIMSDenoiser
     from pipelines.models import build_model
+    from pipelines.paired import PairedSIMSDenoiser
     from pipelines.precision import network_precision
     from pipelines.precond import compile_backbone
     from pipelines.sampler import SamplerConfig, sample_from_seeds, sigma_steps
@@ -90,7 +93,11 @@ def sample_rates(preset: str, batch: int, steps: int, repeats: int, device, comp
     seeds, shape = list(range(batch)), base.model.sample_shape
     modes = {"base": lambda: base, "full SIMS": lambda: SIMSDenoiser(base, aux, 1.0),
              "interval": lambda: SIMSDenoiser(base, aux, 1.0, interval=INTERVAL),
-             "shared encoder": lambda: SIMSDenoiser(base, aux, 1.0, shared_encoder=True)}
+             "shared encoder": lambda: SIMSDenoiser(base, aux, 1.0, shared_encoder=True),
+             "full, 1 call": lambda: paired}
+    paired = PairedSIMSDenoiser(base, aux, 1.0)  # weights stacked once, outside the timing
+    if only:
+        modes = {m: f for m, f in modes.items() if m in only}
 
     def run(make, precision):
         _sync(device)
@@ -105,6 +112,7 @@ def sample_rates(preset: str, batch: int, steps: int, repeats: int, device, comp
         with torch.no_grad(), network_precision(precision):
             sample_from_seeds(SIMSDenoiser(base, aux, 1.0, shared_encoder=True), seeds, shape, warm, device=device)
             sample_from_seeds(SIMSDenoiser(base, aux, 1.0), seeds, shape, warm, device=device)
+            sample_from_seeds(paired, seeds, shape, warm, device=device)
     times = {(m, p): [] for p in ("fp32", "bf16") for m in modes}
     for _ in range(repeats):
         for (m, p) in times:
@@ -158,6 +166,8 @@ def main() -> int:
     ap.add_argument("--train-steps", type=int, default=8, help="timed training steps per mode and repeat")
     ap.add_argument("--sample-batch", type=int, default=64)
     ap.add_argument("--sample-steps", type=int, default=18)
+    ap.add_argument("--small-batch", type=int, default=4,
+                    help="also time base / full SIMS / full SIMS as one call at this batch (0 = skip)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--compile-configs", default="ffhq64",
                     help="configs that also get the torch.compile rows (each compilation costs minutes; "
@@ -190,6 +200,9 @@ def main() -> int:
         if "sample" not in skip:
             print("\n".join(sample_rates(preset, args.sample_batch, args.sample_steps, args.repeats, device,
                                          preset in compiled)), flush=True)
+            if args.small_batch:  # where launch overhead dominates: does one batched call for both pay?
+                print("\n".join(sample_rates(preset, args.small_batch, args.sample_steps, args.repeats, device,
+                                             False, only=("base", "full SIMS", "full, 1 call"))), flush=True)
         torch.cuda.empty_cache()
     if "tiny" not in skip:
         print("\n".join(tiny_loop_vs_bare(device, args.repeats)), flush=True)

@@ -10,6 +10,7 @@ import torch
 
 from .guidance import SIMSDenoiser
 from .models import sample_shape
+from .paired import PairedSIMSDenoiser
 from .precision import network_precision
 from .sampler import SamplerConfig, sample_from_seeds, to_uint8
 
@@ -78,9 +79,11 @@ def generate_images(model, seeds: Sequence[int], sampler: SamplerConfig = Sample
 
 def generate_sims(base, aux, omega: float, seeds: Sequence[int], sampler: SamplerConfig = SamplerConfig(),
                   interval=None, shared_encoder=False, batch_size=64, device="cpu", class_labels=None,
-                  progress=None, precision: str = "fp32") -> tuple[np.ndarray, int]:
-    """Samples with the SIMS-guided denoiser; returns (uint8 NHWC, network evaluations per sample)."""
-    guided = SIMSDenoiser(base, aux, omega, interval=interval, shared_encoder=shared_encoder)
+                  progress=None, precision: str = "fp32", paired: bool = False) -> tuple[np.ndarray, int]:
+    """Samples with the SIMS-guided denoiser; returns (uint8 NHWC, network evaluations per sample).
+    paired: run base and auxiliary as one batched call in full mode (equal to float rounding)."""
+    make = PairedSIMSDenoiser if paired else SIMSDenoiser
+    guided = make(base, aux, omega, interval=interval, shared_encoder=shared_encoder)
     x, _ = generate_batches(guided, base, seeds, sampler, batch_size, device, class_labels, progress, precision)
     batches = -(-len(list(seeds)) // batch_size)
     c = guided.counts

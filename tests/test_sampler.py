@@ -37,3 +37,41 @@ def test_different_seeds_give_different_samples(mlp_pair):
     with torch.no_grad():
         x, _ = sample_from_seeds(base, [1, 2], (2,), SamplerConfig(num_steps=4))
     assert not torch.equal(x[0], x[1])
+
+
+def test_paired_call_equals_two_calls_to_float_rounding(tmp_path):
+    """Full SIMS with base and auxiliary in one vmapped call: the same samples as two calls to
+    float32 rounding (not bit for bit, hence an option), the same pass counts."""
+    import copy
+
+    import pytest
+
+    from pipelines.checkpoints.native import load_model
+    from pipelines.demo.assets import DEMO_MODEL, DEMO_SAMPLER
+    from pipelines.errors import UserError
+    from pipelines.generate import generate_batches
+    from pipelines.guidance import SIMSDenoiser
+    from pipelines.paired import PairedSIMSDenoiser
+    from tests.conftest import make_mlp
+
+    base, _ = load_model(DEMO_MODEL)
+    aux = copy.deepcopy(base)
+    with torch.no_grad():
+        for p in aux.parameters():
+            p.mul_(1.02)
+    for kw in ({}, {"interval": (0.28, 1.61)}):
+        two, paired = SIMSDenoiser(base, aux, 1.5, **kw), PairedSIMSDenoiser(base, aux, 1.5, **kw)
+        a, _ = generate_batches(two, base, range(6), DEMO_SAMPLER, 3)
+        b, _ = generate_batches(paired, base, range(6), DEMO_SAMPLER, 3)
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-4)
+        assert not torch.equal(a, generate_batches(base, base, range(6), DEMO_SAMPLER, 3)[0])
+        assert paired.counts == two.counts
+    from pipelines.models import ModelConfig, build_model
+    from pipelines.networks.songunet import songunet_config
+    from pipelines.paired import PairedNetworks
+    narrow = build_model(ModelConfig(network=songunet_config("tiny", img_resolution=8, img_channels=1,
+                                                             model_channels=16))).eval()
+    with pytest.raises(UserError, match="same architecture"):
+        PairedSIMSDenoiser(base, narrow, 1.0)  # same sample shape, other widths
+    with pytest.raises(UserError, match="same architecture"):
+        PairedNetworks(base, make_mlp(0)[0])
