@@ -98,7 +98,7 @@ def near_duplicate_groups(features, threshold: float, chunk: int = 1024) -> list
     """Groups (row indices, ascending; groups ordered by first index) of rows whose cosine > threshold.
 
     Rows are joined transitively (a ~ b and b ~ c put a, b, c in one group). Memory is
-    O(chunk x n) plus the similar pairs; time O(n^2 D) in chunked matrix products.
+    O(chunk x n) plus the similar pairs; time n^2 D / 2 multiply-adds in chunked matrix products.
     """
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
@@ -110,9 +110,9 @@ def near_duplicate_groups(features, threshold: float, chunk: int = 1024) -> list
     limit = MAX_PAIRS_PER_SAMPLE * max(n, 1)
     rows_all, cols_all, total = [], [], 0
     for start in range(0, n, chunk):
-        sims = x[start:start + chunk] @ x.T            # (chunk, n)
+        sims = x[start:start + chunk] @ x[start:].T    # (chunk, n - start): the upper triangle only
         rows, cols = np.nonzero(sims > float(threshold))
-        rows = rows + start
+        rows, cols = rows + start, cols + start
         keep = cols > rows                               # each pair once, no self-pairs
         rows_all.append(rows[keep])
         cols_all.append(cols[keep])

@@ -182,11 +182,11 @@ def test_near_duplicates_in_the_pool_by_sample_id(world):
     x = np.random.default_rng(3).normal(size=(len(ids), 32)).astype(np.float32)
     x[7] = x[2] * 2
     x[30] = x[2] + 1e-4
-    x[41] = x[40]
+    x[39] = x[38]
     path = curation.cache_dir(st.settings, mid, "digits") / "features.npz"
     np.savez(path, ids=ids, features=x, feature=np.array("constructed"))
     out = curation.near_duplicates(st.db, st.settings, mid, "digits", 0.999)
-    assert out["groups"] == [[int(ids[2]), int(ids[7]), int(ids[30])], [int(ids[40]), int(ids[41])]]
+    assert out["groups"] == [[int(ids[2]), int(ids[7]), int(ids[30])], [int(ids[38]), int(ids[39])]]
     assert out["searched"] == len(ids) and out["missing"] == 0
 
 

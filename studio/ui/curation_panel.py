@@ -97,10 +97,13 @@ def map_figure(m: dict | None, attrs: dict | None, color_by: str, selected: set[
         add("unlabelled", np.array([g is None for g in groups], dtype=bool), color="#cbd5e1")
     title = (f"{MAP_TITLE} · {m['method']} of {m['feature'].split(':')[0]} features · n = {n:,}"
              + (f" · {len(selected):,} selected" if selected else ""))
-    fig.update_layout(**{**LAYOUT, "height": 460, "legend": dict(orientation="h", y=-0.08, x=0)},
+    # No named template: copying plotly_white costs about 0.5 s per figure, as much as 50,000 points.
+    fig.update_layout(**{**LAYOUT, "height": 460, "legend": dict(orientation="h", y=-0.08, x=0), "template": "none"},
+                      paper_bgcolor="white", plot_bgcolor="white",
                       title=dict(text=title, x=0, font=dict(size=14)), dragmode="lasso", uirevision="map")
-    fig.update_xaxes(showticklabels=False, title=f"{m['method']} 1")
-    fig.update_yaxes(showticklabels=False, title=f"{m['method']} 2")
+    axis = dict(showticklabels=False, gridcolor="#e5e7eb", zerolinecolor="#cbd5e1", showline=False)
+    fig.update_xaxes(title=f"{m['method']} 1", **axis)
+    fig.update_yaxes(title=f"{m['method']} 2", **axis)
     return fig
 
 
