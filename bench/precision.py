@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipelines.attributes.groupings import wilson_interval  # noqa: E402
 from pipelines.demo.assets import DEMO_SAMPLER, HIGH, LOW  # noqa: E402
 from pipelines.demo.shift import DemoWorld  # noqa: E402
+from pipelines.errors import UserError  # noqa: E402
 from pipelines.generate import generate_images  # noqa: E402
 from pipelines.metrics.floor import fd_bootstrap, fd_floor  # noqa: E402
 from pipelines.metrics.frechet import feature_stats  # noqa: E402
@@ -49,7 +50,10 @@ def main():
     ap.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args()
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except UserError as e:
+        sys.exit(f"error: {e}")
     print(f"device: {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}")
     world = DemoWorld()
     world.base.to(device)

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pipelines.errors import UserError  # noqa: E402
 from pipelines.guidance import SIMSDenoiser  # noqa: E402
 from pipelines.paired import PairedSIMSDenoiser  # noqa: E402
 from pipelines.models import ModelConfig, build_model  # noqa: E402
@@ -42,7 +43,10 @@ def main():
     ap.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:N")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     args = ap.parse_args()
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except UserError as e:
+        sys.exit(f"error: {e}")
     results = measure_modes(args, device)
     print(results["header"])
     for line in results["lines"]:

@@ -78,7 +78,15 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=12, help="Heun steps of the preview")
     p.add_argument("--budget-kimg", type=float, default=0.128, help="auxiliary fine-tune budget")
     p.add_argument("--no-http", action="store_true", help="skip the measurement through the Gradio app")
+    p.add_argument("--device", default="auto", help="where previews render: auto (cuda if available), cpu, cuda")
     args = p.parse_args(argv)
+    from pipelines.training.distributed import resolve_device
+    from pipelines.errors import UserError
+    try:
+        device = str(resolve_device(args.device))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     model = Path(args.model)
     if not model.is_file():
         print(f"error: no model at {model}; build the demo with `python -m pipelines build-demo` "
@@ -92,19 +100,21 @@ def main(argv=None) -> int:
         st, ck = prepare(Path(tmp), model, pool_n=64, budget_kimg=args.budget_kimg)
         print(f"setup (pool, S, fine-tune) {time.perf_counter() - t0:.1f} s")
         torch.set_num_threads(threads)  # the in-process jobs above lowered it
-        print(f"model {model}, {args.seeds} seeds, {args.steps} Heun steps, torch threads {torch.get_num_threads()}, "
+        print(f"model {model} on {device}, {args.seeds} seeds, {args.steps} Heun steps, "
+              f"torch threads {torch.get_num_threads()}, "
               f"cpus {len(os.sched_getaffinity(0))}, load avg {os.getloadavg()[0]:.1f}")
         gs = guide.GuideSettings(preview_steps=args.steps, preview_count=args.seeds)
         omegas = [w for w in guide.omega_grid() if w != 0.0]  # omega 0 samples the base alone (half the work)
-        guide.preview(st.db, st.settings, ck, 0.0, gs)  # warm-up: model loading, allocator
+        guide.preview(st.db, st.settings, ck, 0.0, gs, device)  # warm-up: model loading, allocator
         rows = {}
-        uncached = [timed_stream(guide.preview_stream(st.db, st.settings, ck, w, gs)) for w in omegas]
+        uncached = [timed_stream(guide.preview_stream(st.db, st.settings, ck, w, gs, device)) for w in omegas]
         rows["uncached first"] = [u[0] for u in uncached]
         rows["uncached full"] = [u[1] for u in uncached]
-        rows["cached"] = [timed_stream(guide.preview_stream(st.db, st.settings, ck, w, gs))[1] for w in omegas]
+        rows["cached"] = [timed_stream(guide.preview_stream(st.db, st.settings, ck, w, gs, device))[1]
+                          for w in omegas]
         if not args.no_http:
             clear_renders(st)
-            rows.update(http_latency(st, ck, omegas, gs))
+            rows.update(http_latency(st, ck, omegas, gs, device))
         for name, values in rows.items():
             print(summary(name, values))
         print(f"uncached full / cached median ratio: "
@@ -123,7 +133,7 @@ def clear_renders(st) -> None:
     shutil.rmtree(st.settings.abs("cache/renders"), ignore_errors=True)
 
 
-def http_latency(st, ck, omegas, gs) -> dict[str, list[float]]:
+def http_latency(st, ck, omegas, gs, device: str = "cpu") -> dict[str, list[float]]:
     """Uncached then cached omega changes through the Gradio app, as a browser makes them."""
     from studio.testing import QueueClient
     from studio.ui.app import build_ui, launch_kwargs
@@ -132,7 +142,7 @@ def http_latency(st, ck, omegas, gs) -> dict[str, list[float]]:
     _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **launch_kwargs(st))
     try:
         browser = QueueClient(url)
-        values = lambda w: [ck, w, "cpu", gs.preview_steps, gs.preview_count, gs.steps, gs.n,  # noqa: E731
+        values = lambda w: [ck, w, device, gs.preview_steps, gs.preview_count, gs.steps, gs.n,  # noqa: E731
                             gs.skip_steps, gs.shared_encoder]
         browser.call("render_exact", values(0.0))  # warm-up
         fresh = [[t for t, _ in browser.call("render_exact", values(w))] for w in omegas]

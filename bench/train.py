@@ -21,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipelines.data import open_dataset, to_model_input  # noqa: E402
+from pipelines.errors import UserError  # noqa: E402
 from pipelines.loss import make_loss  # noqa: E402
 from pipelines.models import ModelConfig, build_model  # noqa: E402
 from pipelines.networks.songunet import songunet_config  # noqa: E402
@@ -82,7 +83,10 @@ def main():
     ap.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:N")
     ap.add_argument("--compile", action="store_true", help="torch.compile the network in both")
     args = ap.parse_args()
-    args.device = resolve_device(args.device)
+    try:
+        args.device = resolve_device(args.device)
+    except UserError as e:
+        sys.exit(f"error: {e}")
 
     data = open_dataset(args.data)
     c, r, _ = data.shape
