@@ -63,7 +63,7 @@ def register(sub) -> None:
                         "covers every run. For the paper's scale on one machine, where the exact solver "
                         "is the slowest part")
     p.add_argument("--ot-workers", type=int, default=None,
-                   help="processes for the exact OT (default: all cores with --device cuda, "
+                   help="processes for the exact OT (default: all cores but one with --device cuda, "
                         "0 = in the main process on cpu, where the cores are busy training)")
     p.add_argument("--converged-from", type=int, default=20, help="G^inf averages generations from here on")
     p.add_argument("--pollution", type=_ints, default=[0, 250, 500, 1000, 2000],
@@ -94,7 +94,8 @@ def _recipe(args):
 def _ot_workers(args) -> int:
     import os
     if args.ot_workers is None:
-        return (os.cpu_count() or 1) if args.device.startswith("cuda") else 0
+        # all cores but the one driving the device; on a CPU run the cores are busy training
+        return max(1, (os.cpu_count() or 1) - 1) if args.device.startswith("cuda") else 0
     if args.ot_workers < 0:
         raise UserError(f"--ot-workers must be >= 0 (got {args.ot_workers}).")
     return args.ot_workers

@@ -108,12 +108,13 @@ class EDMRecipe:
         """`rows` Heun samples per block ([repeat * rows, dim]), D = (1 + w) D_base - w D_aux."""
         device = generator.device
         latents = _tile(torch.randn(rows, dim, generator=generator, device=device), repeat)
-        w = omega_rows(omega, rows, device)
+        latents = latents.to(next(base.parameters()).device)
+        w = omega_rows(omega, rows, latents.device)
         guided = not _no_guidance(w)
 
         def denoiser(x, sigma, class_labels=None):
             return combine(base(x, sigma), aux(x, sigma), w) if guided else base(x, sigma)
-        x, _ = heun_sample(denoiser, latents.to(next(base.parameters()).device), self.sampler())
+        x, _ = heun_sample(denoiser, latents, self.sampler())
         return x
 
     def settings(self) -> dict:
@@ -170,9 +171,9 @@ class DDPMRecipe:
         """Ancestral DDPM (Ho et al. Alg. 2, sigma_t^2 = beta_t), eps = (1 + w) eps_base - w eps_aux."""
         device = generator.device
         x = _tile(torch.randn(rows, dim, generator=generator, device=device), repeat)
-        w = omega_rows(omega, rows, device)
-        guided = not _no_guidance(w)
         x = x.to(next(base.parameters()).device)
+        w = omega_rows(omega, rows, x.device)
+        guided = not _no_guidance(w)
         alphas, abar, betas = (v.to(x.device) for v in (self._alphas, self._abar, self._betas))
         for t in range(self.steps - 1, 0, -1):
             tt = torch.full((x.shape[0],), float(t), device=x.device)
