@@ -273,7 +273,9 @@ def _batches(run: _Run, start_step: int):
     if run.staged is not None:
         data, labels = run.staged
         for idx in sampler:
-            idx = torch.as_tensor(idx, dtype=torch.int64).to(data.device, non_blocking=True)
+            # Only the indices travel; from pinned memory the copy is asynchronous (from pageable
+            # memory CUDA would wait for the queued kernels first: a host sync per chunk).
+            idx = torch.as_tensor(idx, dtype=torch.int64).pin_memory().to(data.device, non_blocking=True)
             yield data[idx], (labels[idx] if labels is not None else torch.full((len(idx),), -1))
         return
     if run.cfg.num_workers == 0:
