@@ -288,3 +288,24 @@ def confusion_from_labelled_set(result, true_labels: dict[str, str], source: str
         raise UserError(f"none of the labelled names are images of {source}; the CSV's names must be the "
                         "image names that `label` writes")
     return confusion_from_labels(true, assigned, grouping.group_names, f"{source}, {len(true)} labelled images")
+
+
+def card_fairness(measured: dict, target: dict | None, n_boot: int = N_BOOT, seed: int = SEED) -> dict | None:
+    """Fairness vs the target for a model card: one report per measurement setting that stored group
+    counts ({settings: {"counts": {group: k}}}); None without a target. Targets given in percent are
+    rescaled; a target naming other groups than the measurement is skipped with the reason."""
+    if not target:
+        return None
+    t = {str(g): float(v) for g, v in target.items()}
+    if sum(t.values()) > 1.5:  # stored as percentages
+        t = {g: v / 100 for g, v in t.items()}
+    out = {}
+    for key, entry in measured.items():
+        counts = entry.get("counts")
+        if not counts:
+            continue
+        if set(counts) != set(t):
+            out[key] = {"skipped": f"measured groups {sorted(counts)} differ from the target's {sorted(t)}"}
+            continue
+        out[key] = fairness_report({g: int(k) for g, k in counts.items()}, t, n_boot=n_boot, seed=seed)
+    return out or None

@@ -132,3 +132,14 @@ def test_label_and_fid_cli_report_fairness(tmp_path, capsys):
         abs(p - 0.7))
     assert main(["fid", str(src), "--ref", str(src), "--feature", "digits", "--target", "5-9=0.7",
                  "--no-cache"]) == 2  # --target without --per-group: clean error
+
+
+def test_card_fairness_from_stored_counts():
+    from pipelines.fairness import card_fairness
+    measured = {"n256": {"counts": {"0-4": 80, "5-9": 176}}, "old": {"fractions": {}}}
+    out = card_fairness(measured, {"0-4": 30, "5-9": 70}, n_boot=100)  # percent, as a UI may store it
+    r = out["n256"]
+    assert set(out) == {"n256"} and r["target"] == pytest.approx({"0-4": 0.3, "5-9": 0.7})
+    assert r["metrics"]["total variation"]["value"] == pytest.approx(abs(176 / 256 - 0.7))
+    assert card_fairness(measured, None) is None
+    assert "skipped" in card_fairness(measured, {"a": 0.5, "b": 0.5})["n256"]
