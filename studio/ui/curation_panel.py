@@ -64,6 +64,14 @@ def parse(text: str) -> list[int]:
     return parse_ids(text)
 
 
+def model_or_error(model_id) -> int:
+    """The picked model id, or a clear error."""
+    mid = as_int(model_id)
+    if mid is None:
+        raise gr.Error("Pick a model first (Models tab).")
+    return mid
+
+
 def map_figure(m: dict | None, attrs: dict | None, color_by: str, selected: set[int]) -> go.Figure:
     """Scatter of the pool map coloured by group / confidence / not preferred; selected points highlighted."""
     if m is None:
@@ -165,9 +173,7 @@ class CurationPanel:
     @user_errors
     def select_all(self, model_id, grouping_id, grp, st, lo, hi):
         """Every sample matching the gallery's filters."""
-        mid = as_int(model_id)
-        if mid is None:
-            raise gr.Error("Pick a model first (Models tab).")
+        mid = model_or_error(model_id)
         ids = curation.matching_ids(self.db, mid, as_int(grouping_id), grp, lo, hi, st)
         gr.Info(f"{len(ids):,} samples selected.")
         return fmt_ranges(ids)
@@ -195,7 +201,7 @@ class CurationPanel:
         """Manual label for the whole selection (undoable)."""
         if not cls:
             raise gr.Error("Choose the class to give the selection.")
-        n = curation.bulk_label(self.db, self.settings, int(model_id), parse(sel_text),
+        n = curation.bulk_label(self.db, self.settings, model_or_error(model_id), parse(sel_text),
                                 self.tab._classifier(grouping_id), cls)
         gr.Info(f"{n} samples relabelled '{cls}' (Undo last bulk action reverts it).")
         return self.undo_text(model_id)
@@ -203,16 +209,14 @@ class CurationPanel:
     @user_errors
     def mark(self, model_id, sel_text, flag: bool):
         """Mark or unmark the selection not preferred (undoable)."""
-        n = curation.bulk_not_preferred(self.db, self.settings, int(model_id), parse(sel_text), flag)
+        n = curation.bulk_not_preferred(self.db, self.settings, model_or_error(model_id), parse(sel_text), flag)
         gr.Info(f"{n} samples {'marked' if flag else 'unmarked'} not preferred.")
         return self.undo_text(model_id)
 
     @user_errors
     def undo(self, model_id):
         """Revert the last bulk action exactly."""
-        if as_int(model_id) is None:
-            raise gr.Error("Pick a model first (Models tab).")
-        gr.Info(curation.undo_last(self.db, self.settings, int(model_id)))
+        gr.Info(curation.undo_last(self.db, self.settings, model_or_error(model_id)))
         return self.undo_text(model_id)
 
     def undo_text(self, model_id) -> str:
