@@ -90,6 +90,7 @@ def test_cli_runs_a_tiny_grid_and_resumes_from_its_files(tmp_path, capsys):
     assert p["n"] == 24 and p["nfe"] == 2 * (2 * 3 - 1) and len(p["delta_vs_0_ci"]) == 2
     assert (tmp_path / "self_improve_heatmap.html").exists()
     assert set(grid["trajectory"]) == {"demo/aux-s16/b0.128", "demo/aux-s16/b0.256"}
+    assert grid["floors"]["n"] == 24 and grid["floors"]["disjoint_halves"] > 0 and grid["floors"]["resampled"] > 0
     out = capsys.readouterr().out
     assert "WARNING: FD-digits overall: 24 samples < 128" in out and "| demo | 16 | 0.128 kimg | 1 |" in out
     stamp = (tmp_path / "demo" / "points" / "s16-b0.128-w+1.json").stat().st_mtime

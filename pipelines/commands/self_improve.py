@@ -58,10 +58,18 @@ def run_self_improve(args) -> int:
         z = b["omega0"]
         print(f"base {name}: FD-digits {z['overall']:.3f} at omega 0; the metric's floor at n={z['n']} is "
               f"{z['floor']:.3f} [{z['floor_ci'][0]:.3f}, {z['floor_ci'][1]:.3f}]")
+    fl = grid.get("floors")
+    if fl:
+        print(f"real vs real: resampled at n={fl['n']} {fl['resampled']:.3f}; two disjoint halves of "
+              f"{fl['halves_size']} {fl['disjoint_halves']:.3f}; fresh real samples of n={fl['n']} vs all "
+              f"{fl['n_real']} (1/n law) {fl['independent_at_n']:.3f}")
     warnings = sorted({w for p in grid["points"] for w in p.get("warnings", [])}
-                      | {w for b in grid["bases"].values() for w in b["omega0"].get("warnings", [])})
-    for w in warnings:
+                      | {w for b in grid["bases"].values() for w in b["omega0"].get("warnings", [])},
+                      key=lambda w: ("overall" not in w, "half" not in w, w))  # the broadest first
+    for w in warnings[:5]:
         print(f"WARNING: {w}")
+    if len(warnings) > 5:
+        print(f"WARNING: ... and {len(warnings) - 5} more small-sample FDs (each point's 'warnings' in grid.json)")
     for item in grid["not_run"]:
         print(f"not run: {item}")
     print(f"wrote {out / 'grid.json'} and {out / 'grid.md'}")

@@ -179,6 +179,32 @@ def trajectory_errors(base, aux, real_images, sigmas, omegas, seed: int = 0, bat
     return {"images": int(len(x0)), "rows": rows}
 
 
+def floor_comparison(ref: Reference, n: int, settings: SelfImproveSettings) -> dict:
+    """Three readings of 'real vs real' for FD-digits, to place a base against the floor.
+
+    - resampled: fd_floor, n rows drawn with replacement vs all real digits (a generator that
+      reproduces its training set's empirical distribution);
+    - disjoint halves: two disjoint halves of the real digits against each other (independent
+      real samples, but each only half the size);
+    - independent at n: the disjoint-halves value moved to sizes (n, all) with the 1/n law of
+      the small-sample bias, FD ≈ c·(1/n_a + 1/n_b): what fresh real samples of size n would
+      score against all real digits. A model below it is closer to the training set than new
+      real data would be.
+    """
+    f, rng = ref.features, np.random.default_rng(settings.seed)
+    mean, ci = fd_floor(f, n, settings.floor_repeats, settings.seed)
+    half = len(f) // 2
+    vals = []
+    for _ in range(settings.floor_repeats):
+        p = rng.permutation(len(f))
+        vals.append(frechet_distance(*feature_stats(f[p[:half]]), *feature_stats(f[p[half:]])))
+    c = float(np.mean(vals)) / (1 / half + 1 / (len(f) - half))
+    return {"n": n, "n_real": len(f), "resampled": mean, "resampled_ci": list(ci),
+            "disjoint_halves": float(np.mean(vals)), "disjoint_halves_ci": [float(np.quantile(vals, 0.025)),
+                                                                          float(np.quantile(vals, 0.975))],
+            "halves_size": half, "independent_at_n": c * (1 / n + 1 / len(f))}
+
+
 # ----------------------------------------------------------------------------
 # The run
 
@@ -215,7 +241,7 @@ def run_self_improve(settings: SelfImproveSettings, work_dir, log: Callable[[str
     work.mkdir(parents=True, exist_ok=True)
     ref = Reference()
     sampler, seeds = settings.sampler, range(EVAL_SEED0, EVAL_SEED0 + int(settings.eval_samples))
-    deadline = t0 + 60 * settings.time_limit_min if settings.time_limit_min else None
+    deadline = t0 + 60 * settings.time_limit_min if settings.time_limit_min is not None else None
     omegas = [float(w) for w in settings.omegas]
     aug = float(settings.augment_p)
     grid = {"settings": asdict(settings), "bases": {}, "points": [], "not_run": []}
@@ -273,6 +299,10 @@ def run_self_improve(settings: SelfImproveSettings, work_dir, log: Callable[[str
                 else:
                     _trajectory(grid, base, run_dir, budget, ref, settings, omegas, name)
                 grid["points"].append(json.loads(pfile.read_text()))
+    floors_file = work / "floors.json"
+    if not floors_file.exists():
+        _write_json(floors_file, floor_comparison(ref, int(settings.eval_samples), settings))
+    grid["floors"] = json.loads(floors_file.read_text())
     grid["wall_seconds_this_call"] = round(time.time() - t0, 1)
     _write_json(work / "grid.json", grid)
     return grid
