@@ -55,6 +55,12 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as e:  # an optional package of an extra the engine-only install lacks
+        from .extras import missing_extra_message
+        if missing_extra_message(e) is None:
+            raise
+        print(f"error: {missing_extra_message(e)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

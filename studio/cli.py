@@ -35,9 +35,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from pipelines.errors import UserError
-    from studio.core import open_studio
-    from studio.settings import Settings, default_device
-    from studio.ui.app import build_ui, launch_kwargs
+    try:
+        from studio.core import open_studio
+        from studio.settings import Settings, default_device
+        from studio.ui.app import build_ui, launch_kwargs
+    except ModuleNotFoundError as e:  # an engine-only install: say which extra brings the studio
+        from pipelines.extras import missing_extra_message
+        if missing_extra_message(e) is None:
+            raise
+        print(f"error: the studio {missing_extra_message(e)[5:]}", file=sys.stderr)
+        return 2
 
     auth = None
     if args.auth:

@@ -12,6 +12,9 @@ from studio.services import jobs, pool, registry
 from studio.settings import Settings
 from studio.testing import expect_success, make_tiny_model, wait_for_job
 
+# every test here runs on SQLite and on PostgreSQL (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("db_backend")
+
 
 @pytest.fixture
 def studio(tmp_path):
@@ -26,6 +29,7 @@ def _model(st, tmp_path):
     return registry.register_checkpoint(st.db, st.settings, make_tiny_model(tmp_path / "tiny.safetensors"))
 
 
+@pytest.mark.sqlite_only
 def test_database_is_sqlite_wal_at_head(studio):
     from alembic.script import ScriptDirectory
     from studio.db import alembic_config

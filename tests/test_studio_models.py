@@ -7,6 +7,9 @@ from studio.services import attributes, registry
 from studio.settings import Settings
 from studio.testing import make_tiny_model, run_now
 
+# every test here runs on SQLite and on PostgreSQL (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("db_backend")
+
 
 @pytest.fixture
 def studio(tmp_path):

@@ -17,7 +17,7 @@ import threading
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 from ..db import Database
 from ..models import Job, JobEvent, JobState, utcnow
@@ -140,24 +140,69 @@ class JobRunner:
 
     def tick_start(self) -> None:
         """Start queued jobs, oldest first, while their device has a free slot."""
+        claimed = self._claim_locked() if self.db.engine.dialect.name == "postgresql" else self._claim_each()
+        for job_id in claimed:
+            self._spawn(job_id)
+
+    def _claim_each(self) -> list[int]:
+        # SQLite: one writer at a time (BEGIN IMMEDIATE), so counting a device's jobs and the atomic
+        # queued -> starting update in one write transaction never starts a job twice nor overfills a
+        # device, even with several runners. The read beforehand only skips devices already full.
         with self.db.session(read_only=True) as s:
-            busy: dict[str, int] = {}
-            for dev in s.scalars(select(Job.device).where(
-                    Job.state.in_([JobState.running, JobState.starting]), Job.device.is_not(None))):
-                busy[dev] = busy.get(dev, 0) + 1
+            busy = self._busy(s)
             queued = s.execute(select(Job.id, Job.device).where(Job.state == JobState.queued)
                                .order_by(Job.id)).all()
+        claimed = []
         for job_id, device in queued:
             if device is not None and busy.get(device, 0) >= self.settings.jobs_per_device:
                 continue
-            if self._claim(job_id):
-                self._spawn(job_id)
+            if self._claim(job_id, device):
+                claimed.append(job_id)
                 if device is not None:
                     busy[device] = busy.get(device, 0) + 1
+        return claimed
 
-    def _claim(self, job_id: int) -> bool:
-        # Atomic queued -> starting, so two runners on one database never start a job twice.
+    def _claim_locked(self) -> list[int]:
+        # PostgreSQL: several runners (studios, or worker hosts sharing one database) claim at once.
+        # FOR UPDATE SKIP LOCKED hands each runner queued rows no other runner is claiming right now,
+        # without waiting on them; a per-device advisory lock, held until commit, makes the slot count
+        # and the claims on one device one step, so two runners cannot both fill its last free slot.
         with self.db.session() as s:
+            queued = s.execute(select(Job.id, Job.device).where(Job.state == JobState.queued)
+                               .order_by(Job.id).with_for_update(skip_locked=True)).all()
+            for device in sorted({d for _, d in queued if d is not None}):
+                s.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"sims-device:{device}"})
+            busy = self._busy(s)  # read after the locks: sees every claim committed before them
+            claimed = []
+            for job_id, device in queued:
+                if device is not None:
+                    if busy.get(device, 0) >= self.settings.jobs_per_device:
+                        continue
+                    busy[device] = busy.get(device, 0) + 1
+                claimed.append(job_id)
+            if claimed:
+                now = utcnow()
+                s.execute(update(Job).where(Job.id.in_(claimed)).values(
+                    state=JobState.starting, updated_at=now, heartbeat_at=now, host=self.host,
+                    cancel_requested=False, attempts=Job.attempts + 1))
+                for job_id, attempts in s.execute(select(Job.id, Job.attempts).where(Job.id.in_(claimed))):
+                    s.add(JobEvent(job_id=job_id, state=JobState.starting.value, message=f"attempt {attempts}"))
+        return claimed
+
+    @staticmethod
+    def _busy(s) -> dict[str, int]:
+        """Jobs starting or running per device."""
+        busy: dict[str, int] = {}
+        for dev in s.scalars(select(Job.device).where(
+                Job.state.in_([JobState.running, JobState.starting]), Job.device.is_not(None))):
+            busy[dev] = busy.get(dev, 0) + 1
+        return busy
+
+    def _claim(self, job_id: int, device: str | None = None) -> bool:
+        # Atomic queued -> starting (only if the device still has a free slot), one write transaction.
+        with self.db.session() as s:
+            if device is not None and self._busy(s).get(device, 0) >= self.settings.jobs_per_device:
+                return False
             n = s.execute(update(Job).where(Job.id == job_id, Job.state == JobState.queued).values(
                 state=JobState.starting, updated_at=utcnow(), heartbeat_at=utcnow(), host=self.host,
                 cancel_requested=False, attempts=Job.attempts + 1)).rowcount
