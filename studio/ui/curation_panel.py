@@ -2,9 +2,10 @@
 bulk selection (shift-click range, select page, select all matching) with undo, S from a
 selection, and the near-duplicate finder.
 
-Plot -> gallery: plotly's box/lasso selection is read in the browser (the map's points carry
-their sample ids) and sent through a hidden textbox; the ids become the gallery's selection and
-the gallery shows only them. Gallery -> plot: the selection is drawn highlighted on the map.
+Plot -> gallery: the box or lasso drawn on the map is sent (in map coordinates) through an HTML
+component's value; the server picks the points inside from the cached projection, they become
+the gallery's selection and the gallery shows only them. Gallery -> plot: the selection is drawn
+highlighted on the map.
 """
 from __future__ import annotations
 
