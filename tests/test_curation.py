@@ -211,3 +211,20 @@ def test_point_attributes_and_map_selections(world):
     assert curation.ids_in_selection(fake, square) == [13]
     with pytest.raises(UserError, match="at least 3"):
         curation.ids_in_selection(fake, {"lasso": [[0, 1], [0, 1]]})
+
+
+def test_feature_extractor_follows_the_classifier(tmp_path, monkeypatch):
+    from pipelines.attributes.base import Classifier, FaceGate
+    from pipelines.attributes.digits import DigitsClassifier, DigitsNet
+    digits = DigitsClassifier(DigitsNet())
+    name, fn = embedding.feature_extractor(digits)
+    assert name.startswith("digits-penultimate") and fn(np.zeros((3, 8, 8, 1), np.uint8)).shape == (3, 128)
+    # a gated digits classifier still uses the digits features
+    gated = FaceGate(digits, detector=type("D", (), {"has_face": lambda self, x: np.ones(len(x), bool)})())
+    assert embedding.feature_extractor(gated)[0] == name
+
+    class FaceAttr(Classifier):  # stands for FairFace / deepface: facenet embeddings are used
+        name, classes = "face-attr", ["a", "b"]
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # no facenet weights here: the user is told where they go
+    with pytest.raises(UserError, match="facenet weights not found"):
+        embedding.feature_extractor(FaceAttr())
