@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from ..services import attributes, guide, sets
+from ..services import attributes, demo, guide, sets
 from ..services.evaluate import metric_name
 from . import plots
 from ..settings import DEFAULT_STEPS
@@ -22,6 +22,8 @@ class GuideTab:
 
     def __init__(self, page: Page):
         self.page, self.db, self.settings = page, page.db, page.settings
+        banner = demo.guide_banner(self.db)  # the bundled example: what it is, how to make one's own
+        gr.Markdown(banner, visible=bool(banner), elem_id="guide-banner")
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
                 self._controls()
