@@ -70,7 +70,8 @@ def _groups_from_file(path, names: list[str]) -> list[str]:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
     if rows and "group" not in rows[0]:
-        raise UserError(f"{path} has no 'group' column; write it with `python -m pipelines label ... --out {path.name}`")
+        raise UserError(f"{path} has no 'group' column; write it with "
+                        f"`python -m pipelines label ... --out {path.name}`")
     by_name = {str(r["name"]): str(r["group"]) for r in rows}
     missing = [n for n in names if n not in by_name]
     if missing:

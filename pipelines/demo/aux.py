@@ -256,5 +256,6 @@ def build_demo_aux(recipe: AuxRecipe = AuxRecipe(), base_path=DEMO_MODEL, classi
     Path(out_report).write_text(json.dumps(report, indent=1))
     log(f"wrote {out_aux} ({shipped['bytes'] / 1e6:.2f} MB), {out_previews} "
         f"({out_previews.stat().st_size / 1e3:.0f} kB); preview pixels vs the float32 aux: max "
-        f"|Δ| {int(delta.max())}/255 on {100 * (delta > 0).mean():.3f}% of pixels; {report['wall_seconds']['total']:.0f} s")
+        f"|Δ| {int(delta.max())}/255 on {100 * (delta > 0).mean():.3f}% of pixels; "
+        f"{report['wall_seconds']['total']:.0f} s")
     return report

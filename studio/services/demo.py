@@ -74,7 +74,8 @@ def register_demo_aux(db: Database, settings: Settings, base_id: int) -> int:
                       params={"bundled": BUNDLED_TAG, "set_id": None, "model_id": base.id, "gpus": 1,
                               "previews": False,
                               "config": {"total_kimg": ft.get("budget_kimg"), "checkpoint_kimg": ft.get("budget_kimg"),
-                                         "lr": ft.get("lr"), "batch_size": ft.get("batch_size"), "seed": ft.get("seed")},
+                                         "lr": ft.get("lr"), "batch_size": ft.get("batch_size"),
+                                         "seed": ft.get("seed")},
                               "provenance": prov},
                       message="Bundled example, registered on first start (not trained here): "
                               "`python -m pipelines build-demo-aux` rebuilds it.",
