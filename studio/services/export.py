@@ -33,6 +33,7 @@ def _measured(db: Database, checkpoint_id: int, omega: float) -> dict:
         entry = out.setdefault(m.settings_key, {"n": m.n, "fractions": {}, "fd_per_group": {}})
         if m.kind == "fraction":
             entry["fractions"].setdefault(m.group_name, [round(m.value, 4), round(m.ci_lo, 4), round(m.ci_hi, 4)])
+            entry.setdefault("counts", {}).setdefault(m.group_name, m.n)  # a fraction row's n is its group's count
         elif m.kind == "fd_group":
             entry["fd_per_group"].setdefault(m.group_name, round(m.value, 4))
         elif m.kind in ("fd", "fd_reweighted"):
@@ -94,6 +95,10 @@ def export_bundle(db: Database, settings: Settings, checkpoint_id: int, omega: f
             "guidance_interval_skip_first_steps": int(skip_steps or 0),
             "measured": _measured(db, ck["id"], omega), "distance_metric": metric_name(classifier) if classifier else None,
             "provenance_chain": provenance(db, ck["id"]), "exported": datetime.now().isoformat(timespec="seconds")}
+    # Fairness discrepancy (L2), KL and TV vs the set's target, with bootstrap intervals (pipelines/fairness.py).
+    from pipelines.fairness import card_fairness
+    card["fairness_vs_target"] = card_fairness(card["measured"],
+                                               (card["provenance_chain"]["synthetic_set"] or {}).get("target"))
     out = settings.path("exports", _name(name, f"sims-ckpt{ck['id']}-omega{fmt_omega(omega)}") + ".safetensors")
     save_bundle(out, base_path, settings.abs(ck["path"]), omega, interval, SamplerConfig(num_steps=int(steps)),
                 shared_encoder, card)
