@@ -26,8 +26,10 @@ def _floats(text: str) -> list[float]:
 
 def register(sub) -> None:
     p = sub.add_parser("mad", help="self-consuming loops on 2-D data: Fig. 4 sweep or Fig. 5 pollution study",
-                       description="Many independent runs trained at once (batched MLPs). Defaults are the paper's "
-                                   "Fig. 4 settings; the full scale (1000 runs x 100 generations) needs a GPU.")
+                       description="Many independent runs trained at once (batched MLPs; all omegas of one |D_s| in "
+                                   "one batch). Defaults are the paper's Fig. 4 settings with the paper's recipe "
+                                   "(--recipe toy-diffusion); the full scale (1000 runs x 100 generations) needs "
+                                   "a GPU (--device cuda).")
     p.add_argument("--experiment", choices=["fig4", "pollution", "shift", "base-budget"], default="fig4",
                    help="fig4: loops over |D_s| x omega; pollution: Fig. 5 analogue; shift: 2-D group shift "
                         "(needs --world mixture); base-budget: generation 1 over omega for each of "
