@@ -143,3 +143,15 @@ def test_card_fairness_from_stored_counts():
     assert r["metrics"]["total variation"]["value"] == pytest.approx(abs(176 / 256 - 0.7))
     assert card_fairness(measured, None) is None
     assert "skipped" in card_fairness(measured, {"a": 0.5, "b": 0.5})["n256"]
+
+
+def test_bundle_card_renders_fairness(tmp_path, mlp_pair):
+    from pipelines.checkpoints.bundle import save_bundle
+    from pipelines.checkpoints.native import save_model
+    from pipelines.fairness import card_fairness
+    base, aux, cfg = mlp_pair
+    b, a = save_model(tmp_path / "b.safetensors", base, cfg), save_model(tmp_path / "a.safetensors", aux, cfg)
+    card = {"fairness_vs_target": card_fairness({"n200": {"counts": {"0-4": 60, "5-9": 140}}},
+                                                {"0-4": 0.3, "5-9": 0.7}, n_boot=50)}
+    md = save_bundle(tmp_path / "x.safetensors", b, a, 1.0, card=card).with_suffix(".md").read_text()
+    assert "fairness discrepancy (L2)" in md and "KL divergence" in md and "total variation" in md

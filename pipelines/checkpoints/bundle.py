@@ -118,6 +118,11 @@ def render_card(meta: dict) -> str:
              f"- base: {card.get('base_checkpoint')}", f"- auxiliary: {card.get('aux_checkpoint')}",
              f"- auxiliary provenance: {json.dumps(meta['models']['aux'].get('provenance', {}))}", ""]
     for key, value in card.items():
-        if key not in ("base_checkpoint", "aux_checkpoint"):
+        if key == "fairness_vs_target" and value:
+            from ..fairness import format_report
+            for setting, report in value.items():
+                text = report.get("skipped") or format_report(report)
+                lines += [f"- fairness vs target ({setting}):", "", "```", text, "```", ""]
+        elif key not in ("base_checkpoint", "aux_checkpoint"):
             lines.append(f"- {key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
     return "\n".join(lines) + "\n"
