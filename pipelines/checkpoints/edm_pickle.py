@@ -27,10 +27,10 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..models import ModelConfig, build_model
+from ..models import ModelConfig
 from ..precond import Precond
 from . import download
-from .native import save_model
+from .native import build_for_weights, save_model
 
 SUPPORTED_PRECONDS = ("EDMPrecond", "VPPrecond")
 SUPPORTED_NETWORKS = ("SongUNet",)
@@ -231,8 +231,9 @@ def read_edm_pickle(path) -> Any:
     except _Refused as e:
         raise UserError(f"Refused {path}: it references the Python global {e}, which an EDM checkpoint does "
                         f"not need. The file was not loaded and nothing in it ran.") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
-            KeyError, RuntimeError, MemoryError) as e:
+    except Exception as e:  # whatever malformed bytes make the unpickler or torch raise: the file is at fault
+        if isinstance(e, UserError):
+            raise
         raise UserError(f"{path} could not be read as an EDM pickle ({type(e).__name__}: {e}). It is corrupt, "
                         "truncated or not an EDM checkpoint; download it again.") from None
 
@@ -327,9 +328,15 @@ def load_edm_pickle(path) -> tuple[Precond, ModelConfig, dict]:
         found = sorted(map(str, top)) if isinstance(top, dict) else type(top).__name__
         raise UserError(f"{path} holds no EDM network under 'ema' (found {found}); pass a network pickle "
                         "(edm-*.pkl) from NVlabs/edm.")
-    cfg = model_config_from_records(ema)
-    state = records_state_dict(ema)
-    model = build_model(cfg)
+    try:
+        cfg = model_config_from_records(ema)
+        state = records_state_dict(ema)
+    except UserError:
+        raise
+    except Exception as e:  # records whose fields have impossible types or values
+        raise UserError(f"{path}: the network description in the pickle is malformed ({type(e).__name__}: "
+                        f"{e}); the file is corrupt or not an EDM checkpoint.") from None
+    model = build_for_weights(cfg, {k: tuple(t.shape) for k, t in state.items()}, path)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

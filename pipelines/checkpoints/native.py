@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.modules import module as nn_module
 
 from safetensors.torch import load_file, save_file
 from safetensors import SafetensorError, safe_open
 
+from ..config import strict_from_dict
 from ..errors import UserError
-from ..models import ModelConfig, build_model
-from ..precond import Precond
+from ..models import ModelConfig, backbone_class, build_model
+from ..precond import Precond, make_precond
 
 FORMAT = "sims-model/1"
 
@@ -59,7 +62,14 @@ def read_metadata(path) -> dict[str, Any]:
     if raw is None:
         raise UserError(f"{path} has no SIMS metadata: it is a safetensors file but not one of ours. "
                         "Save models with `pipelines.checkpoints.native.save_model`.")
-    meta = json.loads(raw)
+    try:
+        meta = json.loads(raw)
+    except ValueError as e:
+        raise UserError(f"{path}: its SIMS metadata is not valid JSON ({e}); the file is corrupt. "
+                        "Re-download or re-export it.") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
+        raise UserError(f"{path}: its SIMS metadata holds no model config; the file is corrupt. "
+                        "Re-download or re-export it.")
     if meta.get("format") != FORMAT:
         raise UserError(f"{path}: unsupported checkpoint format {meta.get('format')!r} (expected {FORMAT}).")
     return meta
@@ -68,16 +78,80 @@ def read_metadata(path) -> dict[str, Any]:
 def load_model(path, device="cpu") -> tuple[Precond, dict[str, Any]]:
     """Rebuild the model from its config and load the weights; returns (model in eval mode, metadata)."""
     meta = read_metadata(path)
-    model = build_model(ModelConfig.from_dict(meta["model"]))
+    try:
+        cfg = ModelConfig.from_dict(meta["model"])
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except UserError:
+        raise
+    except Exception as e:  # anything a corrupt header or config raises: the file is at fault
+        raise UserError(f"{path}: its model config or tensor table is invalid ({type(e).__name__}: {e}). "
+                        "Re-download or re-export it.") from None
+    model = build_for_weights(cfg, shapes, path)
     try:
         state = load_file(str(path), device="cpu")
-    except (SafetensorError, OSError) as e:
+    except Exception as e:  # SafetensorError, OSError, or what a corrupt file makes safetensors raise
         raise UserError(f"{path}: weights are corrupt or truncated ({e}). Re-download or re-export it.") from None
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise UserError(f"{path}: weights do not match the config (missing {list(missing)[:5]}, "
                         f"unexpected {list(unexpected)[:5]}).")
     return model.eval().requires_grad_(False).to(device), meta
+
+
+def _checked_network_kwargs(cfg: ModelConfig) -> dict:
+    """The backbone's kwargs after the same strict check `build_model` applies."""
+    cls = backbone_class(cfg.backbone)
+    strict_from_dict(cls.Config, {k: v for k, v in cfg.network.items() if k != "label_dim"},
+                     f"{cfg.backbone} network")
+    return dict(cfg.network)
+
+
+class _TooManyTensors(Exception):
+    """The config builds more parameters/buffers than the file holds."""
+
+
+def build_for_weights(cfg: ModelConfig, shapes: dict[str, tuple], source) -> Precond:
+    """`build_model(cfg)`, once the config is known to describe exactly the tensors in `shapes`.
+
+    A corrupt or hostile file can carry a config of absurd size (millions of blocks, 2**31 channels).
+    The network is first built on the "meta" device (shapes without memory), aborted as soon as it
+    registers more tensors than the file has, and its state-dict shapes must equal the file's; only
+    then is the real model allocated, whose size is that of the weights already at hand.
+    """
+    limit, me, count = len(shapes) + 64, threading.get_ident(), [0]
+
+    def count_tensor(_module, _name, _value):
+        if threading.get_ident() == me:  # other threads may build their own models meanwhile
+            count[0] += 1
+            if count[0] > limit:
+                raise _TooManyTensors()
+
+    hooks = [nn_module.register_module_parameter_registration_hook(count_tensor),
+             nn_module.register_module_buffer_registration_hook(count_tensor)]
+    try:
+        with torch.device("meta"):  # the backbone only: the wrapper computes Python floats from tensors
+            net = backbone_class(cfg.backbone)(**_checked_network_kwargs(cfg), label_dim=cfg.label_dim)
+        skeleton = make_precond(cfg.precond, net, label_dim=cfg.label_dim, **cfg.precond_kwargs)
+    except UserError as e:  # the backbone's own check of its arguments, which says what is wrong
+        raise UserError(f"{source}: {e} The file is corrupt or from an incompatible version.") from None
+    except _TooManyTensors:
+        raise UserError(f"{source}: its config describes a network with more tensors than the file holds "
+                        f"({len(shapes)}); the file is corrupt or not a checkpoint of this model.") from None
+    except Exception as e:  # a config with impossible values (zero, negative, wrong types)
+        raise UserError(f"{source}: its network config cannot be built ({type(e).__name__}: {e}); the file is "
+                        "corrupt or from an incompatible version.") from None
+    finally:
+        for h in hooks:
+            h.remove()
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    if expected != shapes:
+        diff = sorted(set(expected) ^ set(shapes)) or [k for k in expected if expected[k] != shapes[k]]
+        k = diff[0]
+        raise UserError(f"{source}: the weights do not fit the network its config describes (first difference: "
+                        f"{k}: config {expected.get(k)}, file {shapes.get(k)}). The file is corrupt or its "
+                        "config was changed.")
+    return build_model(cfg)
 
 
 def _check_path(path) -> Path:
