@@ -61,3 +61,23 @@ def test_torchrun_generate_and_sample_sims_equal_one_process(tmp_path):
     s2, s1 = np.load(tmp_path / "s2.npz")["samples"], np.load(tmp_path / "s1.npz")["samples"]
     assert s2.shape == (7, 2) and s2.dtype == np.float32 and np.array_equal(s2, s1)
     assert len({tuple(r) for r in s1.tolist()}) == 7  # every seed its own sample, none duplicated
+
+
+def test_help_lists_precision_and_device_auto_and_cuda_is_refused_without_a_gpu(tmp_path, capsys):
+    import torch
+
+    from pipelines.cli import main
+    for verb in ("generate", "sample-sims"):
+        out = subprocess.run([sys.executable, "-m", "pipelines", verb, "--help"], env=_env(), cwd=ROOT,
+                             capture_output=True, text=True, timeout=120).stdout
+        flat = " ".join(out.split())
+        assert "--precision {fp32,bf16}" in flat and "--device DEVICE auto (default" in flat, verb
+    assert "no guidance interval" in flat and "18 Heun steps" in flat and "12 steps" in flat  # sample-sims
+    if torch.cuda.is_available():
+        return  # the refusal below is for machines without a GPU
+    assert main(["generate", "--model", str(DEMO), "--device", "cuda", "--out", str(tmp_path / "x.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "CUDA is not available here; use --device cpu" in err and "Traceback" not in err
+    assert main(["generate", "--model", str(DEMO), "--seeds", "0-1", "--steps", "2",
+                 "--out", str(tmp_path / "y.npz")]) == 0
+    assert "sampling 2 seeds on cpu (auto: no CUDA here), precision fp32" in capsys.readouterr().out
