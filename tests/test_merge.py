@@ -110,3 +110,25 @@ def test_bundle_merge_uses_its_omega_and_records_the_bundle(tmp_path, pair):
     assert merge["bundle"]["sha256"] == sha256_file(bundle)
     assert merge["base"]["sha256"] == sha256_file(b) and merge["aux"]["sha256"] == sha256_file(a)
     assert json.loads(json.dumps(merge))["omega"] == 0.8
+
+
+def test_studio_registers_a_merged_checkpoint(tmp_path):
+    """The merged file is an ordinary checkpoint: the studio's registry takes it, provenance included."""
+    from studio.core import open_studio
+    from studio.services import registry
+    from studio.settings import Settings
+    from studio.testing import make_tiny_model
+    b = make_tiny_model(tmp_path / "b.safetensors")
+    a = tmp_path / "a.safetensors"
+    model, meta = load_model(b)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01)
+    save_model(a, model, ModelConfig.from_dict(meta["model"]))
+    m = merge_checkpoints(b, a, 0.5, tmp_path / "merged.safetensors")
+    st = open_studio(Settings(data_dir=tmp_path / "data"), start_runner=False)
+    try:
+        card = registry.card(st.db, registry.register_checkpoint(st.db, st.settings, m, name="merged"))
+        assert card.resolution == 8 and card.channels == 1
+    finally:
+        st.close()
