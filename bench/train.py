@@ -96,13 +96,13 @@ def main():
     for _ in range(args.repeats):
         bare.append(bare_rate(model_cfg, x, args.steps, args.device, args.precision == "bf16", args.compile))
         loop.append(loop_rate(model_cfg, data, args.batch, args.steps, args.device, args.precision, args.compile))
-    b, l = statistics.median(bare), statistics.median(loop)
+    b, lo = statistics.median(bare), statistics.median(loop)
     dev = torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else \
         f"CPU ({torch.get_num_threads()} threads)"
     print(f"{args.preset} on {data.name} {data.shape}, batch {args.batch}, {args.steps} steps, "
           f"{args.precision}{' + compile' if args.compile else ''}, {dev}")
     print(f"bare step : {b:8.1f} images/s")
-    print(f"train loop: {l:8.1f} images/s  (loop / bare = {l / b:.2f})")
+    print(f"train loop: {lo:8.1f} images/s  (loop / bare = {lo / b:.2f})")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from pipelines.errors import UserError
 from pipelines.generate import generate_batches, generate_images
 from pipelines.guidance import SIMSDenoiser
 from pipelines.precision import network_precision, parse_precision
-from pipelines.sampler import to_uint8
 
 # Samples of the demo model (seeds 0-7, 12 Heun steps, batches of 4, one thread) written by the
 # code before `precision` existed: base, full SIMS at omega 1.5, interval, shared encoder, omega -1;
