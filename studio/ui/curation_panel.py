@@ -29,17 +29,24 @@ if (!window.__simsShiftHook) {
   window.__simsShiftHook = true;
   document.addEventListener('click', (e) => { window.simsShift = e.shiftKey; }, true);
 }
-setInterval(() => {
+const onSelected = (ev) => {
+  if (!ev) return;
+  let geo = null;
+  if (ev.range && ev.range.x) geo = {box: [ev.range.x[0], ev.range.x[1], ev.range.y[0], ev.range.y[1]]};
+  else if (ev.lassoPoints && ev.lassoPoints.x) geo = {lasso: [ev.lassoPoints.x, ev.lassoPoints.y]};
+  if (geo) { geo.t = Date.now(); props.value = JSON.stringify(geo); trigger('change'); }
+};
+// Re-register on every tick: a redraw may replace the plot or drop its listeners (off + on keeps
+// exactly one). A remount of this component replaces the previous timer and handler.
+const previous = window.__simsOnSelected;
+window.__simsOnSelected = onSelected;
+if (window.__simsMapTimer) clearInterval(window.__simsMapTimer);
+window.__simsMapTimer = setInterval(() => {
   const el = document.querySelector('#emb-map .js-plotly-plot');
-  if (!el || !el.on || el.__simsHooked) return;
-  el.__simsHooked = true;
-  el.on('plotly_selected', (ev) => {
-    if (!ev) return;
-    let geo = null;
-    if (ev.range && ev.range.x) geo = {box: [ev.range.x[0], ev.range.x[1], ev.range.y[0], ev.range.y[1]]};
-    else if (ev.lassoPoints && ev.lassoPoints.x) geo = {lasso: [ev.lassoPoints.x, ev.lassoPoints.y]};
-    if (geo) { geo.t = Date.now(); props.value = JSON.stringify(geo); trigger('change'); }
-  });
+  if (!el || !el.on) return;
+  if (previous) el.removeListener('plotly_selected', previous);
+  el.removeListener('plotly_selected', onSelected);
+  el.on('plotly_selected', onSelected);
 }, 400);
 """
 # The gallery click handler's inputs are (rows, select mode, selection, grouping, shift, anchor).
