@@ -12,6 +12,7 @@ from __future__ import annotations
 import glob
 import os
 import pwd
+import shlex
 import shutil
 import socket
 import subprocess
@@ -98,9 +99,9 @@ if __name__ == "__main__":
         try:
             url, folder = start()
         except RuntimeError as e:
-            print(f"echo 'PostgreSQL tests will be skipped: {str(e).splitlines()[0]}' >&2")
+            print("echo " + shlex.quote(f"PostgreSQL tests will be skipped: {str(e).splitlines()[0]}") + " >&2")
             sys.exit(0)
-        print(f"export SIMS_TEST_PG_URL='{url}' SIMS_TEST_PG_DIR='{folder}'")
+        print(f"export SIMS_TEST_PG_URL={shlex.quote(url)} SIMS_TEST_PG_DIR={shlex.quote(str(folder))}")
     elif sys.argv[1:2] == ["stop"] and len(sys.argv) == 3:
         stop(sys.argv[2])
     else:
