@@ -380,4 +380,5 @@ def test_cli_base_budget_compares_generation_one_over_base_epochs(tmp_path, caps
     assert [r["base_epochs"] for r in rep["rows"]] == [2, 6]
     assert [c["omega"] for c in rep["rows"][0]["gen1"]] == [0.0, 1.0, 2.0]
     assert len(rep["rows"][1]["gen1"][2]["w2_ot_runs"]) == 2
+    assert np.array(rep["rows"][0]["gen1"][0]["moments"]["cov"]).shape == (2, 2)
     assert "| 6 |" in capsys.readouterr().out
