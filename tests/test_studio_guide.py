@@ -159,3 +159,14 @@ def test_export_plan_states_the_exact_omega_before_exporting(world):
     assert out["card_data"]["omega"] == 0.375  # not snapped to a slider step
     from pipelines.checkpoints.bundle import read_bundle_metadata
     assert read_bundle_metadata(out["bundle"])["omega"] == 0.375
+
+
+def test_guide_view_is_remembered_per_model(tmp_path):
+    from studio.settings import Settings
+    st = Settings(data_dir=tmp_path)
+    assert guide.load_views(st) == {}
+    guide.save_view(st, 3, {"checkpoint_id": 7, "omega": 0.375, "n": 64, "junk": 1})
+    guide.save_view(st, 4, {"checkpoint_id": 9, "omega": 1.0})
+    assert guide.load_views(st)["3"] == {"checkpoint_id": 7, "omega": 0.375, "n": 64}
+    st.path("ui", "guide.json").write_text("{half")
+    assert guide.load_views(st) == {}  # unreadable: start from the defaults, never fail the page

@@ -218,6 +218,32 @@ def heatmap(db: Database, checkpoint_id: int, grouping_id: int, group: str, gs: 
     return {"omegas": omegas, "kimgs": kimgs, "fraction": frac, "fd": fd}
 
 
+VIEW_KEYS = ("checkpoint_id", "omega", "preview_steps", "preview_count", "steps", "n", "skip_steps", "shared_encoder",
+             "all_budgets", "find_group", "find_target")
+
+
+def save_view(settings: Settings, model_id: int, view: dict) -> None:
+    """Remember the Guide's picks for a model (checkpoint, ω, measurement settings) so a reload restores them."""
+    import os
+    path = settings.path("ui", "guide.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    views = load_views(settings)
+    views[str(int(model_id))] = {k: view[k] for k in VIEW_KEYS if k in view}
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(views, indent=1))
+    os.replace(tmp, path)  # atomic: a reload never reads half a file
+
+
+def load_views(settings: Settings) -> dict:
+    """{model id: remembered Guide picks}; {} when nothing was remembered or the file is unreadable."""
+    path = settings.path("ui", "guide.json")
+    try:
+        views = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return views if isinstance(views, dict) else {}
+
+
 def run_checkpoints(db: Database, model_id: int | None = None) -> list[tuple[str, int]]:
     """(label, checkpoint id) choices for the budget picker, newest run first."""
     with db.session(read_only=True) as s:

@@ -81,6 +81,23 @@ def _plain(value):
     return value
 
 
+def _as_update(value) -> dict | None:
+    """An event output as an update dict (None for a plain value, which replaces whatever came before)."""
+    if isinstance(value, dict) and value.get("__type__") == "update":
+        return dict(value)
+    if isinstance(value, gr.components.Component):
+        return {**(value._constructor_args[0] if value._constructor_args else {}), "__type__": "update"}
+    return None
+
+
+def _merge(old, new):
+    """Two loaders updating one component: later keys win, earlier ones stay (choices from one, value from another)."""
+    a, b = _as_update(old), _as_update(new)
+    a = {"value": old, "__type__": "update"} if a is None else a
+    b = {"value": new, "__type__": "update"} if b is None else b
+    return {**a, **b}
+
+
 def _wire_loading(page: Page, demo: gr.Blocks, tabs_loaders) -> None:
     """On page open: fill every tab in ONE request (loaders run in order, later ones see earlier outputs);
     on tab select: refresh that tab."""
@@ -110,7 +127,7 @@ def _wire_loading(page: Page, demo: gr.Blocks, tabs_loaders) -> None:
                 print(f"page load: {getattr(fn, '__name__', fn)} failed: {e}", flush=True)
                 continue
             for comp, val in zip(outs, res if len(outs) > 1 else (res,)):
-                out[comp] = val
+                out[comp] = _merge(out[comp], val) if comp in out else val
                 plain = _plain(val)
                 if plain is not _UNCHANGED:
                     current[comp] = plain

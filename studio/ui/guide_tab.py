@@ -183,6 +183,28 @@ class GuideTab:
         return (f"**Found:** {j.message}\n\nω = **{guide.fmt_omega(found)}** is now the ω used by the previews "
                 "and both exports.", found, gr.Slider(value=snapped))
 
+    def remember(self, model_id, ck, w, p_steps, p_count, m_steps, m_n, skip, shared, every, grp, tgt):
+        """Store the picks of this model's Guide (a reload restores them, see `restore`)."""
+        if as_int(model_id) is None or as_int(ck) is None:
+            return
+        guide.save_view(self.settings, as_int(model_id), {
+            "checkpoint_id": as_int(ck), "omega": float(w or 0), "preview_steps": p_steps, "preview_count": p_count,
+            "steps": m_steps, "n": m_n, "skip_steps": skip, "shared_encoder": bool(shared),
+            "all_budgets": bool(every), "find_group": grp, "find_target": tgt})
+
+    def restore(self, model_id, ck):
+        """The remembered picks of this model's Guide, where its checkpoint still exists."""
+        v = guide.load_views(self.settings).get(str(as_int(model_id)))
+        ids = [c for _, c in guide.run_checkpoints(self.db, as_int(model_id))] if as_int(model_id) else []
+        if not v or v.get("checkpoint_id") not in ids:
+            return (gr.skip(),) * 12
+        w = float(v.get("omega", 0.0))
+        snapped = min(max(round(w / guide.OMEGA_STEP) * guide.OMEGA_STEP, guide.OMEGA_MIN), guide.OMEGA_MAX)
+        get = lambda k: v[k] if v.get(k) is not None else gr.skip()  # noqa: E731
+        return (gr.Dropdown(value=v["checkpoint_id"]), w, snapped, get("preview_steps"), get("preview_count"),
+                get("steps"), get("n"), get("skip_steps"), get("shared_encoder"), get("all_budgets"),
+                gr.Dropdown(value=v["find_group"]) if v.get("find_group") else gr.skip(), get("find_target"))
+
     @staticmethod
     def skip_limit(preview_steps, steps):
         """Steps that may be left unguided: fewer than either sampler runs."""
@@ -222,9 +244,19 @@ class GuideTab:
                                            *self.gs_inputs], self.follow.job)
         self.follow.done.change(self.after_job, [self.follow.job, self.omega],
                                 [self.find_md, self.omega_exact, self.omega]).then(self.figures, fig_in, fig_out)
+        remembered = [page.model, self.ckpt, self.omega_exact, *self.gs_inputs, self.all_budgets, self.f_group,
+                      self.f_target]
+        for comp in remembered[1:]:
+            # one queue lane, first in first out: the last pick made is the one remembered
+            comp.change(self.remember, remembered, None, show_progress="hidden", trigger_mode="always_last",
+                        concurrency_id="guide-remember", concurrency_limit=1)
+        restored = [self.ckpt, self.omega_exact, self.omega, *self.gs_inputs, self.all_budgets, self.f_group,
+                    self.f_target]
         for ev in (page.model.change, page.grouping.change):
-            ev(self.refresh, [page.model, page.grouping], [self.ckpt, self.f_group, self.f_target])
+            ev(self.refresh, [page.model, page.grouping], [self.ckpt, self.f_group, self.f_target]).then(
+                self.restore, [page.model, self.ckpt], restored)
         page.loaders.append((self.refresh, [page.model, page.grouping], [self.ckpt, self.f_group, self.f_target]))
+        page.loaders.append((self.restore, [page.model, self.ckpt], restored))
         page.loaders.append((self.figures, fig_in, fig_out))
         page.guide_checkpoint, page.guide_omega, page.guide_settings = self.ckpt, self.omega_exact, self.gs_inputs
 

@@ -1,0 +1,161 @@
+"""Browser checks that the studio's numbers and state stay true after every action (Playwright + chromium).
+
+A tiny fine-tuned world is built in-process first (seconds), so each check starts where a user would be.
+Run: python -m pytest -q tests/browser/test_studio_state.py
+"""
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+if not Path("/usr/bin/chromium").exists():
+    pytest.skip("chromium is not installed (apt-get install -y chromium)", allow_module_level=True)
+playwright = pytest.importorskip("playwright.sync_api")
+
+from walk import ARGS, CHROMIUM, fill, job_card, run_job, tab, toast_text, wait_text  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Tiny model, labelled pool of 40, two sets (S #1 is the older), a fine-tune with two budgets, the UI."""
+    from studio.jobs.runner import JobRunner
+    from studio.services import attributes, finetune, sets
+    from studio.testing import run_now, tiny_studio
+    from studio.ui.app import build_ui, launch_kwargs
+    st, mid = tiny_studio(tmp_path_factory.mktemp("state") / "data", n_pool=40)
+    g = next(g for g in attributes.list_groupings(st.db, "digits") if g["name"] == "digits 0-4 vs 5-9")
+    set_ids = []
+    for mix in ({"0-4": 0.5, "5-9": 0.5}, {"0-4": 0.25, "5-9": 0.75}):
+        sid, job = sets.submit_build(st.db, mid, g["id"], mix, n_s=16, steps=2)
+        assert run_now(st, job).state == "succeeded"
+        set_ids.append(sid)
+    ft = finetune.submit(st.db, set_ids[0], total_kimg=0.032, checkpoint_kimg=0.016, lr=1e-3, batch_size=8,
+                         previews=False)
+    assert run_now(st, ft).state == "succeeded"
+    st.runner = JobRunner(st.db, st.settings, poll_s=0.2).start()
+    demo = build_ui(st)
+    demo.queue()
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **launch_kwargs(st))
+    yield {"url": url, "st": st, "model": mid, "grouping": g, "sets": set_ids, "ckpts": finetune.checkpoints(st.db, ft)}
+    demo.close()
+    st.close(terminate_jobs=True)
+
+
+@pytest.fixture(scope="module")
+def page(world):
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        pg = browser.new_page(viewport={"width": 1440, "height": 1000})
+        errors = []
+        pg.on("pageerror", lambda e: errors.append(str(e)))
+        pg.goto(world["url"], wait_until="networkidle", timeout=120_000)
+        pg.page_errors = errors
+        yield pg
+        browser.close()
+
+
+def value(pg, elem_id):
+    """The value of a component's first input box."""
+    return pg.locator(f"#{elem_id}").locator("input, textarea").first.input_value()
+
+
+def wait_value(pg, elem_id, expected, timeout=60_000):
+    """Wait until a component's input box holds `expected` (as text)."""
+    pg.wait_for_function("([id, v]) => document.querySelector(`#${id} input, #${id} textarea`)?.value === v",
+                         arg=[elem_id, str(expected)], timeout=timeout)
+
+
+def reload(pg, url):
+    """Reload the page like a user pressing F5, and wait for its load request to finish."""
+    pg.reload(wait_until="networkidle", timeout=120_000)
+
+
+def guide_settings(pg):
+    """Cheap sampling and measurement settings for the tiny model."""
+    tab(pg, "Guide")
+    if not pg.locator("#guide-n input").count():  # the accordion is closed
+        pg.get_by_text("Sampling and measurement").click()
+    for elem, v in (("guide-psteps", 2), ("guide-pcount", 4), ("guide-msteps", 2), ("guide-n", 16)):
+        fill(pg, elem, v)
+
+
+# ----------------------------------------------------------------------------- checks
+
+def test_typed_omega_is_used_exactly_by_previews_and_exports(page):
+    pg = page
+    guide_settings(pg)
+    fill(pg, "omega-exact", 0.375)
+    wait_text(pg, "guide-caption", "+0.375")
+    tab(pg, "Export")
+    wait_text(pg, "export-plan", "+0.375")
+    assert "whole trajectory" in pg.locator("#export-plan").inner_text()
+    pg.locator("#bundle-btn").click()
+    wait_text(pg, "bundle-card", "+0.375")
+
+
+def test_found_omega_is_the_exported_omega(page, world):
+    from studio.services import jobs
+    from studio.services.guide import fmt_omega
+    pg = page
+    tab(pg, "Guide")
+    fill(pg, "find-target", 70)
+    state, text = run_job(pg, "find-btn", "sweep", timeout=300)
+    assert state == "succeeded", text
+    job = int(job_card(pg, "sweep")[0])
+    found = jobs.get(world["st"].db, job).result["omega"]
+    wait_text(pg, "find-result", fmt_omega(found))
+    wait_value(pg, "omega-exact", f"{found:g}")
+    tab(pg, "Export")
+    wait_text(pg, "export-plan", fmt_omega(found))
+
+
+def test_reload_keeps_the_guide_settings_omega_and_plots(page, world):
+    pg = page
+    guide_settings(pg)
+    fill(pg, "omega-exact", 0.625)
+    wait_text(pg, "guide-caption", "+0.625")
+    assert run_job(pg, "guide-sweep", "sweep", timeout=400)[0] == "succeeded"
+    pg.locator("#plot-fraction .js-plotly-plot").wait_for(timeout=30_000)
+    wait_text(pg, "plot-fraction", "0-4")
+    reload(pg, world["url"])
+    tab(pg, "Guide")
+    wait_text(pg, "guide-caption", "+0.625")  # the grid at the remembered ω
+    wait_value(pg, "omega-exact", "0.625")
+    pg.get_by_text("Sampling and measurement").click()
+    wait_value(pg, "guide-n", "16")
+    assert value(pg, "guide-msteps") == "2" and value(pg, "guide-pcount") == "4"
+    wait_text(pg, "plot-fraction", "0-4")  # the measured curves, not the empty placeholder
+    assert "Precompute" not in pg.locator("#plot-fraction").inner_text()
+
+
+def test_double_start_gives_one_job_and_reload_keeps_its_form(page, world):
+    from studio.services import finetune, jobs
+    pg = page
+    st, older = world["st"], world["sets"][0]
+    tab(pg, "Fine-tune")
+    pg.locator("#ft-set input").first.click()
+    pg.get_by_role("option", name=f"S #{older} ").first.click()
+    fill(pg, "ft-budget", 4)
+    fill(pg, "ft-every", 2)
+    fill(pg, "ft-batch", 8)
+    before = {r["id"] for r in finetune.list_runs(st.db)}
+    shown = job_card(pg, "finetune")[0]
+    pg.locator("#ft-start").dblclick()
+    pg.wait_for_function("old => (document.querySelector('#job-finetune .job-card')?.dataset.job ?? null) !== old",
+                         arg=shown, timeout=60_000)
+    pg.wait_for_timeout(3000)  # both clicks have been answered
+    new = [r for r in finetune.list_runs(st.db) if r["id"] not in before]
+    assert len(new) == 1, new
+    job = new[0]["id"]
+    assert job_card(pg, "finetune")[0] == str(job)
+    try:
+        reload(pg, world["url"])
+        tab(pg, "Fine-tune")
+        wait_text(pg, "job-finetune", f"#{job}")
+        wait_value(pg, "ft-budget", "4")
+        assert f"S #{older} " in value(pg, "ft-set") and value(pg, "ft-every") == "2"
+    finally:
+        if jobs.get(st.db, job).active:
+            jobs.cancel(st.db, job)
+    assert page.page_errors == []
