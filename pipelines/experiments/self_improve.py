@@ -143,6 +143,16 @@ def measure(features: np.ndarray, classes: np.ndarray, ref: Reference, settings:
     return out
 
 
+def _with_class_tv(row: dict, ref: Reference) -> dict:
+    """Add class_tv: total-variation distance of the sample's class histogram from the real digits'
+    (did the mix move? overall FD rises with it even when every class is drawn well)."""
+    names = list(ref.classifier.classes)
+    real = np.array([(ref.classes == c).mean() for c in names])
+    gen = np.array([row["class_histogram"].get(c, 0) for c in names], float)
+    row["class_tv"] = float(0.5 * np.abs(gen / gen.sum() - real).sum())
+    return row
+
+
 def _paired_delta_ci(features, zero_features, ref, settings, level=0.95) -> tuple[float, float]:
     rng = np.random.default_rng(settings.seed + 7)
     deltas = []
@@ -264,7 +274,7 @@ def run_self_improve(settings: SelfImproveSettings, work_dir, log: Callable[[str
             _write_json(zero_measure_file, measure(z["features"], z["classes"].astype(object), ref, settings))
         zero = json.loads(zero_measure_file.read_text())
         zero["features"] = z["features"]
-        info["omega0"] = {k: v for k, v in zero.items() if k != "features"}
+        info["omega0"] = _with_class_tv({k: v for k, v in zero.items() if k != "features"}, ref)
         info["omega0_seconds"] = float(z["seconds"])
         log(f"[{name}] FD-digits at omega 0: {zero['overall']:.3f} (floor at n={zero['n']}: {zero['floor']:.3f})")
         grid["bases"][name] = info
@@ -298,7 +308,7 @@ def run_self_improve(settings: SelfImproveSettings, work_dir, log: Callable[[str
                         f"[{row['delta_vs_0_ci'][0]:+.3f}, {row['delta_vs_0_ci'][1]:+.3f}]) in {row['sample_seconds']:.0f} s")
                 else:
                     _trajectory(grid, base, run_dir, budget, ref, settings, omegas, name)
-                grid["points"].append(json.loads(pfile.read_text()))
+                grid["points"].append(_with_class_tv(json.loads(pfile.read_text()), ref))
     floors_file = work / "floors.json"
     if not floors_file.exists():
         _write_json(floors_file, floor_comparison(ref, int(settings.eval_samples), settings))
@@ -384,7 +394,8 @@ def heatmap_figure(grid: dict):
         for base, s, aug in keys:
             floor = grid["bases"][base]["omega0"]["floor" if row == "overall" else "mean_class_floor"]
             titles.append(f"{base}, |S|={s}{', aug p=%g' % aug if aug else ''}: {row} (floor {floor:.2f})")
-    fig = make_subplots(rows=2, cols=max(len(keys), 1), subplot_titles=titles, vertical_spacing=0.16)
+    fig = make_subplots(rows=2, cols=max(len(keys), 1), subplot_titles=titles, vertical_spacing=0.28,
+                        horizontal_spacing=0.06)
     for c, key in enumerate(keys, start=1):
         cells = panels[key]
         budgets = sorted({b for b, _ in cells})
@@ -393,22 +404,30 @@ def heatmap_figure(grid: dict):
             z = [[cells.get((b, w), {}).get(field_) for w in omegas] for b in budgets]
             text = [[("" if v is None else f"{v:.2f}") for v in row] for row in z]
             fig.add_trace(go.Heatmap(z=z, x=[f"{w:g}" for w in omegas], y=[f"{b:g} kimg" for b in budgets],
-                                     text=text, texttemplate="%{text}", colorscale="Viridis_r",
+                                     text=text, texttemplate="%{text}", colorscale=[[0, "#b8e186"], [0.5, "#ffffbf"], [1, "#fdae61"]],
+                                     textfont={"color": "black"},
                                      showscale=False, hovertemplate="ω %{x}, %{y}: %{z:.3f}<extra></extra>"),
                           row=r, col=c)
             fig.update_xaxes(title_text="ω", row=r, col=c)
     n = grid["settings"]["eval_samples"]
-    fig.update_layout(title=f"FD-digits (lower is better) over guidance ω and auxiliary budget; {n} samples a point, "
-                            f"{grid['settings']['num_steps']} Heun steps", height=620,
-                      width=max(520, 430 * len(keys)))
+    fig.update_layout(title=f"FD-digits (lower is better; green = lowest of its panel) over guidance ω and "
+                            f"auxiliary budget<br><sup>{n} samples a point on the same seeds, "
+                            f"{grid['settings']['num_steps']} Heun steps; the base's floor in each title</sup>",
+                      height=640, width=max(560, 470 * len(keys)), font={"size": 11})
+    fig.update_annotations(font_size=11)
     return fig
 
 
 def grid_table(grid: dict) -> list[str]:
     """Markdown rows: base, S, budget, ω, FD-digits overall [CI], change from ω = 0 [paired CI], class mean."""
-    lines = ["| base | |S| | budget | ω | FD-digits overall [95% CI] | change vs ω = 0 [95% CI] | class-matched mean |",
-             "|---|---|---|---|---|---|---|"]
-    for key, cells in sorted(_panels(grid).items(), key=lambda kv: (str(kv[0][0]), kv[0][1], kv[0][2])):
+    lines = ["| base | \\|S\\| | budget | ω | FD-digits overall [95% CI] | change vs ω = 0 [paired 95% CI] | "
+             "class-matched mean (floor) | class mix TV to real |",
+             "|---|---|---|---|---|---|---|---|"]
+    panels = _panels(grid)
+    for name, b in grid["bases"].items():  # bases with no SIMS point yet: their omega-0 row alone
+        if not any(k[0] == name for k in panels):
+            panels[(name, "—", 0.0)] = {(0.0, 0.0): {**b["omega0"], "omega": 0.0, "delta_vs_0": 0.0}}
+    for key, cells in sorted(panels.items(), key=lambda kv: (str(kv[0][0]), str(kv[0][1]), kv[0][2])):
         for (b, w), p in sorted(cells.items()):
             if w == 0.0 and b != min(bb for bb, _ in cells):
                 continue  # the base row once per panel
@@ -416,5 +435,6 @@ def grid_table(grid: dict) -> list[str]:
             d = p.get("delta_vs_0_ci")
             change = "—" if w == 0 else f"{p['delta_vs_0']:+.2f} [{d[0]:+.2f}, {d[1]:+.2f}]"
             lines.append(f"| {key[0]} | {key[1]} | {'—' if w == 0 else f'{b:g} kimg'} | {w:g} | "
-                         f"{p['overall']:.2f} [{ci[0]:.2f}, {ci[1]:.2f}] | {change} | {p['mean_class_fd']:.2f} |")
+                         f"{p['overall']:.2f} [{ci[0]:.2f}, {ci[1]:.2f}] | {change} | {p['mean_class_fd']:.2f} "
+                         f"({p['mean_class_floor']:.2f}) | {p.get('class_tv', float('nan')):.3f} |")
     return lines
