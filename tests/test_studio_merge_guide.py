@@ -1,0 +1,47 @@
+"""Studio side of weight-space merge, guide choice and fairness metrics (service level)."""
+import pytest
+import torch
+
+from pipelines.checkpoints.native import load_state_file, read_metadata
+from pipelines.errors import UserError
+from pipelines.merge import merge_checkpoints
+from studio.services import attributes, evaluate, finetune, merge_export, registry, sets
+from studio.testing import run_now, tiny_studio
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    st, mid = tiny_studio(tmp_path_factory.mktemp("mg") / "data", n_pool=40)
+    g = next(g for g in attributes.list_groupings(st.db, "digits") if g["name"] == "digits 0-4 vs 5-9")
+    sid, job = sets.submit_build(st.db, mid, g["id"], {"0-4": 0.5, "5-9": 0.5}, n_s=16, steps=2)
+    assert run_now(st, job).state == "succeeded"
+    ft = finetune.submit(st.db, sid, total_kimg=0.016, checkpoint_kimg=0.016, lr=1e-3, batch_size=8, previews=False)
+    assert run_now(st, ft).state == "succeeded"
+    cks = finetune.checkpoints(st.db, ft)
+    yield st, mid, g, cks
+    st.close()
+
+
+def test_pass_counts_are_counted_on_the_real_sampler():
+    c = merge_export.pass_counts(steps=4, skip_steps=0, omega=1.0)
+    assert c["merged"]["network passes"] == 7  # Heun: 2N - 1 evaluations, one network
+    assert c["bundle"]["network passes"] == 14  # both networks at every evaluation
+    skipped = merge_export.pass_counts(steps=4, skip_steps=1, omega=1.0)
+    assert 7 < skipped["bundle"]["network passes"] < 14  # unguided evaluations run the base alone
+    assert merge_export.pass_counts(steps=4, omega=0.0)["bundle"]["network passes"] == 7
+
+
+def test_merged_export_equals_pipelines_merge_and_is_registered(world, tmp_path):
+    st, mid, g, cks = world
+    out = merge_export.export_merged(st.db, st.settings, cks[-1]["id"], 0.75, name="m")
+    _, base_path, aux_path = evaluate.pair_paths(st.db, st.settings, cks[-1]["id"])
+    ref = merge_checkpoints(base_path, aux_path, 0.75, tmp_path / "ref.safetensors")
+    got, want = load_state_file(out["file"]), load_state_file(ref)
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+    merge = read_metadata(out["file"])["provenance"]["merge"]
+    assert merge["omega"] == 0.75 and len(merge["base"]["sha256"]) == 64 and len(merge["aux"]["sha256"]) == 64
+    assert out["card_data"]["parents"]["aux"]["sha256"] == merge["aux"]["sha256"]
+    m = registry.get_model(st.db, out["model_id"])
+    assert m.source == "merge" and st.settings.abs(m.path).is_file()
+    with pytest.raises(UserError, match="between"):
+        merge_export.export_merged(st.db, st.settings, cks[-1]["id"], 9.0)
