@@ -228,3 +228,19 @@ def test_feature_extractor_follows_the_classifier(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # no facenet weights here: the user is told where they go
     with pytest.raises(UserError, match="facenet weights not found"):
         embedding.feature_extractor(FaceAttr())
+
+
+def test_selection_text_and_shift_click_ranges():
+    from studio.ui.curation_panel import CurationPanel, fmt_ranges, parse
+    assert fmt_ranges([10, 1, 2, 3, 7, 9]) == "1-3, 7, 9, 10"
+    assert parse(fmt_ranges(range(1, 50_001))) == list(range(1, 50_001))
+    panel = CurationPanel.__new__(CurationPanel)  # click() needs no components
+    rows = [11, 12, 13, 14, 15, 16]
+    text, anchor = panel.click(rows, 12, "", False, None)          # plain click toggles on
+    assert (text, anchor) == ("12", 12)
+    text, anchor = panel.click(rows, 15, text, True, anchor)        # shift-click: the range 12..15
+    assert (text, anchor) == ("12-15", 15)
+    text, anchor = panel.click(rows, 11, text, True, anchor)        # backwards range, union
+    assert text == "11-15"
+    assert panel.click(rows, 13, text, False, anchor)[0] == "11, 12, 14, 15"  # plain click toggles off
+    assert panel.click(rows, 16, "3", True, 99)[0] == "3, 16"       # anchor not on this page: a toggle
