@@ -61,8 +61,7 @@ def sigma_steps(cfg: SamplerConfig, device="cpu") -> torch.Tensor:
 
 
 def heun_sample(denoiser: Callable, latents: torch.Tensor, cfg: SamplerConfig = SamplerConfig(),
-                class_labels=None, noise: SeededNoise | None = None,
-                callback: Callable[[dict], None] | None = None) -> tuple[torch.Tensor, int]:
+                class_labels=None, noise: SeededNoise | None = None) -> tuple[torch.Tensor, int]:
     """Run the Heun sampler from unit-variance `latents`; returns (x_0, NFE actually spent)."""
     t_steps = sigma_steps(cfg, latents.device)
     x_next = latents.to(torch.float64) * t_steps[0]
@@ -92,18 +91,16 @@ def heun_sample(denoiser: Callable, latents: torch.Tensor, cfg: SamplerConfig = 
         if i < n - 1:
             d_prime = (x_next - D(x_next, t_next)) / t_next
             x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
-        if callback is not None:
-            callback({"step": i + 1, "num_steps": n, "sigma": float(t_next), "nfe": nfe})
     return x_next.to(torch.float32), nfe
 
 
 def sample_from_seeds(denoiser: Callable, seeds: Sequence[int], shape: Sequence[int],
-                      cfg: SamplerConfig = SamplerConfig(), class_labels=None, device="cpu",
-                      callback=None) -> tuple[torch.Tensor, int]:
+                      cfg: SamplerConfig = SamplerConfig(), class_labels=None,
+                      device="cpu") -> tuple[torch.Tensor, int]:
     """Latents from per-sample seeds, then Heun; same seed -> same sample on the same device."""
     noise = SeededNoise(seeds, device)
     latents = noise.randn(shape)
-    return heun_sample(denoiser, latents, cfg, class_labels=class_labels, noise=noise, callback=callback)
+    return heun_sample(denoiser, latents, cfg, class_labels=class_labels, noise=noise)
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

@@ -24,7 +24,6 @@ class Settings:
     max_upload_mb: int = 512
     allow_private_urls: bool = False  # model import by URL may reach loopback/private addresses (SSRF guard off)
     precision: str = field(default_factory=lambda: default_precision())  # network precision of renders/sweeps
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser().resolve())

@@ -323,8 +323,3 @@ def fd_digits(gen_images, ref_images_or_stats, device=None, cache_dir=None) -> f
     ref = compute_features(ref_images_or_stats, ext, cache_dir)
     return frechet_distance(*feature_stats(gen), *feature_stats(ref))
 
-
-def fd_digits_per_group(gen_images, gen_groups, ref: ReferenceStats, device=None, cache_dir=None) -> dict:
-    """fd_report on FD-digits features: overall, per group, reweighted."""
-    ext = DigitsFeatureExtractor(device=device)
-    return fd_report(compute_features(gen_images, ext, cache_dir), ref, gen_groups, feature=ext.feature_id)

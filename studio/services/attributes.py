@@ -100,12 +100,6 @@ def register_grouping(db: Database, classifier: str, name: str, groups: dict[str
         return row.id
 
 
-def parse_grouping_spec(spec: str) -> dict[str, list[str]]:
-    """'A=c1+c2; B=c3' -> {'A': [...], 'B': [...]} (the UI's custom-grouping syntax)."""
-    from pipelines.attributes import Grouping as EngineGrouping
-    return EngineGrouping.parse(spec).groups
-
-
 def register_builtin_groupings(db: Database, classifier: str) -> list[int]:
     """Register every built-in grouping of a classifier (idempotent)."""
     from pipelines.attributes import builtin_groupings

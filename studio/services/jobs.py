@@ -11,7 +11,7 @@ from pipelines.errors import UserError
 from ..db import Database
 from ..jobs.registry import DEVICE_BOUND, TASKS
 from ..jobs.state import transition
-from ..models import Job, JobEvent, JobState, Metric
+from ..models import Job, JobEvent, JobState
 
 
 @dataclass
@@ -131,9 +131,3 @@ def resume(db: Database, job_id: int) -> str:
         return f"Job #{job_id} queued again."
 
 
-def metric_series(db: Database, job_id: int, kind: str) -> list[tuple[float, float]]:
-    """(step, value) pairs of one metric of a job, in order (e.g. the loss curve)."""
-    with db.session(read_only=True) as s:
-        rows = s.execute(select(Metric.step, Metric.value).where(Metric.job_id == job_id, Metric.kind == kind)
-                         .order_by(Metric.step, Metric.id)).all()
-        return [(float(a or 0), float(b)) for a, b in rows]
