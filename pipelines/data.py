@@ -83,7 +83,7 @@ def check_image_shapes(shapes: list[tuple[int, int, int]], names: list[str], whe
 
 
 #----------------------------------------------------------------------------
-# Image folder / zip in EDM dataset_tool layout (EDM_FACTS §7).
+# Image folder / zip in EDM dataset_tool layout (`{idx // 1000:05d}/img{idx:08d}.png` + dataset.json).
 
 class ImageDataset(BaseDataset):
     """PNG images in a folder or zip (EDM layout), optional labels from the root dataset.json."""

@@ -1,6 +1,6 @@
 """Image sets on disk: EDM dataset_tool layout (folder or ZIP_STORED zip) and .npz.
 
-Layout (EDM_FACTS §7): `{idx // 1000:05d}/img{idx:08d}.png` plus a root `dataset.json`
+Layout (as EDM's dataset_tool writes it): `{idx // 1000:05d}/img{idx:08d}.png` plus a root `dataset.json`
 holding `{"labels": [[relpath, label], ...]}` or `{"labels": null}`. Images are uint8 NHWC
 arrays with 1 or 3 channels; greyscale PNGs are written as mode "L".
 """

@@ -21,7 +21,11 @@ def _check_distribution(d: Mapping[str, float], what: str) -> dict[str, float]:
 
 def suggest_aux_mix(base_fractions: Mapping[str, float], target: Mapping[str, float],
                     omega0: float = 1.0) -> dict[str, float]:
-    """First guess a = p - (q - p)/omega0, clipped to the simplex and renormalised (DESIGN §1)."""
+    """First guess a = p - (q - p)/omega0, clipped to the simplex and renormalised.
+
+    Guidance at omega moves the group fractions roughly linearly away from the auxiliary mix a,
+    q ~ p + omega (p - a); solved for a at the planned omega0. (p = 0.5, q = 0.7, omega0 = 1 gives
+    a = 0.3, the SIMS paper's FFHQ choice.) A guess only: the measured omega curve decides."""
     p = _check_distribution(base_fractions, "Base fractions")
     q = _check_distribution(target, "Target distribution")
     if set(p) != set(q):

@@ -2,7 +2,7 @@
 
 EDM pickles store each network object as a call to `torch_utils.persistence._reconstruct_persistent_obj(meta)`
 whose `meta["module_src"]` is Python source that EDM's own loader executes. We never do: a restricted
-unpickler resolves only the globals listed in EDM_FACTS §1 (to inert stand-ins or small checked
+unpickler resolves only the globals in `ALLOWED_GLOBALS` below (to inert stand-ins or small checked
 functions), so the persistent objects become plain `PersistentRecord`s and the embedded source stays a
 string we only hash. Any other global refuses the whole file before anything in it runs.
 

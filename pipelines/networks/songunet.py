@@ -1,7 +1,7 @@
 """DDPM++ UNet ("SongUNet" in NVlabs/edm), written for SIMS.
 
 Module tree, parameter and buffer names and forward semantics follow EDM's
-`training/networks.py` (EDM_FACTS §3), so official `edm-*-vp.pkl` weights load 1:1 with
+`training/networks.py`, so official `edm-*-vp.pkl` weights load 1:1 with
 `strict=True` once our safe importer has turned them into a state dict. Only the DDPM++
 variant is built: `encoder_type`/`decoder_type` 'standard'; 'positional' (DDPM++) or
 'fourier' (NCSN++) noise embedding.

@@ -1,4 +1,4 @@
-"""Target distribution: k shares that always sum to 100%, and the suggested auxiliary mix (DESIGN §1)."""
+"""Target distribution: k shares that always sum to 100%, and the suggested auxiliary mix a = p - (q - p)/omega0."""
 from __future__ import annotations
 
 from typing import Sequence

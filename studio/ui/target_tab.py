@@ -84,7 +84,7 @@ def chart(groups, base, *values):
 
 @user_errors
 def suggest(groups, base, w0, *values):
-    """Auxiliary mix from the target (DESIGN §1 formula)."""
+    """Auxiliary mix from the target: a = p - (q - p)/omega0 (pipelines.shift.suggest_aux_mix)."""
     if not groups:
         raise gr.Error("Label the pool first: the suggestion starts from its base fractions.")
     q = target.check_shares(groups, values[:len(groups)], "Target")
