@@ -45,3 +45,21 @@ def test_merged_export_equals_pipelines_merge_and_is_registered(world, tmp_path)
     assert m.source == "merge" and st.settings.abs(m.path).is_file()
     with pytest.raises(UserError, match="between"):
         merge_export.export_merged(st.db, st.settings, cks[-1]["id"], 9.0)
+
+
+def test_export_tab_states_both_costs_and_the_merged_card(world):
+    from studio.ui import export_tab
+    st, mid, g, cks = world
+    text = export_tab.cost_md(merge_export.pass_counts(steps=4, omega=1.0))
+    assert export_tab.BUNDLE in text and export_tab.MERGED in text and "| 14 (7 base + 7 auxiliary) |" in text
+    out = merge_export.export_merged(st.db, st.settings, cks[-1]["id"], 0.5)
+    card = export_tab.merged_md(out)
+    assert out["card_data"]["parents"]["base"]["sha256"][:12] in card and "generate --model" in card
+
+
+def test_the_ui_builds_with_the_export_choice(world):
+    from studio.ui.app import build_ui
+    st, *_ = world
+    blocks = build_ui(st)
+    ids = {getattr(b, "elem_id", None) for b in blocks.blocks.values()}
+    assert "model-export-kind" in ids

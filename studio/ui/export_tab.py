@@ -5,7 +5,7 @@ import gradio as gr
 
 from pipelines.errors import UserError
 
-from ..services import attributes, export, jobs
+from ..services import attributes, export, jobs, merge_export
 from ..services.guide import fmt_omega
 from .common import Page, as_int, user_errors
 from .guide_tab import settings_from
@@ -48,6 +48,31 @@ def plan_md(p: dict) -> str:
     return "#### Both exports will use\n\n| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
 
 
+BUNDLE, MERGED = "score-space SIMS bundle (two networks)", "weight-space merge (one network, base's sampling cost)"
+
+
+def cost_md(c: dict) -> str:
+    """Network passes per image of each model export, as counted (not timed)."""
+    b, m = c["bundle"], c["merged"]
+    return ("#### What each model export costs to sample\n\n| export | network passes per image | per step |\n"
+            "|---|---|---|\n"
+            f"| {BUNDLE} | {b['network passes']} ({b['base passes']} base + {b['auxiliary passes']} auxiliary) | "
+            f"{b['passes per step']:.2f} |\n"
+            f"| {MERGED} | {m['network passes']} | {m['passes per step']:.2f} |\n\n"
+            f"{c['how']}. The merge's ω scale differs from score-space SIMS: the bundle's measurements at this ω "
+            "are not the merged model's.")
+
+
+def merged_md(out: dict) -> str:
+    """The merged model's card as a readable summary."""
+    c = out["card_data"]
+    p = c["parents"]
+    return (f"### {c['title']}\n\n| | |\n|---|---|\n| ω | {fmt_omega(c['omega'])} |\n| rule | {c['rule']} |\n"
+            f"| base | `{p['base']['sha256'][:12]}…` |\n| auxiliary | `{p['aux']['sha256'][:12]}…` |\n"
+            f"| registered | model #{c['registered_model_id']} (Models tab) |\n| measured | {c['measured_note']} |\n\n"
+            f"Sample from it anywhere:\n\n```\n{out['command']}\n```")
+
+
 def build(page: Page) -> None:
     """Lay out the tab and wire its events (uses the Guide tab's checkpoint, ω and settings)."""
     db, settings = page.db, page.settings
@@ -55,10 +80,11 @@ def build(page: Page) -> None:
     plan_view = gr.Markdown(elem_id="export-plan", elem_classes=["card-md"])
     with gr.Row():
         with gr.Column():
-            gr.Markdown("#### SIMS bundle (base + auxiliary + ω + interval + sampler + model card)")
+            gr.Markdown("#### Shifted model (same auxiliary checkpoint and ω)")
+            b_kind = gr.Radio([BUNDLE, MERGED], value=BUNDLE, label="Export as", elem_id="model-export-kind")
             b_name = gr.Textbox(label="File name (optional)", elem_id="bundle-name")
-            b_btn = gr.Button("Export bundle", variant="primary", elem_id="bundle-btn")
-            b_file = gr.File(label="Bundle", interactive=False, elem_id="bundle-file")
+            b_btn = gr.Button("Export model", variant="primary", elem_id="bundle-btn")
+            b_file = gr.File(label="Model file", interactive=False, elem_id="bundle-file")
             b_card = gr.Markdown(elem_id="bundle-card")
         with gr.Column():
             gr.Markdown("#### Shifted dataset (N images + classifier labels, EDM zip layout)")
@@ -73,9 +99,12 @@ def build(page: Page) -> None:
         return attributes.get_grouping(db, gid)["classifier"] if gid is not None else ""
 
     @user_errors
-    def do_bundle(ck, w, grouping_id, name, *gs_vals):
+    def do_bundle(ck, w, grouping_id, kind, name, *gs_vals):
         if as_int(ck) is None:
             raise gr.Error("Pick an auxiliary checkpoint in the Guide tab first.")
+        if kind == MERGED:
+            out = merge_export.export_merged(db, settings, as_int(ck), w, name)
+            return out["file"], merged_md(out)
         gs = settings_from(*gs_vals)
         out = export.export_bundle(db, settings, as_int(ck), w, gs.steps, gs.skip_steps, gs.shared_encoder, name,
                                    classifier_of(grouping_id))
@@ -98,7 +127,9 @@ def build(page: Page) -> None:
         if as_int(ck) is None:
             return "Pick an auxiliary checkpoint in the **Guide** tab (finish a fine-tune first)."
         try:
-            return plan_md(export.plan(db, as_int(ck), w, settings_from(*gs_vals), classifier_of(grouping_id)))
+            gs = settings_from(*gs_vals)
+            return (plan_md(export.plan(db, as_int(ck), w, gs, classifier_of(grouping_id))) + "\n\n"
+                    + cost_md(merge_export.pass_counts(gs.steps, gs.skip_steps, w, gs.shared_encoder)))
         except UserError as e:
             return f"**Cannot export yet:** {e}"
 
@@ -106,7 +137,8 @@ def build(page: Page) -> None:
     for comp in (page.guide_checkpoint, page.guide_omega, *page.guide_settings):
         comp.change(show_plan, plan_in, plan_view, show_progress="hidden", trigger_mode="always_last")
     page.loaders.append((show_plan, plan_in, [plan_view]))
-    b_btn.click(do_bundle, [page.guide_checkpoint, page.guide_omega, page.grouping, b_name, *page.guide_settings],
+    b_btn.click(do_bundle, [page.guide_checkpoint, page.guide_omega, page.grouping, b_kind, b_name,
+                            *page.guide_settings],
                 [b_file, b_card])
     d_btn.click(do_dataset, [page.guide_checkpoint, page.guide_omega, page.grouping, d_n, d_name, page.device,
                              *page.guide_settings], follow.job)
