@@ -331,7 +331,7 @@ def load_edm_pickle(path) -> tuple[Precond, ModelConfig, dict]:
     try:
         cfg = model_config_from_records(ema)
         state = records_state_dict(ema)
-    except UserError:
+    except (UserError, ImportError):
         raise
     except Exception as e:  # records whose fields have impossible types or values
         raise UserError(f"{path}: the network description in the pickle is malformed ({type(e).__name__}: "

@@ -82,7 +82,7 @@ def load_model(path, device="cpu") -> tuple[Precond, dict[str, Any]]:
         cfg = ModelConfig.from_dict(meta["model"])
         with safe_open(str(path), framework="pt") as f:
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    except UserError:
+    except (UserError, ImportError):
         raise
     except Exception as e:  # anything a corrupt header or config raises: the file is at fault
         raise UserError(f"{path}: its model config or tensor table is invalid ({type(e).__name__}: {e}). "
@@ -138,6 +138,8 @@ def build_for_weights(cfg: ModelConfig, shapes: dict[str, tuple], source) -> Pre
     except _TooManyTensors:
         raise UserError(f"{source}: its config describes a network with more tensors than the file holds "
                         f"({len(shapes)}); the file is corrupt or not a checkpoint of this model.") from None
+    except ImportError:  # a missing package is not the file's fault
+        raise
     except Exception as e:  # a config with impossible values (zero, negative, wrong types)
         raise UserError(f"{source}: its network config cannot be built ({type(e).__name__}: {e}); the file is "
                         "corrupt or from an incompatible version.") from None
