@@ -10,7 +10,7 @@ from ..settings import DEFAULT_STEPS
 from ..models import SetMember, Sample, SyntheticSet
 from . import jobs as jobs_service
 from .attributes import get_grouping
-from .pool import group_counts, not_preferred_ids, pool_size
+from .pool import group_counts, not_preferred_ids
 
 DEFAULT_MAX_POOL = 200_000
 
@@ -19,23 +19,15 @@ def plan(db: Database, model_id: int, grouping: dict, mix: dict[str, float], n_s
          max_pool: int = DEFAULT_MAX_POOL) -> dict:
     """Counts per group and the growth needed; UserError for an impossible plan (said up front)."""
     from pipelines.shift import mix_counts
-    from pipelines.synthetic_set import check_feasible
+    from pipelines.synthetic_set import check_counts, check_feasible
     n_s = int(n_s or 0)
     if n_s <= 0:
         raise UserError(f"n_s (size of S) must be a positive number of samples (got {n_s}).")
     counts = mix_counts(mix, n_s)
     have = group_counts(db, model_id, grouping["id"])
-    for g, c in counts.items():
-        if c > 0 and have.get(g, 0) == 0:
-            raise UserError(f"Group '{g}' is empty: none of the {pool_size(db, model_id)} pool samples is "
-                            f"labelled '{g}', yet the mix asks for {c}. Generate and label more samples, "
-                            f"or set its share to 0%.")
-    short = {g: (c, have.get(g, 0)) for g, c in counts.items() if c > have.get(g, 0)}
-    if short and not grow:
-        detail = "; ".join(f"'{g}' needs {c}, the pool has {h}" for g, (c, h) in short.items())
-        raise UserError(f"n_s = {n_s} is more than the labelled pool can supply ({detail}). Lower n_s, "
-                        "or tick 'generate more when a group runs short'.")
-    pool_groups = [g for g, k in have.items() for _ in range(k)]
+    pool_groups = [g for g, k in have.items() for _ in range(k)]  # the labelled pool, as the engine sees it
+    check_counts(pool_groups, counts, can_grow=grow, grow_hint="tick 'generate more when a group runs short'")
+    short = any(c > have.get(g, 0) for g, c in counts.items())
     extra = check_feasible(pool_groups, counts, max_pool) if short else 0
     return {"counts": counts, "have": {g: have.get(g, 0) for g in counts}, "extra_estimate": int(extra)}
 
