@@ -63,3 +63,43 @@ def test_the_ui_builds_with_the_export_choice(world):
     blocks = build_ui(st)
     ids = {getattr(b, "elem_id", None) for b in blocks.blocks.values()}
     assert "model-export-kind" in ids
+
+
+
+
+def _gs():
+    from studio.services import guide
+    return guide.GuideSettings(preview_steps=2, preview_count=4, steps=2, n=16)
+
+
+def test_wrong_shape_guide_is_refused_with_both_shapes(world, tmp_path):
+    from studio.services import guide_model
+    from studio.testing import make_tiny_model
+    st, mid, g, cks = world
+    big = registry.register_checkpoint(st.db, st.settings, make_tiny_model(tmp_path / "big.safetensors", resolution=16))
+    offered = [v for _, v in guide_model.guide_choices(st.db, st.settings, cks[-1]["id"])]
+    assert offered[0] == guide_model.AUX and f"model:{big}" not in offered  # other resolution: not offered
+    with pytest.raises(UserError, match=r"sample shape.*\(1, 8, 8\).*\(1, 16, 16\)"):
+        guide_model.resolve_guide(st.db, st.settings, cks[-1]["id"], f"model:{big}")
+    with pytest.raises(UserError, match="cannot guide itself"):
+        guide_model.resolve_guide(st.db, st.settings, cks[-1]["id"], f"model:{mid}")
+
+
+def test_renders_and_measurement_keys_differ_per_guide(world, tmp_path):
+    from studio.services import guide, guide_model
+    from studio.testing import make_tiny_model
+    st, mid, g, cks = world
+    other = registry.register_checkpoint(st.db, st.settings, make_tiny_model(tmp_path / "o.safetensors", seed=7))
+    choice = f"model:{other}"
+    assert choice in [v for _, v in guide_model.guide_choices(st.db, st.settings, cks[-1]["id"])]
+    *_, (_, aux) = guide_model.preview_stream(st.db, st.settings, cks[-1]["id"], 1.0, _gs(), guide_model.AUX)
+    *_, (_, oth) = guide_model.preview_stream(st.db, st.settings, cks[-1]["id"], 1.0, _gs(), choice)
+    assert aux["key"] != oth["key"] and not oth["cached"]
+    # the auxiliary keeps its historical key and cache; the other guide's grid is not one of its previews
+    assert aux["key"] == guide.preview(st.db, st.settings, cks[-1]["id"], 1.0, _gs())["key"]
+    cached = guide._cached_previews(st.db, st.settings, cks[-1]["id"], _gs())
+    assert oth["grid"] not in cached.values()
+    again = guide_model.preview_stream(st.db, st.settings, cks[-1]["id"], 1.0, _gs(), choice)
+    assert list(again)[-1][1]["cached"]
+    gd = guide_model.resolve_guide(st.db, st.settings, cks[-1]["id"], choice)
+    assert guide_model.measurement_key(_gs(), None) == _gs().key() != guide_model.measurement_key(_gs(), gd)

@@ -70,12 +70,14 @@ def interval_from_skip(steps: int, skip: int, sampler_kwargs: dict | None = None
 
 
 def render_key(base_hash: str, checkpoint_id: int, omega: float, interval, seeds, steps: int,
-               shared_encoder: bool, precision: str = "fp32") -> str:
-    """Cache key: everything that determines the rendered pixels (fp32 keys predate the precision)."""
+               shared_encoder: bool, precision: str = "fp32", guide_hash: str | None = None) -> str:
+    """Cache key: everything that determines the rendered pixels (fp32 keys predate the precision; a guide
+    other than the checkpoint itself enters by its content hash, so renders of different guides never mix)."""
     blob = json.dumps({"base": base_hash, "ckpt": int(checkpoint_id), "omega": round(float(omega), 4),
                        "interval": [round(v, 6) for v in interval] if interval else None,
                        "seeds": [int(s) for s in seeds], "steps": int(steps), "shared": bool(shared_encoder),
-                       **({"precision": precision} if precision != "fp32" else {})},
+                       **({"precision": precision} if precision != "fp32" else {}),
+                       **({"guide": guide_hash} if guide_hash else {})},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -101,8 +103,9 @@ def grid_image(images: np.ndarray, total: int | None = None) -> np.ndarray:
 
 
 def render_stream(db: Database, settings: Settings, checkpoint_id: int, omega: float, seeds, steps: int,
-                  interval=None, shared_encoder: bool = False, device: str = "cpu"):
+                  interval=None, shared_encoder: bool = False, device: str = "cpu", guide: dict | None = None):
     """Grid of `seeds` at `omega`, from the cache if there, else rendered now (chunk by chunk) and cached.
+    `guide` ({"path", "sha256"}) replaces the checkpoint as the guiding model (autoguidance).
 
     Yields ("partial", grid image, done, total) after each chunk but the last of a fresh render, then
     ("done", result dict); a cached grid yields only ("done", ...).
@@ -110,8 +113,10 @@ def render_stream(db: Database, settings: Settings, checkpoint_id: int, omega: f
     t0 = time.perf_counter()
     seeds = [int(x) for x in seeds]
     base_row, base_path, aux_path = pair_paths(db, settings, checkpoint_id)
+    if guide:
+        aux_path = Path(guide["path"])
     key = render_key(base_row.content_hash, checkpoint_id, omega, interval, seeds, steps, shared_encoder,
-                     settings.precision)
+                     settings.precision, guide["sha256"] if guide else None)
     with db.session(read_only=True) as s:
         row = s.scalar(select(Render).where(Render.key == key))
         hit = row is not None and settings.abs(row.path).exists()
@@ -137,7 +142,8 @@ def render_stream(db: Database, settings: Settings, checkpoint_id: int, omega: f
         with db.session() as s:
             s.add(Render(key=key, model_id=base_row.id, checkpoint_id=int(checkpoint_id), omega=float(omega),
                          settings={"interval": list(interval) if interval else None, "seeds": seeds,
-                                   "steps": int(steps), "shared_encoder": bool(shared_encoder)}, path=rel))
+                                   "steps": int(steps), "shared_encoder": bool(shared_encoder),
+                                   **({"guide": guide["sha256"]} if guide else {})}, path=rel))
     except IntegrityError:
         pass  # a job or another tab rendered the same key a moment ago: same pixels
     yield "done", {"grid": str(out), "npz": str(out.with_suffix(".npz")), "cached": False,

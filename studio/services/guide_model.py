@@ -1,0 +1,102 @@
+"""The guide model of the Guide tab: D = (1 + ω)·D_base − ω·D_guide with a guide of the user's choice.
+
+The default guide is the SIMS auxiliary (the picked checkpoint). Autoguidance (Karras et al. 2024)
+uses the same rule with a weaker version of the base, e.g. an earlier checkpoint; any registered
+model denoising the same sample shape under the same preconditioning can guide, the rest is refused
+with `pipelines.guidance.check_guide`'s message. Renders with another guide are cached under a key
+holding the guide's content hash, so grids of different guides never mix.
+"""
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from pipelines.errors import UserError
+
+from ..db import Database
+from ..models import Model
+from ..settings import Settings
+from .evaluate import load_cached, pair_paths, render_stream
+from .guide import OMEGA_MAX, OMEGA_MIN, GuideSettings
+
+AUX = "aux"            # the SIMS auxiliary: the picked checkpoint itself
+DEMO_EARLY = "demo-early"  # the bundled early checkpoint of the demo base (registered on first use)
+
+
+def _demo_early():
+    from pipelines.resources import ASSETS
+    return ASSETS / "demo" / "digits_early_20kimg.safetensors"
+
+
+def guide_choices(db: Database, settings: Settings, checkpoint_id: int) -> list[tuple[str, str]]:
+    """(label, value) of the guides offered for a checkpoint: the auxiliary, the demo's early checkpoint
+    (demo base only), and every other registered model of the base's resolution and channels."""
+    base, _, _ = pair_paths(db, settings, checkpoint_id)
+    out = [("SIMS auxiliary (this checkpoint)", AUX)]
+    with db.session(read_only=True) as s:
+        rows = s.execute(select(Model.id, Model.name, Model.content_hash).where(
+            Model.resolution == base.resolution, Model.channels == base.channels, Model.id != base.id)
+            .order_by(Model.id)).all()
+    early = _demo_early()
+    if base.source == "demo" and early.is_file():
+        from pipelines.checkpoints.download import sha256_file
+        digest = sha256_file(early)
+        if not any(h == digest for _, _, h in rows):
+            out.append(("early checkpoint of the demo base (20 kimg, bundled; autoguidance)", DEMO_EARLY))
+    out += [(f"model #{mid}: {name}", f"model:{mid}") for mid, name, _ in rows]
+    return out
+
+
+def resolve_guide(db: Database, settings: Settings, checkpoint_id: int, choice: str | None,
+                  device: str = "cpu") -> dict | None:
+    """None for the auxiliary; else {"path", "sha256", "label", "model_id"} of a guide that fits the base.
+    UserError (check_guide's message, both shapes named) when it does not."""
+    from pipelines.guidance import check_guide
+    choice = (choice or AUX).strip()
+    if choice == AUX:
+        return None
+    base, base_path, _ = pair_paths(db, settings, checkpoint_id)
+    if choice == DEMO_EARLY:
+        from . import registry
+        mid = registry.register_checkpoint(db, settings, _demo_early(), name="digits demo early 20 kimg (bundled)",
+                                           source="demo", source_ref="assets/demo/digits_early_20kimg.safetensors")
+    elif choice.startswith("model:") and choice[6:].isdigit():
+        mid = int(choice[6:])
+    else:
+        raise UserError(f"Unknown guide {choice!r}: pick the SIMS auxiliary or a registered model.")
+    with db.session(read_only=True) as s:
+        row = s.get(Model, mid)
+        if row is None:
+            raise UserError(f"Model #{mid} is not registered (any more); pick another guide.")
+        path, digest, name = settings.abs(row.path), row.content_hash, row.name
+    if mid == base.id:
+        raise UserError("The base cannot guide itself (ω would have no effect); pick a weaker or shifted model.")
+    check_guide(load_cached(base_path, device), load_cached(path, device))
+    return {"path": str(path), "sha256": digest, "label": name, "model_id": mid}
+
+
+def guide_identity(guide: dict | None, checkpoint_id: int) -> str:
+    """A stable name of the guide for keys and captions."""
+    return f"aux:ckpt{int(checkpoint_id)}" if guide is None else f"model:{guide['sha256'][:16]}"
+
+
+def measurement_key(gs: GuideSettings, guide: dict | None) -> str:
+    """Measurement settings key including the guide (the auxiliary keeps its historical key)."""
+    import hashlib
+    if guide is None:
+        return gs.key()
+    return hashlib.sha256(f"{gs.key()}|guide:{guide['sha256']}".encode()).hexdigest()[:16]
+
+
+def preview_stream(db: Database, settings: Settings, checkpoint_id: int, omega: float, gs: GuideSettings,
+                   choice: str | None, device: str = "cpu"):
+    """The Guide's fixed preview seeds at ω with the chosen guide (see evaluate.render_stream)."""
+    from pipelines.guidance import parse_omega
+    omega = parse_omega(omega)
+    if not OMEGA_MIN <= omega <= OMEGA_MAX:
+        raise UserError(f"omega must be between {OMEGA_MIN} and {OMEGA_MAX} (got {omega}).")
+    guide = resolve_guide(db, settings, checkpoint_id, choice, device)
+    if guide is not None and gs.shared_encoder:
+        raise UserError("The shared encoder applies to a decoder-only SIMS auxiliary; untick it to guide with "
+                        f"{guide['label']}.")
+    return render_stream(db, settings, checkpoint_id, omega, range(gs.preview_count), gs.preview_steps,
+                         gs.interval(gs.preview_steps), gs.shared_encoder, device, guide=guide)
