@@ -170,3 +170,42 @@ def test_guide_view_is_remembered_per_model(tmp_path):
     assert guide.load_views(st)["3"] == {"checkpoint_id": 7, "omega": 0.375, "n": 64}
     st.path("ui", "guide.json").write_text("{half")
     assert guide.load_views(st) == {}  # unreadable: start from the defaults, never fail the page
+
+
+def test_two_proportion_test_flags_the_issue_s_disagreeing_reading():
+    from studio.services import honesty
+    # 65.6% of 64 measurement samples against a pool at 48.4% of 1000: beyond chance
+    assert honesty.two_proportion_p(42, 64, 484, 1000) < 0.01
+    assert honesty.two_proportion_p(33, 64, 484, 1000) > 0.5
+    pool_ = {"assigned": 1000, "groups": {"0-4": {"fraction": 0.516, "lo": 0.485, "hi": 0.547, "count": 516},
+                                          "5-9": {"fraction": 0.484, "lo": 0.453, "hi": 0.515, "count": 484}}}
+    warn = honesty.base_disagreement({"0-4": (22 / 64, 0.24, 0.47, 22), "5-9": (42 / 64, 0.53, 0.76, 42)}, pool_)
+    assert "reading of" in warn and "(n = 64)" in warn and "(n = 1000)" in warn
+    assert honesty.base_disagreement({"0-4": (31 / 64, 0.36, 0.61, 31), "5-9": (33 / 64, 0.39, 0.64, 33)},
+                                     pool_) is None
+    assert "only 64 samples" in honesty.small_n(64) and honesty.small_n(honesty.MIN_MEASURE_N) is None
+    assert "128 feature dimensions" in honesty.small_fd("FD-digits", 100) and honesty.small_fd("FID", 4096) is None
+
+
+def test_card_and_plan_warn_on_a_small_measurement_with_floors_drawn(world):
+    st, mid, g, cks = world
+    run_now(st, guide.submit_sweep(st.db, cks[-1]["id"], g["id"], GS, metric_omegas=[-1, 0, 1]))
+    c = guide.curves(st.db, cks[-1]["id"], g["id"], GS)
+    assert set(c["fd_floor"]) and all(v[0] > 0 for pts in c["fd_floor"].values() for v in pts.values())
+    p = export.plan(st.db, cks[-1]["id"], 1.0, GS, "digits")
+    assert any("only 16 samples" in w for w in p["warnings"])  # GS measures 16 samples per ω
+    assert any("feature dimensions" in w for w in p["warnings"])
+    card = export.export_bundle(st.db, st.settings, cks[-1]["id"], 1.0, steps=2, name="warned")["card_data"]
+    assert card["measurement_warnings"] == p["warnings"]
+    assert "only 16 samples" in (st.settings.path("exports", "warned.md")).read_text()
+
+
+def test_dataset_export_reports_its_realised_mix_beside_the_plan(world):
+    st, mid, g, cks = world
+    run_now(st, guide.submit_sweep(st.db, cks[-1]["id"], g["id"], GS, metric_omegas=[1]))
+    view = run_now(st, export.submit_dataset_export(st.db, cks[-1]["id"], 1.0, 12, "digits", GS, grouping_id=g["id"]))
+    assert view.state == "succeeded", view.traceback
+    mix = view.result["realised_mix"]
+    assert sum(v[3] for v in mix.values()) <= 12 and set(mix) == {"0-4", "5-9"}
+    assert "realised mix by its own labels" in view.message and "vs planned" in view.message
+    assert view.result["planned"]["n"] > 0

@@ -181,14 +181,10 @@ def render(base_path: Path, aux_path: Path, omega: float, seeds, steps: int, int
 # Measurement: group fractions and per-group Fréchet distance
 
 
-def feature_kind(classifier: str) -> str:
-    """Feature space for Fréchet distances: the demo classifier's ('FD-digits') or Inception (FID)."""
-    return "digits" if classifier == "digits" else "inception"
-
-
 def metric_name(classifier: str) -> str:
-    """'FD-digits' for the demo, else 'FID'."""
-    return "FD-digits" if classifier == "digits" else "FID"
+    """The name a listed classifier's Fréchet distances are reported under (its feature space's metric)."""
+    from pipelines.attributes import classifier_feature_space
+    return classifier_feature_space(classifier).metric
 
 
 def reference_images(settings: Settings, base: Model) -> np.ndarray:
@@ -215,7 +211,7 @@ class Measurer:
         self.eg = engine_grouping(grouping)
         self.clf = load_classifier(db, grouping["classifier"], device=device)
         self.classes = list(self.clf.classes)
-        self.metric = metric_name(grouping["classifier"])
+        self.metric = self.clf.feature_space.metric
         self._settings, self._base, self._device, self._db = settings, base, device, db
         self._extractor = None
         self.ref = None
@@ -229,18 +225,11 @@ class Measurer:
         return {g: (f, lo, hi, int((assigned == g).sum())) for g, (f, lo, hi) in fr.items()}, assigned
 
     def _reference(self):
-        from pipelines.metrics.fid import compute_features, get_feature_extractor, stats_from_features, ReferenceStats
+        from pipelines.metrics.fid import compute_features, extractor_for, stats_from_features, ReferenceStats
         if self.ref is not None or self.ref_error is not None:
             return self.ref
         try:
-            options = {}
-            with self._db.session(read_only=True) as s:
-                from ..models import Classifier
-                row = s.scalar(select(Classifier).where(Classifier.name == self.grouping["classifier"]))
-                if row is not None and feature_kind(row.name) == "digits":
-                    options = {"weights": (row.options or {}).get("weights")}
-            self._extractor = get_feature_extractor(feature_kind(self.grouping["classifier"]), device=self._device,
-                                                    **options)
+            self._extractor = extractor_for(self.clf)  # the classifier's feature space (its loaded weights for digits)
             cache = self._settings.path("cache", "refstats",
                                         f"m{self._base.id}-g{self.grouping['id']}-"
                                         f"{hashlib.sha256(self._extractor.feature_id.encode()).hexdigest()[:12]}.npz")
@@ -257,6 +246,27 @@ class Measurer:
         except UserError as e:
             self.ref_error = str(e)
         return self.ref
+
+    def floors(self, counts: dict[str, int], repeats: int = 10) -> dict:
+        """Per group: the FD real samples of that group get at the generated count (the metric's floor).
+
+        {group: {"n", "mean", "interval"}}; {} when no reference is available. Memoised per (group, n).
+        """
+        from pipelines.metrics.fid import compute_features
+        from pipelines.metrics.floor import fd_floor_per_group
+        if self._reference() is None:
+            return {}
+        if getattr(self, "_real", None) is None:
+            real = reference_images(self._settings, self._base)
+            feats = compute_features(real, self._extractor, self._settings.path("cache", "features"))
+            groups, _ = self.eg.assign(self.clf.predict_proba(real), self.classes, self.grouping["threshold"])
+            self._real, self._floors = (feats, groups), {}
+        todo = {g: int(n) for g, n in counts.items() if (g, int(n)) not in self._floors}
+        # Inception features are 2048-d: fewer repeats keep a floor to seconds
+        reps = repeats if self._real[0].shape[1] <= 512 else 3
+        for g, v in fd_floor_per_group(*self._real, todo, repeats=reps).items():
+            self._floors[(g, int(v["n"]))] = v
+        return {g: self._floors[(g, int(n))] for g, n in counts.items()}
 
     def distances(self, images: np.ndarray, assigned) -> dict | None:
         """fd_report (overall, per_group, reweighted) or None when no reference is available."""

@@ -30,15 +30,38 @@ def _measured(db: Database, checkpoint_id: int, omega: float) -> dict:
                          .order_by(Metric.id.desc())).all()
     out: dict = {}
     for m in rows:
-        entry = out.setdefault(m.settings_key, {"n": m.n, "fractions": {}, "fd_per_group": {}})
+        entry = out.setdefault(m.settings_key, {"n": m.n, "fractions": {}, "fd_per_group": {},
+                                                "grouping_id": m.grouping_id})
         if m.kind == "fraction":
-            entry["fractions"].setdefault(m.group_name, [round(m.value, 4), round(m.ci_lo, 4), round(m.ci_hi, 4)])
+            entry["fractions"].setdefault(m.group_name, [round(m.value, 4), round(m.ci_lo, 4), round(m.ci_hi, 4),
+                                                         int(m.n or 0)])
+            entry.setdefault("group_counts", {}).setdefault(m.group_name, int(m.n or 0))
             entry.setdefault("counts", {}).setdefault(m.group_name, m.n)  # a fraction row's n is its group's count
         elif m.kind == "fd_group":
             entry["fd_per_group"].setdefault(m.group_name, round(m.value, 4))
         elif m.kind in ("fd", "fd_reweighted"):
             entry.setdefault(m.kind, round(m.value, 4))
+    for key, entry in out.items():
+        if entry["fractions"]:  # fraction rows count one group each: the measurement's n is their sum
+            entry["n"] = int(sum(v[3] for v in entry["fractions"].values()))
+            entry["fractions"] = {g: v[:3] for g, v in entry["fractions"].items()}
     return out
+
+
+def warnings_for(db: Database, checkpoint_id: int, measured: dict) -> list[str]:
+    """Every measurement warning (too few samples, ω = 0 off the pool, small-sample FD) of these measurements."""
+    from .attributes import get_grouping
+    from .honesty import measurement_warnings, small_fd
+    ck = get_checkpoint(db, checkpoint_id)
+    out = []
+    for key, m in measured.items():
+        if m.get("grouping_id") is None:
+            continue
+        g = get_grouping(db, m["grouping_id"])
+        out += measurement_warnings(db, ck["base_model_id"], ck["id"], g, key)
+        if m["fd_per_group"] and (w := small_fd(metric_name(g["classifier"]), min(m["group_counts"].values()))):
+            out.append(w)
+    return list(dict.fromkeys(out))
 
 
 def provenance(db: Database, checkpoint_id: int) -> dict:
@@ -68,7 +91,7 @@ def plan(db: Database, checkpoint_id: int, omega: float, gs: GuideSettings, clas
     return {"checkpoint_id": ck["id"], "run": ck["job_id"], "budget_kimg": ck["kimg"], "omega": omega,
             "steps": int(gs.steps), "skip_steps": int(gs.skip_steps or 0),
             "interval": list(interval) if interval else None, "shared_encoder": bool(gs.shared_encoder),
-            "measured": _measured(db, ck["id"], omega)}
+            "measured": (measured := _measured(db, ck["id"], omega)), "warnings": warnings_for(db, ck["id"], measured)}
 
 
 def interval_text(skip_steps: int, steps: int, interval) -> str:
@@ -93,7 +116,9 @@ def export_bundle(db: Database, settings: Settings, checkpoint_id: int, omega: f
     interval = interval_from_skip(steps, skip_steps)
     card = {"title": "SIMS-shifted model", "omega": omega, "budget_kimg": ck["kimg"],
             "guidance_interval_skip_first_steps": int(skip_steps or 0),
-            "measured": _measured(db, ck["id"], omega), "distance_metric": metric_name(classifier) if classifier else None,
+            "measured": (measured := _measured(db, ck["id"], omega)),
+            "measurement_warnings": warnings_for(db, ck["id"], measured),
+            "distance_metric": metric_name(classifier) if classifier else None,
             "provenance_chain": provenance(db, ck["id"]), "exported": datetime.now().isoformat(timespec="seconds")}
     # Fairness discrepancy (L2), KL and TV vs the set's target, with bootstrap intervals (pipelines/fairness.py).
     from pipelines.fairness import card_fairness
@@ -107,7 +132,7 @@ def export_bundle(db: Database, settings: Settings, checkpoint_id: int, omega: f
 
 
 def submit_dataset_export(db: Database, checkpoint_id: int, omega: float, n: int, classifier: str,
-                          gs: GuideSettings, name: str = "", device: str = "cpu") -> int:
+                          gs: GuideSettings, name: str = "", device: str = "cpu", grouping_id: int | None = None) -> int:
     """Queue a job that renders n shifted images, labels them and writes an EDM-layout zip."""
     from pipelines.guidance import parse_omega
     omega = parse_omega(omega)
@@ -116,8 +141,11 @@ def submit_dataset_export(db: Database, checkpoint_id: int, omega: float, n: int
         raise UserError(f"Number of images must be between 1 and 5,000,000 (got {n}).")
     ck = get_checkpoint(db, checkpoint_id)
     fname = _name(name, f"shifted-ckpt{ck['id']}-omega{fmt_omega(omega)}-{n}") + ".zip"
+    # the plan the realised mix is reported against: the Guide's measurement at this ω with these settings
+    planned = _measured(db, ck["id"], omega).get(gs.key()) if grouping_id is not None else None
     return jobs_service.submit(db, "export_dataset", {
         "checkpoint_id": ck["id"], "omega": omega, "n": n, "classifier": classifier or None, "steps": gs.steps,
         "interval": list(gs.interval()) if gs.interval() else None, "shared_encoder": gs.shared_encoder,
-        "seed0": 2_000_000, "file": f"exports/{fname}"}, title=f"Export {n} images at omega {fmt_omega(omega)}",
+        "seed0": 2_000_000, "file": f"exports/{fname}", "grouping_id": grouping_id,
+        "planned": {"fractions": planned["fractions"], "n": planned["n"]} if planned else None}, title=f"Export {n} images at omega {fmt_omega(omega)}",
         device=device)

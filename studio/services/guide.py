@@ -183,10 +183,12 @@ def curves(db: Database, checkpoint_id: int, grouping_id: int, gs: GuideSettings
         rows = s.scalars(select(Metric).where(
             Metric.checkpoint_id == int(checkpoint_id), Metric.grouping_id == int(grouping_id),
             Metric.settings_key == gs.key()).order_by(Metric.omega, Metric.id)).all()
-    out: dict = {"fraction": {}, "fd_group": {}, "fd": {}, "fd_reweighted": {}}
+    out: dict = {"fraction": {}, "fd_group": {}, "fd_floor": {}, "fd": {}, "fd_reweighted": {}, "count": {}}
     for m in rows:  # later rows for the same point replace earlier ones
-        if m.kind in ("fraction", "fd_group"):
+        if m.kind in ("fraction", "fd_group", "fd_floor"):
             out[m.kind].setdefault(m.group_name, {})[m.omega] = (m.value, m.ci_lo, m.ci_hi)
+        if m.kind == "fraction":  # classified samples of the group at this ω: the n of its per-group FD
+            out["count"].setdefault(m.group_name, {})[m.omega] = int(m.n or 0)
         elif m.kind in ("fd", "fd_reweighted"):
             out[m.kind][m.omega] = m.value
     return out

@@ -30,6 +30,7 @@ def card_md(out: dict) -> str:
         lines.append(f"| measured (n={m['n']}) | {fr}" + (f"; {c['distance_metric']} per group: {fd}" if fd else "") + " |")
     if not c["measured"]:
         lines.append("| measured | nothing at this ω yet: run 'Precompute ω grid' in the Guide tab |")
+    lines += [f"| ⚠ warning | {w} |" for w in c.get("measurement_warnings", [])]
     return "\n".join(lines) + f"\n\nFull card: `{out['card']}`\n\nSample from it anywhere:\n\n```\n{out['command']}\n```"
 
 
@@ -45,6 +46,7 @@ def plan_md(p: dict) -> str:
                                                      for g, v in m["fractions"].items()) + f" (n = {m['n']})"))
     else:
         rows.append(("measured at this ω", "nothing yet (Guide: Precompute ω grid or Find ω)"))
+    rows += [("⚠ warning", w) for w in p.get("warnings", [])]
     return "#### Both exports will use\n\n| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
 
 
@@ -115,7 +117,7 @@ def build(page: Page) -> None:
         if as_int(ck) is None:
             raise gr.Error("Pick an auxiliary checkpoint in the Guide tab first.")
         return export.submit_dataset_export(db, as_int(ck), w, int(n or 0), classifier_of(grouping_id),
-                                            settings_from(*gs_vals), name or "", device)
+                                            settings_from(*gs_vals), name or "", device, grouping_id=as_int(grouping_id))
 
     def finished(job_id):
         if job_id is None:

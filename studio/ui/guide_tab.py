@@ -34,6 +34,7 @@ class GuideTab:
                                      interactive=False, elem_id="guide-grid", elem_classes=["pixelated"], format="png",
                                      buttons=["download"])
                 self.caption = gr.Markdown(elem_id="guide-caption")
+                self.warn_md = gr.Markdown(elem_id="guide-warnings")
                 with gr.Row():
                     self.frac_plot = gr.Plot(show_label=False, elem_id="plot-fraction")
                     self.fd_plot = gr.Plot(show_label=False, elem_id="plot-fd")
@@ -140,14 +141,20 @@ class GuideTab:
         if ckid is None or gid is None:
             note = "pick a checkpoint and a grouping"
             return (plots.empty("Group fraction vs ω", note), plots.empty("Distance vs ω", note),
-                    plots.empty("Fraction over (ω, budget)", note))
+                    plots.empty("Fraction over (ω, budget)", note), "")
         g = attributes.get_grouping(self.db, gid)
         tgt = self._target(model_id, g, groups, values)
         c = guide.curves(self.db, ckid, gid, gs)
         metric, focus = metric_name(g["classifier"]), list(g["groups"])[-1]
         h = guide.heatmap(self.db, ckid, gid, focus, gs)
+        warns = honesty.measurement_warnings(self.db, as_int(model_id), ckid, g, gs.key()) if c["fraction"] else []
+        counts = [n for pts in c["count"].values() for n in pts.values() if n >= 2]
+        if c["fd_group"] and counts and (fdw := honesty.small_fd(metric, min(counts))):
+            warns.append(fdw)
+        text = "".join(f"\n- ⚠ {w}" for w in warns)
         return (plots.fraction_vs_omega(c, tgt, float(w)), plots.fd_vs_omega(c, metric, float(w)),
-                plots.heatmap(h, focus, tgt.get(focus) if tgt else None, metric))
+                plots.heatmap(h, focus, tgt.get(focus) if tgt else None, metric),
+                f"**This measurement may mislead:**{text}" if warns else "")
 
     @user_errors
     def do_sweep(self, ck, grouping_id, every_budget, device, *gs_vals):
@@ -216,7 +223,7 @@ class GuideTab:
         page = self.page
         fig_in = [self.ckpt, page.grouping, self.omega_exact, page.target_groups, page.model, *self.gs_inputs,
                   *page.target_sliders[:MAX_GROUPS]]
-        fig_out = [self.frac_plot, self.fd_plot, self.heat]
+        fig_out = [self.frac_plot, self.fd_plot, self.heat, self.warn_md]
         scrub_in, scrub_out = [self.ckpt, self.omega_exact, page.device, *self.gs_inputs], [self.grid, self.caption]
         # a user moving the slider sets the exact ω; a program setting the slider (find ω) does not
         self.omega.input(lambda w: w, self.omega, self.omega_exact, show_progress="hidden", trigger_mode="always_last")

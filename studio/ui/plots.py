@@ -102,10 +102,21 @@ def fd_vs_omega(curves: dict, metric: str, omega: float | None = None) -> go.Fig
     if not per and not curves.get("fd"):
         return empty(f"Per-group {metric} vs ω", "measured with the ω grid (needs real reference images)")
     fig = _fig(f"Per-group {metric} vs ω (lower is better)")
+    floors = curves.get("fd_floor") or {}
     for k, (g, pts) in enumerate(per.items()):
         ws = sorted(pts)
-        fig.add_scatter(x=ws, y=[pts[w][0] for w in ws], name=g, mode="lines+markers",
-                        line=dict(color=PALETTE[k % len(PALETTE)]))
+        col = PALETTE[k % len(PALETTE)]
+        fig.add_scatter(x=ws, y=[pts[w][0] for w in ws], name=g, mode="lines+markers", line=dict(color=col))
+        fl = floors.get(g) or {}
+        if fl:  # real vs real at the same n: differences below this line are what the metric cannot resolve
+            fws = sorted(fl)
+            fig.add_scatter(x=fws, y=[fl[w][0] for w in fws], name=f"floor {g} (real vs real, same n)",
+                            mode="lines", line=dict(color=col, dash="dot", width=1))
+    from ..services.honesty import small_fd
+    counts = [n for pts in (curves.get("count") or {}).values() for n in pts.values() if n >= 2]
+    if counts and (warn := small_fd(metric, min(counts))):
+        fig.add_annotation(text="⚠ " + warn.split(":")[0], showarrow=False, x=0, y=1.0, xref="paper",
+                           yref="paper", xanchor="left", yanchor="bottom", font=dict(size=11, color="#be123c"))
     for key, name, dash in (("fd_reweighted", "vs reference reweighted to the mix", "dot"),
                             ("fd", "vs whole reference", "dash")):
         pts = curves.get(key) or {}

@@ -34,4 +34,36 @@ def run(ctx) -> dict:
     out.with_suffix(".json").write_text(json.dumps({"label_classes": classes, "omega": p["omega"],
                                                     "checkpoint_id": p["checkpoint_id"], "seed0": p["seed0"]}))
     counts = {classes[k]: int((lab == k).sum()) for k in range(len(classes))} if classes else {}
-    return {"message": f"wrote {p['n']} images to {p['file']}", "file": p["file"], "label_counts": counts}
+    realised = _realised(ctx, clf, np.concatenate(images)) if clf is not None and p.get("grouping_id") else None
+    if realised:
+        meta = json.loads(out.with_suffix(".json").read_text())
+        out.with_suffix(".json").write_text(json.dumps({**meta, "realised_mix": realised, "planned": p.get("planned")}))
+    return {"message": f"wrote {p['n']} images to {p['file']}" + (f"; {mix_text(realised, p.get('planned'))}"
+                                                                  if realised else ""),
+            "file": p["file"], "label_counts": counts, "realised_mix": realised, "planned": p.get("planned")}
+
+
+def _realised(ctx, clf, images) -> dict:
+    """{group: [fraction, lo, hi, count]} of the exported images by their own labels (Wilson 95%)."""
+    from pipelines.attributes.groupings import group_fractions
+    from ...services.attributes import engine_grouping, get_grouping
+    g = get_grouping(ctx.db, ctx.params["grouping_id"])
+    eg = engine_grouping(g)
+    assigned, _ = eg.assign(clf.predict_proba(images), list(clf.classes), g["threshold"])
+    return {k: [round(f, 4), round(lo, 4), round(hi, 4), int((assigned == k).sum())]
+            for k, (f, lo, hi) in group_fractions(assigned, eg).items()}
+
+
+def mix_text(realised: dict, planned: dict | None) -> str:
+    """'realised 5-9 55.4% [52–58] vs planned 70.3% [58–80] (n = 64)' for every group."""
+    parts = []
+    for g, (f, lo, hi, _) in realised.items():
+        text = f"{g} {100 * f:.1f}% [{100 * lo:.0f}–{100 * hi:.0f}]"
+        if planned and g in planned["fractions"]:
+            pf, plo, phi = planned["fractions"][g][:3]
+            text += f" vs planned {100 * pf:.1f}% [{100 * plo:.0f}–{100 * phi:.0f}]"
+            if hi < plo or lo > phi:
+                text += " (outside the plan's interval)"
+        parts.append(text)
+    return "realised mix by its own labels: " + ", ".join(parts) + \
+        (f" (plan measured on {planned['n']} samples)" if planned else " (no measurement at this ω to compare)")

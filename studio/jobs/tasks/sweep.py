@@ -41,6 +41,11 @@ def measure_point(ctx, measurer: Measurer, checkpoint_id: int, omega: float, p: 
             rows.append(dict(kind="fd_reweighted", value=float(fd["reweighted"]), **common))
         rows += [dict(kind="fd_group", group_name=g, value=float(v), **common)
                  for g, v in fd["per_group"].items() if np.isfinite(v)]
+        # the metric's own floor at each group's count: real vs real, so a curve shows what FD cannot resolve
+        floors = measurer.floors({g: k for g, (_, _, _, k) in fr.items() if k >= 2})
+        rows += [dict(kind="fd_floor", group_name=g, value=float(v["mean"]), ci_lo=v["interval"][0],
+                      ci_hi=v["interval"][1], **{**common, "n": v["n"]})
+                 for g, v in floors.items() if v["mean"] is not None]
     ctx.metrics(rows)
     return {"fractions": {g: v[0] for g, v in fr.items()}, "fd": fd}
 
