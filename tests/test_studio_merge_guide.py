@@ -103,3 +103,26 @@ def test_renders_and_measurement_keys_differ_per_guide(world, tmp_path):
     assert list(again)[-1][1]["cached"]
     gd = guide_model.resolve_guide(st.db, st.settings, cks[-1]["id"], choice)
     assert guide_model.measurement_key(_gs(), None) == _gs().key() != guide_model.measurement_key(_gs(), gd)
+
+
+def test_fairness_numbers_of_target_and_guide_equal_pipelines_fairness(world):
+    from pipelines.fairness import fairness_report
+    from studio.services import fairness_view, guide, pool
+    st, mid, g, cks = world
+    target = {"0-4": 0.3, "5-9": 0.7}
+    bf = pool.base_fractions(st.db, mid, g)
+    base = fairness_view.base_vs_target(st.db, mid, g, target)
+    want = fairness_report({k: v["count"] for k, v in bf["groups"].items()}, target)
+    assert base["metrics"] == want["metrics"] and base["n"] == bf["assigned"]
+    assert fairness_view.L2 in base["metrics"] and "FD" not in " ".join(base["metrics"])
+    md = fairness_view.report_md(base, "base pool")
+    assert "fairness discrepancy (L2)" in md and ("only" in md) == (base["n"] < 100)  # small-sample warning
+    job = guide.submit_sweep(st.db, cks[-1]["id"], g["id"], _gs(), all_budgets=False, metric_omegas=[0.0, 1.0])
+    assert run_now(st, job).state == "succeeded"
+    curve = fairness_view.discrepancy_curve(st.db, cks[-1]["id"], g, _gs().key(), target)
+    assert sorted(curve) == [0.0, 1.0]
+    c = guide.curves(st.db, cks[-1]["id"], g["id"], _gs())["fraction"]
+    for w, r in curve.items():
+        counts = fairness_view.stored_counts(st.db, cks[-1]["id"], g["id"], _gs().key())[w]
+        assert sum(counts.values()) == r["n"] and r["metrics"] == fairness_report(counts, target)["metrics"]
+        assert r["fractions"]["5-9"] == pytest.approx(c["5-9"][w][0])  # the same rows as the fraction curve
