@@ -159,3 +159,17 @@ def test_double_start_gives_one_job_and_reload_keeps_its_form(page, world):
         if jobs.get(st.db, job).active:
             jobs.cancel(st.db, job)
     assert page.page_errors == []
+
+
+def test_typing_150_in_a_target_box_clamps_and_rescales(page):
+    pg = page
+    tab(pg, "Target")
+    wait_text(pg, "target-sum", "Target sum")
+    box = pg.locator("#target-1 input[type=number]")
+    box.fill("150")
+    box.press("Enter")
+    wait_value(pg, "target-0", "0")  # the other share makes room: the column still sums to 100%
+    assert pg.locator("#target-1 input[type=number]").input_value() == "100"
+    wait_text(pg, "target-sum", "Target sum: 100.0%")
+    pg.wait_for_timeout(1000)
+    assert not [t for t in pg.locator(".toast-body").all_inner_texts() if "maximum" in t or "Error" in t]
