@@ -82,7 +82,9 @@ class GuideTab:
         groups = list(attributes.get_grouping(self.db, gid)["groups"]) if gid is not None else []
         plan = sets.latest_plan(self.db, mid, gid, groups) if gid is not None and mid is not None else None
         focus = groups[-1] if groups else None
-        return (gr.Dropdown(choices=choices, value=choices[-1][1] if choices else None),
+        # the newest run's largest budget (runs are listed newest first; the bundled example is the oldest)
+        newest = [c for label, c in choices if label.split(" · ")[0] == choices[0][0].split(" · ")[0]]
+        return (gr.Dropdown(choices=choices, value=newest[-1] if newest else None),
                 gr.Dropdown(choices=groups, value=focus),
                 round(100 * plan[0][focus], 1) if plan else gr.skip())
 
