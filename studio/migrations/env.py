@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 
 from alembic import context
-from sqlalchemy import create_engine
 
 from studio.models import Base
 
