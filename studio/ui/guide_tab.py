@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from ..services import attributes, demo, guide, sets
+from ..services import attributes, demo, guide, honesty, sets
 from ..services.evaluate import metric_name
 from . import plots
 from ..settings import DEFAULT_STEPS
