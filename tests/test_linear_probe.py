@@ -13,7 +13,7 @@ from skimage import data
 
 from pipelines.attributes import get_classifier
 from pipelines.attributes.digits import digits_split
-from pipelines.attributes.facenet import VGGFACE2_FILE, DigitsFeatures, FacenetEmbedder, HogFeatures, LinearProbe
+from pipelines.attributes.facenet import VGGFACE2_FILE, FacenetEmbedder, HogFeatures, LinearProbe, make_features
 from pipelines.errors import UserError
 
 
@@ -53,7 +53,7 @@ def test_probe_learns_faces_vs_non_faces_from_ten_labels_and_improves_with_more(
 def test_probe_learns_even_vs_odd_digits_from_twenty_labels():
     _, _, x_te, y_te = digits_split()
     images = np.round(x_te[:, 0] * 255).astype(np.uint8)[..., None]
-    feats = DigitsFeatures(device="cpu")(images)
+    feats = make_features("digits", device="cpu")(images)
     y = np.where(y_te % 2 == 0, "even", "odd")
     train, test = _split(y, 10, seed=0)
     probe = LinearProbe(feature_name="digits").fit(feats[train], y[train])

@@ -1,4 +1,4 @@
-"""Classifier interface, input normalisation, the face gate and the classifier registry.
+"""Classifier interface, input normalisation and the face gate.
 
 A classifier maps a batch of images to probabilities over named classes:
 `predict_proba(images, batch_size=64) -> (N, K)` float64, each row summing to 1.
@@ -7,6 +7,8 @@ grey) or as float torch NCHW tensors in [-1, 1] (the engine's convention). Subcl
 implement `_predict_batch` on float NCHW in [0, 1]; batching, conversion, eval mode and
 no-grad live here, so every plug-in is batched and deterministic the same way.
 
+The plug-ins are listed in `registry.py`; this module knows none of them.
+
 Face gate: `FaceGate(classifier, detector)` appends a final class column 'no_face'. A row for an
 image in which the detector finds no face is one-hot on 'no_face'; other rows carry the wrapped
 classifier's probabilities with 0 in 'no_face'. Rows still sum to 1, and groupings treat
@@ -14,9 +16,8 @@ classifier's probabilities with 0 in 'no_face'. Rows still sum to 1, and groupin
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -97,11 +98,28 @@ def resolve_device(device=None) -> torch.device:
 # Interface
 
 
+@dataclass(frozen=True)
+class FeatureSpace:
+    """The features a classifier's Fréchet distances are measured in, and the name they are reported under."""
+
+    metric: str  # "FID" (Inception) or e.g. "FD-digits" (never called FID)
+    kind: str    # the feature extractor: "inception", "digits"
+    dims: int
+
+
+INCEPTION = FeatureSpace("FID", "inception", 2048)
+
+
 class Classifier:
-    """Images -> probabilities over `classes` (subclasses implement `_predict_batch`)."""
+    """Images -> probabilities over `classes` (subclasses implement `_predict_batch`).
+
+    `feature_space` says how Fréchet distances of images this classifier groups are measured:
+    clean-fid Inception (FID) unless a plug-in brings its own features (then `feature_extractor()`).
+    """
 
     name: str = ""
     classes: list[str] = []
+    feature_space: FeatureSpace = INCEPTION
 
     def __init__(self, device=None):
         self.device = resolve_device(device)
@@ -128,6 +146,12 @@ class Classifier:
         """Identifies this classifier and its weights in cache keys (plug-ins set `_cache_id`)."""
         return getattr(self, "_cache_id", self.name)
 
+    def feature_extractor(self):
+        """A classifier whose `feature_space` is its own returns its extractor here (metrics.fid's contract:
+        metric, dims, feature_id, __call__, features_of_batches); `metrics.fid.extractor_for` builds
+        Inception for the others."""
+        raise NotImplementedError(f"{self.name} measures in {self.feature_space.kind} features, not its own")
+
     def predict(self, images, batch_size: int = 64) -> np.ndarray:
         """Most probable class name per image."""
         p = self.predict_proba(images, batch_size)
@@ -152,7 +176,12 @@ class FaceGate(Classifier):
         self.device = inner.device
         self.name = f"{inner.name}+face-gate"
         self.classes = list(inner.classes) + [NO_FACE]
+        self.feature_space = inner.feature_space
         self._cache_id = f"{inner.cache_id}+face-gate:{getattr(detector, 'cache_id', type(detector).__name__)}"
+
+    def feature_extractor(self):
+        """The wrapped classifier's features."""
+        return self.inner.feature_extractor()
 
     def predict_proba(self, images, batch_size: int = 64) -> np.ndarray:
         """Inner probabilities for images with a face, one-hot 'no_face' for the others."""
@@ -166,63 +195,3 @@ class FaceGate(Classifier):
             out[idx, :-1] = self.inner.predict_proba(sub, batch_size)
             out[idx, -1] = 0.0
         return out
-
-
-# ----------------------------------------------------------------------------
-# Registry
-
-
-@dataclass(frozen=True)
-class ClassifierSpec:
-    """A registered classifier: its factory and a one-line description for --help and the studio."""
-
-    name: str
-    factory: Callable[..., Classifier]
-    description: str
-
-
-_REGISTRY: dict[str, ClassifierSpec] = {}
-
-# Plug-in modules, each registering its classifiers at import. They import their heavy
-# dependencies (deepface, facenet-pytorch) only inside the factories.
-PLUGIN_MODULES = ("digits", "deepface_adapter", "fairface", "facenet")
-
-
-def register_classifier(name: str, factory: Callable[..., Classifier], description: str) -> None:
-    """Add a classifier factory under `name` (called by plug-in modules at import)."""
-    if name in _REGISTRY and _REGISTRY[name].factory is not factory:
-        raise ValueError(f"classifier {name!r} is registered twice")
-    _REGISTRY[name] = ClassifierSpec(name, factory, description)
-
-
-def _load_plugins() -> None:
-    for module in PLUGIN_MODULES:
-        importlib.import_module(f"pipelines.attributes.{module}")
-
-
-def available_classifiers() -> list[str]:
-    """Names of every registered classifier."""
-    _load_plugins()
-    return list(_REGISTRY)
-
-
-def classifier_descriptions() -> dict[str, str]:
-    """name -> one-line description of every registered classifier."""
-    _load_plugins()
-    return {k: v.description for k, v in _REGISTRY.items()}
-
-
-def get_classifier(name: str, face_gate: bool = False, **kwargs) -> Classifier:
-    """Build the classifier registered as `name` (kwargs go to its factory: device, weights, ...).
-
-    face_gate=True wraps it in a FaceGate with an MTCNN detector (adds the 'no_face' class).
-    """
-    _load_plugins()
-    if name not in _REGISTRY:
-        raise UserError(f"unknown classifier {name!r}; choose one of {', '.join(_REGISTRY)}")
-    clf = _REGISTRY[name].factory(**kwargs)
-    if face_gate:
-        from .facenet import MTCNNDetector
-
-        clf = FaceGate(clf, MTCNNDetector(device=clf.device))
-    return clf

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
-from .base import Classifier, register_classifier, to_rgb
+from .base import Classifier, to_rgb
 from .groupings import AGE_BINS, DEEPFACE_GENDER, DEEPFACE_RACE
 from ..image_source import file_fingerprint
 
@@ -125,12 +125,9 @@ class DeepFaceClassifier(Classifier):
         return p.reshape(len(batch), len(self.classes))  # deepface drops the batch axis for n = 1
 
 
-def _factory(task):
+def factory(task):
+    """Registry factory of one deepface task."""
     def make(device=None, crop_faces=False, **_ignored):
         return DeepFaceClassifier(task, device=device, crop_faces=crop_faces)
     return make
 
-
-register_classifier("deepface-gender", _factory("gender"), "deepface (PyTorch) gender: Woman/Man")
-register_classifier("deepface-race", _factory("race"), "deepface (PyTorch) race: 6 classes")
-register_classifier("deepface-age", _factory("age"), "deepface (PyTorch) apparent age, 9 bins")

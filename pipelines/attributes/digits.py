@@ -12,6 +12,7 @@ the recipe and the measured held-out accuracy (rebuild: `python -m pipelines bui
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from .base import Classifier, as_float01_nchw, register_classifier, to_grey
+from .base import Classifier, FeatureSpace, as_float01_nchw, to_grey
 from ..image_source import file_fingerprint
 from ..resources import ASSETS
 
@@ -30,6 +31,7 @@ DEFAULT_PATH = ASSETS / "digits_classifier.safetensors"
 CLASSES = [str(d) for d in range(10)]
 FORMAT = "sims-digits-classifier"
 FEATURE_DIM = 128
+FEATURE_SPACE = FeatureSpace("FD-digits", "digits", FEATURE_DIM)  # a Fréchet distance, never called FID
 
 # Training recipe (recorded in the file's metadata).
 RECIPE = dict(test_size=0.2, split_seed=0, epochs=40, batch_size=64, lr=2e-3, weight_decay=1e-4,
@@ -70,11 +72,17 @@ class DigitsClassifier(Classifier):
 
     name = "digits"
     classes = CLASSES
+    feature_space = FEATURE_SPACE
 
-    def __init__(self, net: DigitsNet, meta: dict | None = None, device=None):
+    def __init__(self, net: DigitsNet, meta: dict | None = None, device=None, weights_sha: str | None = None):
         super().__init__(device)
         self.net = net.to(self.device).eval()
         self.meta = meta or {}
+        self.weights_sha = weights_sha  # sha256 of the weights file (features cache key); None for an unsaved net
+
+    def feature_extractor(self) -> "DigitsFeatureExtractor":
+        """Its own penultimate features: the Fréchet distance on them is 'FD-digits'."""
+        return DigitsFeatureExtractor(self)
 
     def _predict_batch(self, x: torch.Tensor) -> np.ndarray:
         return torch.softmax(self.net(to_digit_input(x)).double(), dim=1).cpu().numpy()
@@ -87,6 +95,28 @@ class DigitsClassifier(Classifier):
             x = as_float01_nchw(images[start:start + batch_size], self.device)
             out.append(self.net.features(to_digit_input(x)).double().cpu().numpy())
         return np.concatenate(out)
+
+
+class DigitsFeatureExtractor:
+    """A DigitsClassifier's 128-d penultimate features, with metrics.fid's extractor contract."""
+
+    metric = FEATURE_SPACE.metric
+    dims = FEATURE_DIM
+    feature_name = "digits"  # what a LinearProbe trained on them records
+
+    def __init__(self, clf: DigitsClassifier):
+        if clf.weights_sha is None:
+            raise ValueError("features of an unsaved digits net have no cache identity; load it from its file")
+        self.clf = clf
+        self.feature_id = f"digits-penultimate:{clf.weights_sha[:16]}"
+
+    def features_of_batches(self, batches) -> np.ndarray:
+        """Features of an iterable of image batches."""
+        return np.concatenate([np.zeros((0, self.dims))] + [self.clf.features(b) for b in batches])
+
+    def __call__(self, images, batch_size: int = 256) -> np.ndarray:
+        """(N, 128) features."""
+        return self.clf.features(images, batch_size)
 
 
 # ----------------------------------------------------------------------------
@@ -118,7 +148,7 @@ def load_digits_classifier(path=None, device=None) -> DigitsClassifier:
         raise UserError(f"{path} is not a SIMS digits classifier (metadata format {meta.get('format')!r})")
     net = DigitsNet()
     net.load_state_dict(load_file(str(path)))
-    clf = DigitsClassifier(net, meta, device=device)
+    clf = DigitsClassifier(net, meta, device=device, weights_sha=hashlib.sha256(path.read_bytes()).hexdigest())
     clf._cache_id = f"digits:{file_fingerprint(path)}"
     return clf
 
@@ -134,11 +164,9 @@ def features(images, path=None, device=None, batch_size: int = 256) -> np.ndarra
     return _LOADED[key].features(images, batch_size)
 
 
-def _factory(weights=None, device=None, **_ignored) -> DigitsClassifier:
+def factory(weights=None, device=None, **_ignored) -> DigitsClassifier:
+    """Registry factory: the bundled (or a given) weights file."""
     return load_digits_classifier(weights, device=device)
-
-
-register_classifier("digits", _factory, "demo CNN on scikit-learn 8x8 digits (bundled in assets/)")
 
 
 # ----------------------------------------------------------------------------

@@ -7,8 +7,8 @@
 - `FacenetEmbedder`: 512-d L2-normalised InceptionResnetV1 embeddings from the vggface2 weights
   in $TORCH_HOME/checkpoints/20180402-114759-vggface2.pt (never downloaded here).
 - `LinearProbe`: multinomial logistic regression on any features (facenet embeddings, HOG, the
-  digits classifier's features) trained from a user's manual labels; `add_labels` retrains.
-  Saved as npz (no pickle). `ProbeClassifier` = feature extractor + probe, registered as
+  digits classifier's `feature_extractor()`) trained from a user's manual labels; `add_labels` retrains.
+  Saved as npz (no pickle). `ProbeClassifier` = feature extractor + probe, listed as
   'facenet-probe' (the probe file says which features it was trained on).
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
-from .base import Classifier, as_float01_nchw, as_uint8_nhwc, register_classifier, resolve_device, to_rgb
+from .base import Classifier, as_float01_nchw, as_uint8_nhwc, resolve_device, to_rgb
 
 VGGFACE2_FILE = "20180402-114759-vggface2.pt"
 VGGFACE2_URL = "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/20180402-114759-vggface2.pt"
@@ -210,22 +210,13 @@ class HogFeatures:
                          for im in x]).astype(np.float64)
 
 
-class DigitsFeatures:
-    """The demo digits classifier's 128-d penultimate features."""
+def _digits_features(weights=None, device=None):
+    from .digits import load_digits_classifier  # the demo classifier's own extractor (FD-digits features)
 
-    feature_name = "digits"
-
-    def __init__(self, weights=None, device=None):
-        from .digits import load_digits_classifier
-
-        self.clf = load_digits_classifier(weights, device=device)
-
-    def __call__(self, images, batch_size: int = 256) -> np.ndarray:
-        """(N, 128) features."""
-        return self.clf.features(images, batch_size)
+    return load_digits_classifier(weights, device=device).feature_extractor()
 
 
-FEATURES = {"facenet": FacenetEmbedder, "hog": HogFeatures, "digits": DigitsFeatures}
+FEATURES = {"facenet": FacenetEmbedder, "hog": HogFeatures, "digits": _digits_features}
 
 
 def make_features(name: str, device=None, weights=None):
@@ -348,13 +339,11 @@ class ProbeClassifier(Classifier):
         return self.probe.predict_proba(self.features(images, batch_size))
 
 
-def _probe_factory(weights=None, device=None, feature_weights=None, **_ignored) -> ProbeClassifier:
+def probe_factory(weights=None, device=None, feature_weights=None, **_ignored) -> ProbeClassifier:
+    """Registry factory: a saved probe on the features it was trained on."""
     if weights is None:
         raise UserError("facenet-probe needs a trained probe file: pass --weights probe.npz "
                         "(train one with `python -m pipelines fit-probe SRC --labels labels.csv --out probe.npz`)")
     probe = LinearProbe.load(weights)
     return ProbeClassifier(make_features(probe.feature_name, device, feature_weights), probe, device)
 
-
-register_classifier("facenet-probe", _probe_factory,
-                    "linear probe from your manual labels on facenet embeddings (or HOG / digits features)")

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
-from .base import Classifier, as_float01_nchw, register_classifier, resolve_device, to_rgb
+from .base import Classifier, as_float01_nchw, resolve_device, to_rgb
 from .groupings import AGE_BINS, FAIRFACE_GENDER, FAIRFACE_RACE7
 from ..image_source import file_fingerprint
 
@@ -197,14 +197,10 @@ def predict_all_heads(images, weights=None, device=None, batch_size: int = 64, c
     return {h: np.concatenate(v) for h, v in out.items()}
 
 
-def _factory(head):
+def factory(head):
+    """Registry factory of one FairFace head."""
     def make(weights=None, device=None, crop_faces=False, variant=None, **_ignored):
         return FairFaceClassifier(head, weights=weights, device=resolve_device(device), crop_faces=crop_faces,
                                   variant=variant)
     return make
 
-
-register_classifier("fairface-race7", _factory("race7"), "FairFace ResNet-34, 7 races (your weights file)")
-register_classifier("fairface-gender", _factory("gender"), "FairFace ResNet-34, Male/Female (your weights file)")
-register_classifier("fairface-age", _factory("age"), "FairFace ResNet-34, 9 age bins (your weights file)")
-register_classifier("fairface-race4", _factory("race4"), "FairFace ResNet-34 4-race model: White/Black/Asian/Indian")

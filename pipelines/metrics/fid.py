@@ -4,8 +4,8 @@ Features: `InceptionFeatureExtractor` uses clean-fid's 'clean' mode exactly (its
 float resize to 299x299 and its torchscript Inception from /tmp/inception-2015-12-05.pt), but
 decodes and resizes in a thread pool while the network runs on the previous batch, and keeps
 the features on disk keyed by the images' content hash, so a reference set is featurised once.
-`DigitsFeatureExtractor` gives the demo classifier's 128-d features: the Fréchet distance on
-them is reported as 'FD-digits', never as FID.
+A classifier names its own feature space (`Classifier.feature_space` / `feature_extractor()`):
+the demo digits classifier's 128-d features give 'FD-digits', never called FID.
 
 Reference statistics (`ReferenceStats`) hold mu/sigma for a whole real set and, optionally,
 per group of a grouping (the real images labelled by a classifier): group g's statistics come
@@ -14,7 +14,6 @@ keeps `mu`/`sigma` at the top level, so EDM and clean-fid read the overall stati
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -142,35 +141,22 @@ class StandInInception(torch.nn.Module):
         return self.body((x - 128) / 128)
 
 
-class DigitsFeatureExtractor:
-    """The demo digits classifier's penultimate features: the metric is 'FD-digits', not FID."""
-
-    metric = "FD-digits"
-    dims = 128
-
-    def __init__(self, device=None, weights=None):
-        from ..attributes.digits import DEFAULT_PATH, load_digits_classifier
-
-        path = Path(weights) if weights else DEFAULT_PATH
-        self.clf = load_digits_classifier(path, device=device)
-        self.feature_id = "digits-penultimate:" + hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-    def features_of_batches(self, batches) -> np.ndarray:
-        """Features of an iterable of image batches."""
-        return np.concatenate([np.zeros((0, self.dims))] + [self.clf.features(b) for b in batches])
-
-    def __call__(self, images, batch_size: int = 256) -> np.ndarray:
-        """(N, 128) features."""
-        return self.clf.features(images, batch_size)
-
-
 def get_feature_extractor(kind: str, device=None, weights=None):
     """'inception' (FID, needs the Inception file) or 'digits' (FD-digits, offline)."""
     if kind == "inception":
         return InceptionFeatureExtractor(device=device)
     if kind == "digits":
-        return DigitsFeatureExtractor(device=device, weights=weights)
+        from ..attributes.digits import load_digits_classifier
+
+        return load_digits_classifier(weights, device=device).feature_extractor()
     raise UserError(f"unknown feature kind {kind!r}; choose 'inception' (FID) or 'digits' (FD-digits)")
+
+
+def extractor_for(classifier):
+    """The extractor of a classifier's `feature_space`: its own (the demo's FD-digits) or clean-fid Inception (FID)."""
+    if classifier.feature_space.kind == "inception":
+        return InceptionFeatureExtractor(device=classifier.device)
+    return classifier.feature_extractor()
 
 
 def compute_features(images_or_folder, extractor, cache_dir=None, batch_size: int = 64) -> np.ndarray:
@@ -316,7 +302,7 @@ def fd_report(gen_features, ref: ReferenceStats, gen_groups=None, feature: str |
 
 def fd_digits(gen_images, ref_images_or_stats, device=None, cache_dir=None) -> float:
     """FD-digits of generated images against reference images or ReferenceStats (not FID)."""
-    ext = DigitsFeatureExtractor(device=device)
+    ext = get_feature_extractor("digits", device=device)
     gen = compute_features(gen_images, ext, cache_dir)
     if isinstance(ref_images_or_stats, ReferenceStats):
         return fd_report(gen, ref_images_or_stats, feature=ext.feature_id)["overall"]
