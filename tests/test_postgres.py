@@ -128,3 +128,49 @@ def test_migrations_go_up_down_and_up_again_and_match_the_models(url):
     with db.engine.connect() as c:
         assert compare_metadata(MigrationContext.configure(c), Base.metadata) == []
     db.dispose()
+
+
+class PausingRunner(JobRunner):
+    """Holds its claim transaction open after its locks, until told to go on (spawns nothing)."""
+
+    def __init__(self, *a, inside=None, proceed=None, **k):
+        super().__init__(*a, **k)
+        self.inside, self.proceed = inside, proceed
+
+    def _busy(self, s):
+        if self.inside is not None:
+            self.inside.set()
+            self.proceed.wait(10)
+        return JobRunner._busy(s)
+
+    def _spawn(self, job_id: int) -> None:
+        pass
+
+
+@pytest.mark.postgres
+def test_two_runners_cannot_both_fill_the_last_slot_of_a_device(pg_url, tmp_path):
+    # Runner A is inside its claim (job 1 locked, device lock held) when job 2 arrives for the same
+    # device; runner B locks job 2 (A's row is skipped) and must wait for the device, then see A's claim.
+    import threading
+    db_a, db_b = Database(pg_url), Database(pg_url, migrate=False)
+    settings = Settings(data_dir=tmp_path / "data", db_url=pg_url, jobs_per_device=1)
+    inside, proceed = threading.Event(), threading.Event()
+    a = PausingRunner(db_a, settings, inside=inside, proceed=proceed)
+    b = PausingRunner(db_b, settings)
+    first = jobs_service.submit(db_a, "generate", {}, device="cpu")
+    ta = threading.Thread(target=a.tick_start)
+    ta.start()
+    assert inside.wait(30)
+    second = jobs_service.submit(db_b, "generate", {"n": 2}, device="cpu")
+    tb = threading.Thread(target=b.tick_start)
+    tb.start()
+    tb.join(1.5)
+    assert tb.is_alive(), "runner B claimed without waiting for the device lock"
+    proceed.set()
+    ta.join(30)
+    tb.join(30)
+    with db_a.session(read_only=True) as s:
+        states = dict(s.execute(select(Job.id, Job.state)).all())
+    assert states == {first: JobState.starting, second: JobState.queued}
+    db_a.dispose()
+    db_b.dispose()
