@@ -12,17 +12,17 @@ from .common import Page, as_int, hidden_value, user_errors
 MAX_GROUPS = 12
 
 
-class ShareSlider(gr.Slider):
+def share_slider(**kwargs) -> gr.Slider:
     """A 0-100% slider whose typed value is clamped into range (a plain Slider refuses 150 with an error toast
     per listening event, leaving the other shares unscaled and the sum label stale)."""
+    slider = gr.Slider(0, 100, 0, step=0.5, **kwargs)
+    plain = slider.preprocess
 
-    def get_block_name(self) -> str:
-        return "slider"  # the same widget in the page
-
-    def preprocess(self, payload):
-        if payload is None:
-            return None
-        return super().preprocess(min(max(float(payload), self.minimum), self.maximum))
+    def clamped(payload):
+        return None if payload is None else plain(min(max(float(payload), 0.0), 100.0))
+    # per instance, not a subclass: Gradio writes a .pyi stub beside every module that subclasses a component
+    slider.preprocess = clamped
+    return slider
 
 
 def sum_html(values, what: str) -> str:
@@ -107,7 +107,7 @@ def suggest(groups, base, w0, *values):
 
 def _column(title: str, prefix: str):
     gr.Markdown(f"#### {title}")
-    sliders = [ShareSlider(0, 100, 0, step=0.5, label=f"group {i}", visible=False, elem_id=f"{prefix}-{i}")
+    sliders = [share_slider(label=f"group {i}", visible=False, elem_id=f"{prefix}-{i}")
                for i in range(MAX_GROUPS)]
     return sliders, gr.HTML(elem_id=f"{prefix}-sum")
 
