@@ -62,7 +62,7 @@ def test_the_ui_builds_with_the_export_choice(world):
     st, *_ = world
     blocks = build_ui(st)
     ids = {getattr(b, "elem_id", None) for b in blocks.blocks.values()}
-    assert "model-export-kind" in ids
+    assert {"model-export-kind", "target-fairness", "plot-fairness", "guide-model"} <= ids
 
 
 

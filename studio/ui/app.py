@@ -10,12 +10,15 @@ from pipelines.errors import UserError
 
 from ..core import Studio
 from ..services import attributes, jobs
-from . import build_tab, export_tab, finetune_tab, generate_tab, guide_tab, jobs_tab, models_tab, target_tab
+from . import (build_tab, export_tab, fairness_guide_panels, finetune_tab, generate_tab, guide_tab, jobs_tab,
+               models_tab, target_tab)
 from .common import CSS, TERMINAL, THEME, Page, job_html, latest_job, model_choices
 
 TABS = (("Models", models_tab), ("Generate & label", generate_tab), ("Target", target_tab),
         ("Build set", build_tab), ("Fine-tune", finetune_tab), ("Guide", guide_tab), ("Export", export_tab))
 TICK_S = 1.0
+# panels added below a tab's own (fairness vs target, the guide-model picker)
+EXTRAS = {"Target": (fairness_guide_panels.build_target,), "Guide": (fairness_guide_panels.build_guide,)}
 
 
 def grouping_choices(db) -> list[tuple[str, int]]:
@@ -58,6 +61,8 @@ def build_ui(studio: Studio) -> gr.Blocks:
                 with gr.Tab(title, id=title.lower().replace(" & ", "-").replace(" ", "-")) as tab:
                     start = len(page.loaders)
                     module.build(page)
+                    for extra in EXTRAS.get(title, ()):
+                        extra(page)
                     tabs_loaders.append((tab, page.loaders[start:]))
             with gr.Tab("Jobs", id="jobs") as jtab:
                 start = len(page.loaders)

@@ -1,0 +1,136 @@
+"""Panels added to the Target and Guide tabs: fairness vs the target (fairness discrepancy (L2), KL, TV with
+bootstrap intervals) and the Guide's guide-model picker (autoguidance). Logic lives in services."""
+from __future__ import annotations
+
+import gradio as gr
+import plotly.graph_objects as go
+
+from pipelines.errors import UserError
+
+from ..services import attributes, fairness_view, guide, guide_model, sets
+from . import plots
+from .common import Page, as_int, user_errors
+from .guide_tab import settings_from
+
+
+def _target(db, model_id, g: dict, groups, values) -> dict | None:
+    """The Target tab's sliders when loaded for this grouping (summing to 100%), else the last S's plan."""
+    if groups == list(g["groups"]) and abs(sum(float(v or 0) for v in values[:len(groups)]) - 100) < 0.5:
+        return {k: float(values[i]) / 100 for i, k in enumerate(groups)}
+    plan = sets.latest_plan(db, as_int(model_id), g["id"], list(g["groups"])) if as_int(model_id) else None
+    return plan[0] if plan else None
+
+
+def curve_figure(curve: dict, omega: float) -> go.Figure:
+    """The target's fairness discrepancy (L2) vs ω with its bootstrap interval."""
+    if not curve:
+        return plots.empty("Fairness discrepancy (L2) vs ω", "no stored measurements: Precompute ω grid")
+    ws = sorted(curve)
+    vals = [curve[w]["metrics"][fairness_view.L2] for w in ws]
+    fig = go.Figure()
+    fig.update_layout(title=dict(text="Fairness discrepancy (L2) vs target, by ω", x=0, font=dict(size=14)),
+                      **plots.LAYOUT)
+    fig.add_scatter(x=ws, y=[v["value"] for v in vals], mode="lines+markers", name="‖p̂ − p*‖₂",
+                    error_y=dict(type="data", symmetric=False, array=[v["ci"][1] - v["value"] for v in vals],
+                                 arrayminus=[v["value"] - v["ci"][0] for v in vals]))
+    fig.add_vline(x=float(omega), line_dash="dot", line_color="#64748b")
+    n = sorted({curve[w]["n"] for w in ws})
+    fig.update_xaxes(title="ω")
+    fig.update_yaxes(title=f"L2 (0 = on target); n = {n[0]}–{n[-1]} per ω, 95% bootstrap", rangemode="tozero")
+    return fig
+
+
+def build_target(page: Page) -> None:
+    """Target tab: the base pool's fairness vs the target being set."""
+    db = page.db
+    md = gr.Markdown(elem_id="target-fairness")
+
+    def show(model_id, grouping_id, groups, *values):
+        mid, gid = as_int(model_id), as_int(grouping_id)
+        if mid is None or gid is None or not groups:
+            return ""
+        g = attributes.get_grouping(db, gid)
+        tgt = _target(db, mid, g, groups, values)
+        if tgt is None:
+            return "Set target shares summing to 100% to see the fairness discrepancy (L2), KL and TV."
+        try:
+            return fairness_view.report_md(fairness_view.base_vs_target(db, mid, g, tgt), "Base pool")
+        except UserError as e:
+            return f"**Fairness vs target:** {e}"
+
+    ins = [page.model, page.grouping, page.target_groups, *page.target_sliders]
+    for comp in [page.target_groups, *page.target_sliders]:
+        comp.change(show, ins, md, show_progress="hidden", trigger_mode="always_last")
+    page.loaders.append((show, ins, [md]))
+
+
+def build_guide(page: Page) -> None:
+    """Guide tab: the target's discrepancy-vs-ω curve with the table at the current ω, and the guide picker."""
+    db, settings = page.db, page.settings
+    with gr.Row():
+        with gr.Column():
+            fair_plot = gr.Plot(show_label=False, elem_id="plot-fairness")
+            fair_md = gr.Markdown(elem_id="guide-fairness")
+        with gr.Column():
+            gr.Markdown("#### Guide model: D = (1 + ω)·D_base − ω·D_guide\nThe SIMS auxiliary by default; a weaker "
+                        "version of the base (an earlier checkpoint) makes this autoguidance (Karras et al. 2024).")
+            pick = gr.Dropdown([], label="Guide model", elem_id="guide-model", allow_custom_value=True)
+            grid = gr.Image(label="Fixed seeds at this ω with the picked guide", height=300, interactive=False,
+                            elem_id="guide-model-grid", elem_classes=["pixelated"], format="png")
+            caption = gr.Markdown(elem_id="guide-model-caption")
+    ck, w, gs_inputs = page.guide_checkpoint, page.guide_omega, page.guide_settings
+
+    def fairness(ck_id, grouping_id, omega, choice, model_id, groups, *rest):
+        gs, values = settings_from(*rest[:6]), rest[6:]
+        ckid, gid = as_int(ck_id), as_int(grouping_id)
+        if ckid is None or gid is None:
+            return plots.empty("Fairness discrepancy (L2) vs ω", "pick a checkpoint and a grouping"), ""
+        g = attributes.get_grouping(db, gid)
+        tgt = _target(db, model_id, g, groups, values)
+        if tgt is None:
+            return plots.empty("Fairness discrepancy (L2) vs ω", "set a target (Target tab)"), ""
+        try:
+            gd = guide_model.resolve_guide(db, settings, ckid, choice)
+        except UserError as e:
+            return plots.empty("Fairness discrepancy (L2) vs ω", "guide refused"), f"**Guide refused:** {e}"
+        curve = fairness_view.discrepancy_curve(db, ckid, g, guide_model.measurement_key(gs, gd), tgt)
+        if not curve:
+            who = "the SIMS auxiliary" if gd is None else gd["label"]
+            return curve_figure({}, omega), f"No stored measurements with {who} at these settings yet."
+        near = min(curve, key=lambda v: abs(v - float(omega or 0)))
+        return curve_figure(curve, float(omega or 0)), fairness_view.report_md(
+            curve[near], f"Measured at ω = {guide.fmt_omega(near)}")
+
+    def choices(ck_id):
+        if as_int(ck_id) is None:
+            return gr.Dropdown(choices=[], value=None)
+        try:
+            opts = guide_model.guide_choices(db, settings, as_int(ck_id))
+        except UserError:
+            return gr.Dropdown(choices=[], value=None)
+        return gr.Dropdown(choices=opts, value=guide_model.AUX)
+
+    @user_errors
+    def render(ck_id, omega, choice, device, *gs_vals):
+        if as_int(ck_id) is None:
+            yield None, "Pick an auxiliary checkpoint."
+            return
+        for kind, *rest in guide_model.preview_stream(db, settings, as_int(ck_id), omega, settings_from(*gs_vals),
+                                                      choice, device):
+            if kind == "partial":
+                yield rest[0], f"rendering… {rest[1]} of {rest[2]} samples"
+            else:
+                out = rest[0]
+                yield out["grid"], (f"ω = **{guide.fmt_omega(omega)}** · guide: {choice or guide_model.AUX} · "
+                                    + ("cached" if out["cached"] else f"rendered now in {out['seconds']:.1f} s"))
+
+    fair_in = [ck, page.grouping, w, pick, page.model, page.target_groups, *gs_inputs, *page.target_sliders]
+    r_in = [ck, w, pick, page.device, *gs_inputs]
+    ck.change(choices, ck, pick)
+    for comp in (pick, w):
+        comp.change(fairness, fair_in, [fair_plot, fair_md], show_progress="hidden", trigger_mode="always_last")
+        comp.change(render, r_in, [grid, caption], show_progress="hidden", trigger_mode="always_last",
+                    concurrency_id="guide-model-render", concurrency_limit=1)
+    page.target_groups.change(fairness, fair_in, [fair_plot, fair_md], show_progress="hidden")
+    page.loaders.append((choices, [ck], [pick]))
+    page.loaders.append((fairness, fair_in, [fair_plot, fair_md]))
