@@ -8,22 +8,14 @@ a bad set fails with a message naming an offending file instead of deep inside t
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from .errors import UserError
-from .imageio import IMAGE_SUFFIXES, decode_image
+from .imageio import ImageFiles, check_image_shapes, read_npz
 
-RESIZE_HINT = ("resize them all to one square power-of-two size, e.g. with EDM's "
-               "`dataset_tool.py convert --resolution=64x64` or PIL's Image.resize(..., Image.LANCZOS)")
-# PIL modes -> channel count we train on (modes that decode_image converts to L or RGB).
-_MODE_CHANNELS = {"1": 1, "L": 1, "I": 1, "I;16": 1, "F": 1, "RGB": 3, "P": 3, "YCbCr": 3}
 
 
 class BaseDataset(torch.utils.data.Dataset):
@@ -51,131 +43,26 @@ class BaseDataset(torch.utils.data.Dataset):
     def get_batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
         """Stack items `indices` into (x [n, ...], labels int64 [n])."""
         items = [self[int(i)] for i in indices]
-        return torch.stack([x for x, _ in items]), torch.tensor([l for _, l in items], dtype=torch.int64)
+        return torch.stack([x for x, _ in items]), torch.tensor([lab for _, lab in items], dtype=torch.int64)
 
     def describe(self) -> dict:
         """JSON-able summary recorded in checkpoints and used to check a resumed run."""
         return {"name": self.name, "size": len(self), "shape": list(self.shape), "label_dim": self.label_dim}
 
 
-def check_image_shapes(shapes: list[tuple[int, int, int]], names: list[str], where: str) -> tuple[int, int, int]:
-    """Validate HWC shapes of an image set; returns the common (H, W, C) or raises UserError."""
-    if not shapes:
-        raise UserError(f"No images found in {where}. Expected PNGs in EDM's layout "
-                        f"(00000/img00000000.png, ...); write them with pipelines.imageio.write_image_folder.")
-    h, w, c = shapes[0]
-    for name, shape in zip(names, shapes):
-        if shape != shapes[0]:
-            if shape[:2] != (h, w):
-                raise UserError(f"{where}: mixed resolutions: {names[0]} is {w}x{h}, {name} is "
-                                f"{shape[1]}x{shape[0]}; {RESIZE_HINT}.")
-            raise UserError(f"{where}: mixed channel counts: {names[0]} has {c}, {name} has {shape[2]}; "
-                            "convert all images to RGB (or all to greyscale 'L').")
-    if c not in (1, 3):
-        raise UserError(f"{where}: {names[0]} has {c} channels; images must have 1 (greyscale) or 3 (RGB). "
-                        "Convert them, e.g. PIL's Image.convert('RGB').")
-    if h != w:
-        raise UserError(f"{where}: images must be square; {names[0]} is {w}x{h}. Crop or {RESIZE_HINT}.")
-    if h < 4 or h & (h - 1):
-        raise UserError(f"{where}: resolution must be a power of two >= 4 (the UNet halves it per level); "
-                        f"{names[0]} is {w}x{h}. {RESIZE_HINT[0].upper() + RESIZE_HINT[1:]}.")
-    return h, w, c
-
-
 #----------------------------------------------------------------------------
 # Image folder / zip in EDM dataset_tool layout (`{idx // 1000:05d}/img{idx:08d}.png` + dataset.json).
 
-class ImageDataset(BaseDataset):
-    """PNG images in a folder or zip (EDM layout), optional labels from the root dataset.json."""
-
-    def __init__(self, path):
-        self.path = Path(path)
-        self.name = str(self.path)
-        if not self.path.exists():
-            raise UserError(f"Dataset not found: {self.path}. Pass a folder or .zip of images in EDM's layout.")
-        self._zip: zipfile.ZipFile | None = None
-        self._zip_pid = None
-        if self.path.is_dir():
-            self._is_zip = False
-            names = [p.relative_to(self.path).as_posix() for p in self.path.rglob("*")
-                     if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
-        elif zipfile.is_zipfile(self.path):
-            self._is_zip = True
-            names = [n for n in self._zipfile().namelist() if Path(n).suffix.lower() in IMAGE_SUFFIXES]
-        else:
-            raise UserError(f"{self.path} is neither a folder nor a zip archive; pass a folder or .zip of PNGs "
-                            "(or an .npz with an 'images' array).")
-        self.files = sorted(names)
-        self._hwc = check_image_shapes([self._header_shape(n) for n in self.files], self.files, self.name)
-        self.labels = self._read_labels()
-
-    def _zipfile(self) -> zipfile.ZipFile:
-        # One handle per process: DataLoader workers must not share the parent's file offset.
-        if self._zip is None or self._zip_pid != os.getpid():
-            self._zip, self._zip_pid = zipfile.ZipFile(self.path), os.getpid()
-        return self._zip
-
-    def _open(self, name: str):
-        return self._zipfile().open(name, "r") if self._is_zip else open(self.path / name, "rb")
-
-    def _header_shape(self, name: str) -> tuple[int, int, int]:
-        try:
-            with self._open(name) as f, Image.open(f) as pil:
-                w, h = pil.size
-                mode = pil.mode
-        except (OSError, ValueError) as e:
-            raise UserError(f"{self.name}: {name} is not a readable image ({e}); remove or re-export it.") from None
-        if mode not in _MODE_CHANNELS:
-            raise UserError(f"{self.name}: {name} has PIL mode {mode} ({len(mode)} channels, e.g. alpha); "
-                            "images must be greyscale or RGB: convert with PIL's Image.convert('RGB').")
-        return h, w, _MODE_CHANNELS[mode]
-
-    def _read_labels(self) -> np.ndarray | None:
-        try:
-            with self._open("dataset.json") as f:
-                raw = json.load(f).get("labels")
-        except (FileNotFoundError, KeyError):
-            return None
-        except (json.JSONDecodeError, AttributeError) as e:
-            raise UserError(f"{self.name}: dataset.json is not valid ({e}); it must be "
-                            '{"labels": [["00000/img00000000.png", 3], ...]} or {"labels": null}.') from None
-        if raw is None:
-            return None
-        table = {str(p): l for p, l in raw}
-        missing = [n for n in self.files if n not in table]
-        if missing:
-            raise UserError(f"{self.name}: dataset.json has no label for {missing[0]} ({len(missing)} images "
-                            "unlabelled); label every image or set \"labels\" to null.")
-        bad = [n for n in self.files if not isinstance(table[n], int) or table[n] < 0]
-        if bad:
-            raise UserError(f"{self.name}: label of {bad[0]} is {table[bad[0]]!r}; labels must be class "
-                            "indices (integers >= 0).")
-        return np.array([table[n] for n in self.files], dtype=np.int64)
+class ImageDataset(ImageFiles, BaseDataset):
+    """A folder or zip in EDM's layout as a training set (reading and checks: imageio.ImageFiles)."""
 
     @property
     def shape(self):
-        h, w, c = self._hwc
+        h, w, c = self.hwc
         return (c, h, w)
-
-    def __len__(self):
-        return len(self.files)
-
-    def read_uint8_hwc(self, idx: int) -> np.ndarray:
-        """Decoded image `idx` as uint8 HWC."""
-        name = self.files[idx]
-        with self._open(name) as f:
-            img = decode_image(f.read(), f"{self.name}/{name}")
-        if img.shape != self._hwc:
-            raise UserError(f"{self.name}: {name} decodes to {img.shape}, expected {self._hwc}; re-export it.")
-        return img
 
     def __getitem__(self, idx):
         return torch.from_numpy(self.read_uint8_hwc(idx)).permute(2, 0, 1).contiguous(), self.label(idx)
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_zip"] = None  # zip handles do not pickle; reopened lazily in the worker
-        return state
 
 
 #----------------------------------------------------------------------------
@@ -296,14 +183,10 @@ def to_model_input(x: torch.Tensor) -> torch.Tensor:
 
 
 def _open_npz(path: Path) -> BaseDataset:
-    with np.load(path, allow_pickle=False) as f:
-        labels = f["labels"] if "labels" in f else None
-        if "points" in f:
-            return PointDataset(f["points"], labels, name=str(path))
-        if "images" in f:
-            return TensorImageDataset(f["images"], labels, name=str(path))
-        raise UserError(f"{path} has neither 'images' (uint8 NHWC) nor 'points' ([N, D]) "
-                        f"(keys: {sorted(f.keys())}).")
+    s = read_npz(path, points=True)
+    if s.points is not None:
+        return PointDataset(s.points, s.labels, name=str(path))
+    return TensorImageDataset(s.images, s.labels, name=str(path))
 
 
 def open_dataset(spec) -> BaseDataset:
@@ -322,7 +205,5 @@ def open_dataset(spec) -> BaseDataset:
         return DigitsDataset(res, parts[2] if len(parts) > 2 else "nearest")
     path = Path(text)
     if path.suffix == ".npz":
-        if not path.is_file():
-            raise UserError(f"Dataset not found: {path}.")
         return _open_npz(path)
     return ImageDataset(path)

@@ -4,7 +4,7 @@ A source is a folder of images (EDM dataset_tool layout `00000/img00000000.png`,
 recursively, sorted by relative path; a root `dataset.json` is allowed and ignored here) or an
 `.npz` with an `images` uint8 NHWC array (optional `names`). Images are read lazily in batches
 so a 70k-image folder never sits in memory at once. Decoding and the array checks are
-`pipelines.imageio`'s (which also writes EDM's layout and loads small sets whole).
+`pipelines.imageio`'s, and so is the .npz reader (imageio also writes EDM's layout and loads small sets whole).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .errors import UserError
-from .imageio import IMAGE_SUFFIXES, decode_image
+from .imageio import IMAGE_SUFFIXES, decode_image, read_npz
 
 
 def _read_image(path: Path) -> np.ndarray:
@@ -81,27 +81,8 @@ class ImageSource:
 
 
 def _load_npz_images(path: Path) -> tuple[np.ndarray, list[str]]:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if "images" not in data:
-                raise UserError(f"{path} has no 'images' array (keys: {sorted(data.keys())}); "
-                                "save a uint8 NHWC array under the key 'images'")
-            images = data["images"]
-            names = [str(n) for n in data["names"]] if "names" in data else None
-    except (OSError, ValueError) as e:
-        if isinstance(e, UserError):
-            raise
-        raise UserError(f"cannot read {path} as npz: {e}") from e
-    if images.dtype != np.uint8 or images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] not in (1, 3)):
-        raise UserError(f"{path}: 'images' must be uint8 NHWC with C = 1 or 3, "
-                        f"got {images.dtype} {images.shape}")
-    if images.ndim == 3:
-        images = images[..., None]
-    if names is None:
-        names = [f"{i:08d}" for i in range(len(images))]
-    if len(names) != len(images):
-        raise UserError(f"{path}: {len(names)} names for {len(images)} images")
-    return images, names
+    npz = read_npz(path)
+    return npz.images, npz.names or [f"{i:08d}" for i in range(len(npz.images))]
 
 
 def array_hash(images: np.ndarray) -> str:
