@@ -51,7 +51,7 @@ def test_export_tab_states_both_costs_and_the_merged_card(world):
     from studio.ui import export_tab
     st, mid, g, cks = world
     text = export_tab.cost_md(merge_export.pass_counts(steps=4, omega=1.0))
-    assert export_tab.BUNDLE in text and export_tab.MERGED in text and "| 14 (7 base + 7 auxiliary) |" in text
+    assert export_tab.BUNDLE in text and export_tab.MERGED in text and "14 network passes (7 base + 7 auxiliary)" in text and "2.00×" in text
     out = merge_export.export_merged(st.db, st.settings, cks[-1]["id"], 0.5)
     card = export_tab.merged_md(out)
     assert out["card_data"]["parents"]["base"]["sha256"][:12] in card and "generate --model" in card
