@@ -68,7 +68,25 @@ class ImageDataset(ImageFiles, BaseDataset):
 #----------------------------------------------------------------------------
 # In-memory sets.
 
-class TensorImageDataset(BaseDataset):
+class _InMemoryDataset(BaseDataset):
+    """Items are rows of one tensor (`_rows()`), batches are indexed from it directly."""
+
+    def _rows(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __len__(self):
+        return len(self._rows())
+
+    def __getitem__(self, idx):
+        return self._rows()[idx], self.label(idx)
+
+    def get_batch(self, indices):
+        idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        lab = torch.from_numpy(self.labels)[idx] if self.has_labels else torch.full((len(idx),), -1)
+        return self._rows()[idx], lab
+
+
+class TensorImageDataset(_InMemoryDataset):
     """Images already in memory (e.g. a synthetic set), uint8 NHWC, optional int labels."""
 
     def __init__(self, images_uint8_nhwc, labels=None, name: str = "in-memory images"):
@@ -85,16 +103,8 @@ class TensorImageDataset(BaseDataset):
     def shape(self):
         return tuple(self.images.shape[1:])
 
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, idx):
-        return self.images[idx], self.label(idx)
-
-    def get_batch(self, indices):
-        idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
-        lab = torch.from_numpy(self.labels)[idx] if self.has_labels else torch.full((len(idx),), -1)
-        return self.images[idx], lab
+    def _rows(self) -> torch.Tensor:
+        return self.images
 
 
 def _check_labels(labels, n: int, name: str) -> np.ndarray:
@@ -144,7 +154,7 @@ class DigitsDataset(TensorImageDataset):
         self.mode = mode
 
 
-class PointDataset(BaseDataset):
+class PointDataset(_InMemoryDataset):
     """Flat float data (e.g. 2-D points); items are float32 vectors, used as-is by training."""
 
     def __init__(self, points, labels=None, name: str = "points"):
@@ -161,16 +171,8 @@ class PointDataset(BaseDataset):
     def shape(self):
         return (self.points.shape[1],)
 
-    def __len__(self):
-        return len(self.points)
-
-    def __getitem__(self, idx):
-        return self.points[idx], self.label(idx)
-
-    def get_batch(self, indices):
-        idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
-        lab = torch.from_numpy(self.labels)[idx] if self.has_labels else torch.full((len(idx),), -1)
-        return self.points[idx], lab
+    def _rows(self) -> torch.Tensor:
+        return self.points
 
 
 #----------------------------------------------------------------------------
