@@ -191,12 +191,18 @@ def _open_npz(path: Path) -> BaseDataset:
     return TensorImageDataset(s.images, s.labels, name=str(path))
 
 
+def is_bundled(spec) -> bool:
+    """True for a dataset shipped with the package ('digits', 'digits:16', ...): it needs no file."""
+    text = str(spec)
+    return text == "digits" or text.startswith("digits:")
+
+
 def open_dataset(spec) -> BaseDataset:
     """'digits', 'digits:16', 'digits:32:bilinear', a folder, a .zip or an .npz -> dataset."""
     if isinstance(spec, BaseDataset):
         return spec
     text = str(spec)
-    if text == "digits" or text.startswith("digits:"):
+    if is_bundled(text):
         parts = text.split(":")
         try:
             res = int(parts[1]) if len(parts) > 1 else 8

@@ -188,11 +188,12 @@ def metric_name(classifier: str) -> str:
 
 
 def reference_images(settings: Settings, base: Model) -> np.ndarray:
-    """Real images to compare against: the model's recorded dataset (digits) or uploaded reference images."""
+    """Real images to compare against: the model's recorded dataset if the package ships it (the demo's digits),
+    else uploaded reference images."""
+    from pipelines.data import is_bundled, open_dataset
     from pipelines.imageio import read_images
     name = str((base.meta.get("dataset") or {}).get("name") or "")
-    if name.startswith("digits"):
-        from pipelines.data import open_dataset
+    if is_bundled(name):
         ds = open_dataset(name)
         return np.stack([ds[i][0].permute(1, 2, 0).numpy() for i in range(len(ds))])
     folder = settings.path("reference", f"m{base.id}")
