@@ -3,6 +3,11 @@
 Layout (as EDM's dataset_tool writes it): `{idx // 1000:05d}/img{idx:08d}.png` plus a root `dataset.json`
 holding `{"labels": [[relpath, label], ...]}` or `{"labels": null}`. Images are uint8 NHWC
 arrays with 1 or 3 channels; greyscale PNGs are written as mode "L".
+
+The readers live here and nowhere else: `read_npz` (an .npz set, never unpickled), `ImageFiles`
+(a folder/zip in that layout, checked up front: one square power-of-two size, 1 or 3 channels,
+labels for all or none) and `read_images` (either, whole, into memory). `data.py`'s training
+datasets and `image_source.ImageSource` build on them; this module imports neither.
 """
 from __future__ import annotations
 
