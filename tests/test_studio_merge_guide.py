@@ -126,3 +126,32 @@ def test_fairness_numbers_of_target_and_guide_equal_pipelines_fairness(world):
         counts = fairness_view.stored_counts(st.db, cks[-1]["id"], g["id"], _gs().key())[w]
         assert sum(counts.values()) == r["n"] and r["metrics"] == fairness_report(counts, target)["metrics"]
         assert r["fractions"]["5-9"] == pytest.approx(c["5-9"][w][0])  # the same rows as the fraction curve
+
+
+def test_classifier_cross_check_agreement_and_disagree_filter(world):
+    from pipelines.attributes.groupings import wilson_interval
+    from studio.models import Assignment, Grouping, Sample
+    from studio.services import crosscheck
+    st, mid, g, cks = world
+    with st.db.session() as s:  # a second classifier's grouping of the same attribute, assignments by hand
+        other = Grouping(classifier="digits-second-opinion", name="digits 0-4 vs 5-9", groups=g["groups"],
+                         threshold=0.5, builtin=False)
+        s.add(other)
+        s.flush()
+        oid = other.id
+        mine = {a.sample_id: a.group_name for a in s.query(Assignment).filter_by(grouping_id=g["id"])
+                if a.group_name is not None}
+        ids = sorted(i for i in mine if s.get(Sample, i).model_id == mid)[:30]
+        flip = {"0-4": "5-9", "5-9": "0-4"}
+        for k, i in enumerate(ids):  # every third sample disagrees; the 30th gets no group from B
+            grp = None if k == 29 else (flip[mine[i]] if k % 3 == 0 else mine[i])
+            s.add(Assignment(sample_id=i, grouping_id=oid, group_name=grp, confidence=0.9, source="classifier"))
+    assert any(p["id"] == oid for p in crosscheck.partners(st.db, g["id"]))
+    r = crosscheck.agreement(st.db, mid, g["id"], oid)
+    assert r["n"] == 29 and r["disagree"] == 10 and r["agree"] == 19
+    assert r["rate"]["ci"] == list(wilson_interval(19, 29)) and r["warnings"]
+    page = crosscheck.disagreement_page(st.db, mid, g["id"], oid, per_page=4)
+    assert page.total == 10 and page.pages == 3 and all(x["group_a"] != x["group_b"] for x in page.rows)
+    assert {x["id"] for x in page.rows} <= {ids[k] for k in range(0, 29, 3)}
+    with pytest.raises(UserError, match="two classifiers"):
+        crosscheck.agreement(st.db, mid, g["id"], g["id"])
