@@ -88,3 +88,19 @@ def test_reference_images_upload_roundtrip(studio, tmp_path):
     mid = registry.register_checkpoint(studio.db, studio.settings, make_tiny_model(tmp_path / "m.safetensors"))
     assert registry.set_reference_images(studio.db, studio.settings, mid, files) == 3
     assert (studio.settings.path("reference", f"m{mid}", "dataset.json")).exists()
+
+
+def test_fake_uploads_get_messages_naming_the_file_not_the_server_path(studio, tmp_path):
+    from PIL import Image
+    tmp = tmp_path / "gradio" / "3f2a9c"
+    tmp.mkdir(parents=True)
+    Image.new("L", (8, 8)).save(tmp / "x.png")
+    (tmp / "x.png").rename(tmp / "model.safetensors")
+    with pytest.raises(UserError) as e:
+        registry.register_upload(studio.db, studio.settings, tmp / "model.safetensors")
+    assert "model.safetensors is not a checkpoint" in str(e.value) and str(tmp) not in str(e.value)
+    (tmp / "bad.png").write_bytes(b"not an image at all")
+    with pytest.raises(UserError) as e:
+        registry.set_reference_images(studio.db, studio.settings, registry.register_demo(studio.db, studio.settings),
+                                      [str(tmp / "bad.png")])
+    assert "bad.png" in str(e.value) and "_io.BytesIO" not in str(e.value) and "PNG/JPEG" in str(e.value)

@@ -149,16 +149,32 @@ def register_upload(db: Database, settings: Settings, path) -> tuple[str, int]:
     from ..uploads import check_checkpoint, store_upload
     path = check_checkpoint(path, settings.max_upload_mb)
     if path.suffix.lower() == ".safetensors":
-        return "model", register_checkpoint(db, settings, path, source="upload", source_ref=path.name)
+        try:
+            return "model", register_checkpoint(db, settings, path, source="upload", source_ref=path.name)
+        except UserError as e:  # name the user's file, not the server's temporary copy
+            raise UserError(f"{path.name} is not a checkpoint this studio can register: "
+                            f"{_plain_message(str(e), path)}") from None
     stored = store_upload(path, settings.path("uploads"))
     return "job", submit_import(db, settings, str(stored), name=path.stem)
+
+
+def _plain_message(text: str, path: Path | None = None) -> str:
+    """A library's message without server paths or Python object reprs (users act on file names)."""
+    if path is not None:
+        text = text.replace(str(path), path.name).replace(str(path.parent) + "/", "")
+    text = re.sub(r"/tmp/gradio/[0-9a-f]+/", "", text)
+    return re.sub(r"cannot identify image file <[^>]*>", "not a PNG or JPEG image", text)
 
 
 def set_reference_images(db: Database, settings: Settings, model_id: int, files) -> int:
     """Store checked real images as the model's reference set (per-group FD); returns how many."""
     from ..uploads import import_reference_images
     get_model(db, model_id)
-    n = import_reference_images(files, settings.path("reference", f"m{int(model_id)}"), settings.max_upload_mb)
+    try:
+        n = import_reference_images(files, settings.path("reference", f"m{int(model_id)}"), settings.max_upload_mb)
+    except UserError as e:
+        raise UserError(_plain_message(str(e)) + " Upload PNG/JPEG files, or one .zip of them in EDM's layout.") \
+            from None
     for old in settings.path("cache", "refstats").glob(f"m{int(model_id)}-*.npz"):
         old.unlink()  # statistics of the previous reference set are stale
     return n

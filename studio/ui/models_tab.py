@@ -6,7 +6,7 @@ import json
 import gradio as gr
 
 from ..services import pool, registry
-from .common import Page, as_int, model_choices, user_errors
+from .common import Page, as_int, hidden_id, model_choices, user_errors
 
 
 def _training(t: dict) -> str:
@@ -99,8 +99,10 @@ def build(page: Page) -> None:
 
     @user_errors
     def register_demo():
+        before = {m["id"] for m in registry.list_models(db)}
         mid = registry.register_demo(db, settings)
-        gr.Info("Bundled demo registered.")
+        gr.Info("Bundled demo registered." if mid not in before else
+                f"The bundled demo is already registered (model #{mid}); it is picked now.")
         return picker(mid)
 
     @user_errors
@@ -116,9 +118,9 @@ def build(page: Page) -> None:
         kind, ident = registry.register_upload(db, settings, getattr(file, "name", file))
         if kind == "model":
             gr.Info("Checkpoint registered.")
-            return picker(ident), None
+            return ident, None
         gr.Info(f"EDM pickle queued for safe import as job #{ident}.")
-        return picker(), ident
+        return None, ident
 
     @user_errors
     def render16(model_id, device):
@@ -138,7 +140,11 @@ def build(page: Page) -> None:
     page.model.change(refresh, page.model, outs)
     demo_btn.click(register_demo, None, page.model)
     import_btn.click(do_import, [src, name], follow.job)
-    upload_btn.click(do_upload, upload, [page.model, follow.job])
+    # the header picker is updated by the hidden id's change, never as an output of a click that may fail
+    # (Gradio would show a red "Error" pill in the picker)
+    uploaded = hidden_id()
+    upload_btn.click(do_upload, upload, [uploaded, follow.job])
+    uploaded.change(lambda i: picker(as_int(i)) if as_int(i) is not None else gr.skip(), uploaded, page.model)
     preview_btn.click(render16, [page.model, page.device], follow.job)
     follow.done.change(lambda m: picker(as_int(m)), page.model, page.model).then(refresh, page.model, outs)
     ref_btn.click(set_reference, [page.model, ref_files], ref_status)
