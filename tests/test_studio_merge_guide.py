@@ -62,7 +62,7 @@ def test_the_ui_builds_with_the_export_choice(world):
     st, *_ = world
     blocks = build_ui(st)
     ids = {getattr(b, "elem_id", None) for b in blocks.blocks.values()}
-    assert {"model-export-kind", "target-fairness", "plot-fairness", "guide-model"} <= ids
+    assert {"model-export-kind", "target-fairness", "plot-fairness", "guide-model", "crosscheck-with"} <= ids
 
 
 
@@ -155,3 +155,11 @@ def test_classifier_cross_check_agreement_and_disagree_filter(world):
     assert {x["id"] for x in page.rows} <= {ids[k] for k in range(0, 29, 3)}
     with pytest.raises(UserError, match="two classifiers"):
         crosscheck.agreement(st.db, mid, g["id"], g["id"])
+
+
+def test_cross_check_text_states_rate_interval_and_counts():
+    from studio.ui.fairness_guide_panels import crosscheck_md
+    r = {"a": "A", "b": "B", "n": 29, "agree": 19, "disagree": 10, "rate": {"value": 19 / 29, "ci": [0.47, 0.8]},
+         "table": {"x": {"x": 10, "y": 4}, "y": {"x": 6, "y": 9}}, "warnings": ["only 29"], "how": "both assign"}
+    md = crosscheck_md(r)
+    assert "19 of 29" in md and "65.5%" in md and "47.0–80.0%" in md and "| A: x | 10 | 4 |" in md and "only 29" in md

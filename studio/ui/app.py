@@ -17,8 +17,9 @@ from .common import CSS, TERMINAL, THEME, Page, job_html, latest_job, model_choi
 TABS = (("Models", models_tab), ("Generate & label", generate_tab), ("Target", target_tab),
         ("Build set", build_tab), ("Fine-tune", finetune_tab), ("Guide", guide_tab), ("Export", export_tab))
 TICK_S = 1.0
-# panels added below a tab's own (fairness vs target, the guide-model picker)
-EXTRAS = {"Target": (fairness_guide_panels.build_target,), "Guide": (fairness_guide_panels.build_guide,)}
+# panels added below a tab's own (classifier cross-check, fairness vs target, the guide-model picker)
+EXTRAS = {"Generate & label": (fairness_guide_panels.build_crosscheck,),
+          "Target": (fairness_guide_panels.build_target,), "Guide": (fairness_guide_panels.build_guide,)}
 
 
 def grouping_choices(db) -> list[tuple[str, int]]:

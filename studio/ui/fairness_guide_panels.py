@@ -134,3 +134,49 @@ def build_guide(page: Page) -> None:
     page.target_groups.change(fairness, fair_in, [fair_plot, fair_md], show_progress="hidden")
     page.loaders.append((choices, [ck], [pick]))
     page.loaders.append((fairness, fair_in, [fair_plot, fair_md]))
+
+
+def crosscheck_md(r: dict) -> str:
+    """Agreement of two classifiers as Markdown (rate, interval, count table, warnings)."""
+    head = f"**{r['a']}** vs **{r['b']}**: "
+    if r["rate"] is None:
+        return head + "; ".join(r["warnings"])
+    v, (lo, hi) = r["rate"]["value"], r["rate"]["ci"]
+    groups = list(r["table"])
+    rows = "\n".join(f"| A: {x} | " + " | ".join(str(r["table"][x][y]) for y in groups) + " |" for x in groups)
+    return (head + f"agree on {r['agree']} of {r['n']} samples = **{100 * v:.1f}%** (95% CI {100 * lo:.1f}–"
+            f"{100 * hi:.1f}%; {r['how']}).\n\n| | " + " | ".join(f"B: {y}" for y in groups) + " |\n|---|"
+            + "---|" * len(groups) + "\n" + rows + "".join(f"\n\n⚠ {w}" for w in r["warnings"]))
+
+
+def build_crosscheck(page: Page) -> None:
+    """Generate & label tab: agreement of two classifiers of one attribute and the samples they disagree on."""
+    from ..services import crosscheck
+    db, settings = page.db, page.settings
+    with gr.Accordion("Classifier cross-check (two classifiers of one attribute)", open=False):
+        other = gr.Dropdown([], label="Compare the picked grouping with", elem_id="crosscheck-with")
+        md = gr.Markdown(elem_id="crosscheck-result")
+        gallery = gr.Gallery(label="Classifiers disagree (first 48; relabel them in the gallery above)", columns=12,
+                             height=260, elem_id="crosscheck-gallery")
+
+    def partners(grouping_id):
+        gid = as_int(grouping_id)
+        opts = [(f"{p['classifier']} · {p['name']}", p["id"]) for p in crosscheck.partners(db, gid)] if gid else []
+        return gr.Dropdown(choices=opts, value=opts[0][1] if opts else None,
+                           info=None if opts else "no grouping of another classifier has the same groups")
+
+    def compare(model_id, grouping_id, other_id):
+        mid, a, b = as_int(model_id), as_int(grouping_id), as_int(other_id)
+        if mid is None or a is None or b is None:
+            return "", []
+        try:
+            r = crosscheck.agreement(db, mid, a, b)
+            rows = crosscheck.disagreement_page(db, mid, a, b).rows
+        except UserError as e:
+            return f"**Cannot compare:** {e}", []
+        return crosscheck_md(r), [(str(settings.abs(x["path"])), f"#{x['id']} A: {x['group_a']} · B: {x['group_b']}")
+                                  for x in rows]
+
+    page.grouping.change(partners, page.grouping, other)
+    other.change(compare, [page.model, page.grouping, other], [md, gallery], show_progress="hidden")
+    page.loaders.append((partners, [page.grouping], [other]))
