@@ -104,3 +104,32 @@ def test_fake_uploads_get_messages_naming_the_file_not_the_server_path(studio, t
         registry.set_reference_images(studio.db, studio.settings, registry.register_demo(studio.db, studio.settings),
                                       [str(tmp / "bad.png")])
     assert "bad.png" in str(e.value) and "_io.BytesIO" not in str(e.value) and "PNG/JPEG" in str(e.value)
+
+
+def test_url_import_that_never_answers_shows_waiting_then_times_out(studio, monkeypatch):
+    import socket
+    import threading
+    from pipelines.checkpoints import download
+    from studio.services import jobs
+    monkeypatch.setattr(download, "TIMEOUT_S", 3)
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    held = []
+    threading.Thread(target=lambda: held.append(srv.accept()), daemon=True).start()  # accepts, never answers
+    url = f"http://127.0.0.1:{srv.getsockname()[1]}/model.pkl"
+    job = jobs.submit(studio.db, "import_model", {"src": url, "name": "", "allow_private_urls": True})
+    seen, stop = [], threading.Event()
+
+    def watch():  # what the job's panel shows while it runs
+        while not stop.wait(0.3):
+            seen.append(jobs.get(studio.db, job).message)
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    view = run_now(studio, job)
+    stop.set()
+    watcher.join()
+    srv.close()
+    assert any("waiting for" in m and "gives up after 3 s" in m for m in seen), seen
+    assert view.state == "failed"
+    assert "did not answer within 3 s" in view.message and "download the file by hand" in view.message
