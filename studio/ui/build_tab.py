@@ -6,7 +6,7 @@ import gradio as gr
 from ..services import attributes, sets, target
 from . import plots
 from ..settings import DEFAULT_STEPS
-from .common import Page, as_int, kpis, user_errors
+from .common import Page, as_int, header_models, hidden_id, kpis, user_errors
 from .target_tab import MAX_GROUPS
 
 
@@ -15,7 +15,7 @@ def build(page: Page) -> None:
     db, settings = page.db, page.settings
     with gr.Row():
         with gr.Column(scale=1, min_width=300):
-            n_s = gr.Number(1000, label="n_s (size of S)", precision=0, minimum=1, elem_id="ns")
+            n_s = gr.Number(1000, label="n_s (size of S)", precision=0, elem_id="ns")  # the service says why 0 is refused
             grow = gr.Checkbox(True, label="Generate and label more when a group runs short", elem_id="grow")
             max_pool = gr.Number(sets.DEFAULT_MAX_POOL, label="Largest pool to grow to", precision=0,
                                  elem_id="max-pool")
@@ -59,7 +59,7 @@ def build(page: Page) -> None:
         set_id, job = sets.submit_build(db, as_int(model_id), gid, a, int(n or 0), target=q, base_fractions=base,
                                         grow=grow_, max_pool=int(maxp), steps=int(st), device=device)
         gr.Info(f"Building S #{set_id} (job #{job}).")
-        return job, *refresh(model_id, set_id)
+        return job, set_id
 
     @user_errors
     def from_np(model_id):
@@ -67,7 +67,7 @@ def build(page: Page) -> None:
             raise gr.Error("Pick a model first.")
         sid = sets.build_not_preferred(db, as_int(model_id))
         gr.Info(f"S #{sid} built from your not-preferred samples.")
-        return refresh(model_id, sid)
+        return sid
 
     def refresh(model_id, selected=None):
         mid = as_int(model_id)
@@ -92,12 +92,17 @@ def build(page: Page) -> None:
 
     slider_inputs = [page.target_groups, *page.target_sliders, *page.mix_sliders]
     check_btn.click(check, [page.model, page.grouping, n_s, grow, max_pool, *slider_inputs], plan_md)
+    # a refused request (e.g. n_s = 0) outputs only to hidden ids: the table and picker never show an error state
+    new_set = hidden_id()
     build_btn.click(start, [page.model, page.grouping, n_s, grow, max_pool, steps, page.device, page.target_base,
                             *slider_inputs],
-                    [follow.job, sets_table, pick])
-    np_btn.click(from_np, page.model, [sets_table, pick])
+                    [follow.job, new_set])
+    np_btn.click(from_np, page.model, new_set)
+    # not chained to the click: Gradio marks a failed event's chained outputs with an "Error" pill too
+    new_set.change(lambda m, s: refresh(m, as_int(s)), [page.model, new_set], [sets_table, pick])
     pick.change(inspect, pick, [summary, comp, members])
     page.model.change(refresh, page.model, [sets_table, pick])
     follow.done.change(lambda m, s: refresh(m, as_int(s)), [page.model, pick], [sets_table, pick]).then(
-        inspect, pick, [summary, comp, members])
+        inspect, pick, [summary, comp, members]).then(
+        lambda m: header_models(db, m), page.model, page.model, show_progress="hidden")  # the pool may have grown
     page.loaders.append((refresh, [page.model], [sets_table, pick]))

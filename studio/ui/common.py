@@ -109,6 +109,11 @@ def model_choices(db) -> list[tuple[str, int]]:
     return [(f"{m['name']} · {m['architecture']} · pool {m['pool']}", m["id"]) for m in list_models(db)]
 
 
+def header_models(db, model_id) -> gr.Dropdown:
+    """The header's model picker with fresh labels (pool sizes), keeping the picked model."""
+    return gr.Dropdown(choices=model_choices(db), value=as_int(model_id))
+
+
 def job_html(job) -> str:
     """Progress bar + state + message of a job (or a quiet placeholder)."""
     if job is None:

@@ -9,7 +9,7 @@ from ..services import attributes, labels, pool
 from ..storage import read_png, upscale
 from . import plots
 from ..settings import DEFAULT_STEPS
-from .common import Page, as_int, hidden_id, hidden_value, user_errors
+from .common import Page, as_int, header_models, hidden_id, hidden_value, user_errors
 from .curation_panel import SHIFT_JS, CurationPanel
 
 PER_PAGE = 48
@@ -236,7 +236,9 @@ class GenerateTab:
         self.next_btn.click(lambda *a: self.load_page(*a[:-1], int(a[-1] or 1) + 1), page_in, page_out)
         self.gen_btn.click(self.generate, [page.model, self.n, self.steps, page.device], self.follow.job)
         self.label_btn.click(self.label_pool, [page.model, page.grouping, page.device], self.follow.job)
-        self.follow.done.change(self.load_page, page_in, page_out).then(self.counts_fig, ctx_in, self.counts_plot)
+        # a finished generate/label job changes the pool: gallery, group counts and the header's pool size
+        self.follow.done.change(self.load_page, page_in, page_out).then(self.counts_fig, ctx_in, self.counts_plot).then(
+            lambda m: header_models(self.db, m), page.model, page.model, show_progress="hidden")
         self.gallery.select(self.on_select, [self.rows, self.select_mode, self.selection, page.grouping,
                                              self.curation.shift, self.curation.anchor],
                             [self.current, self.detail_img, self.detail_md, self.probs_plot, self.selection,
@@ -245,9 +247,9 @@ class GenerateTab:
                             [self.rows, self.selection], self.selection)
         self.sel_clear.click(lambda: "", None, self.selection)
         self.fix_btn.click(self.save_label, [self.current, self.fix_class, page.grouping], detail_out).success(
-            self.load_page, page_in, page_out)
+            self.load_page, page_in, page_out).success(self.counts_fig, ctx_in, self.counts_plot)
         self.unfix_btn.click(self.clear_label, [self.current, page.grouping], detail_out).success(
-            self.load_page, page_in, page_out)
+            self.load_page, page_in, page_out).success(self.counts_fig, ctx_in, self.counts_plot)
         self.toggle_np.click(self.toggle, [self.current, page.grouping], detail_out).success(
             self.load_page, page_in, page_out)
         self.curation.wire_bulk(page_in, page_out)  # relabel / mark / unmark the selection, undoable
