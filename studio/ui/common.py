@@ -144,7 +144,12 @@ THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="orange", neutral_hue
                        font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "monospace"])
 
 CSS = """
-.gradio-container {max-width: 1440px !important; margin: auto;}
+.gradio-container {max-width: 1440px !important; width: 100% !important; margin: auto;}
+/* every tab as wide as the page: a tab whose content is narrow (an empty grid) must not shrink the page */
+.gradio-container main, .gradio-container .tabs, .gradio-container .tabitem {width: 100%;}
+/* gallery captions wrap instead of being cut ("0-4 1.00 NP" on a narrow thumbnail) */
+#pool-gallery .caption-label, #set-members .caption-label {white-space: normal; overflow: visible;
+    text-overflow: clip; line-height: 1.15; font-size: 0.72rem;}
 #studio-header {padding: 6px 4px 2px 4px;}
 #studio-header h1 {font-size: 1.55rem; margin: 0;}
 #studio-header p {margin: 2px 0 0 0; color: var(--body-text-color-subdued);}

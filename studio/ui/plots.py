@@ -143,7 +143,7 @@ def heatmap(h: dict, group: str, target: float | None, metric: str) -> go.Figure
         fig.add_contour(x=h["omegas"], y=budgets, z=z, showscale=False,
                         contours=dict(start=target, end=target, size=1, coloring="none"),
                         line=dict(color="black", width=2, dash="dash"), hoverinfo="skip", name="target")
-    fig.update_layout(xaxis_title="ω", yaxis_title="budget")
+    fig.update_layout(xaxis_title="ω", yaxis_title="budget", margin=dict(l=80, r=90, t=44, b=40))  # room for the colour bar
     return fig
 
 
