@@ -152,8 +152,10 @@ def _wire_timer(page: Page, demo: gr.Blocks, jobs_table) -> None:
     live_outputs = [o for f in followers for o in f.live_outputs]
 
     def tick(*job_ids):
-        panels, dones, lives, active = [], [], [], False
+        panels, dones, lives, adopted, active = [], [], [], [], False
         for f, jid in zip(followers, job_ids):
+            jid, new = _adopt(db, f, jid)
+            adopted.append(jid if new else gr.skip())
             view = None
             if jid is not None:
                 try:
@@ -168,11 +170,12 @@ def _wire_timer(page: Page, demo: gr.Blocks, jobs_table) -> None:
                     [gr.skip()] * len(f.live_outputs)
                 lives.extend(vals)
         # The timer runs only while some job is active: an idle page makes no requests.
-        return (*panels, *dones, *lives, jobs_tab.table_rows(db), gr.Timer(active=active))
+        return (*panels, *dones, *lives, *adopted, jobs_tab.table_rows(db), gr.Timer(active=active))
 
     timer = gr.Timer(TICK_S, active=False)
     timer.tick(tick, [f.job for f in followers],
-               [*[f.panel for f in followers], *[f.done for f in followers], *live_outputs, jobs_table, timer],
+               [*[f.panel for f in followers], *[f.done for f in followers], *live_outputs,
+                *[f.job for f in followers], jobs_table, timer],
                show_progress="hidden", concurrency_limit=None)
 
     def show(jid):
@@ -182,6 +185,23 @@ def _wire_timer(page: Page, demo: gr.Blocks, jobs_table) -> None:
 
     for f in followers:  # show a newly submitted (or reloaded) job at once and wake the timer
         f.job.change(show, f.job, [f.panel, timer], show_progress="hidden")
+
+
+def _adopt(db, follower, jid) -> tuple[int | None, bool]:
+    """(job to follow, changed?): a panel whose job is over (or that has none) takes up a newer active job of its
+    kinds, e.g. the preview grid a finished fine-tune queues by itself."""
+    current = None
+    if jid is not None:
+        try:
+            current = jobs.get(db, int(jid))
+        except UserError:
+            current = None
+    if current is not None and current.state not in TERMINAL:
+        return jid, False
+    newest = latest_job(db, follower.kinds)
+    if newest is None or (current is not None and newest <= current.id) or jobs.get(db, newest).state in TERMINAL:
+        return jid, False
+    return newest, True
 
 
 def launch_kwargs(studio: Studio) -> dict:
