@@ -19,7 +19,17 @@ from .evaluate import load_cached, pair_paths, render_stream
 from .guide import OMEGA_MAX, OMEGA_MIN, GuideSettings
 
 AUX = "aux"            # the SIMS auxiliary: the picked checkpoint itself
-DEMO_EARLY = "demo-early"  # the bundled early checkpoint of the demo base (registered on first use)
+DEMO_EARLY = "demo-early"  # the bundled early checkpoint of the demo base
+_HASHES: dict[tuple, str] = {}
+
+
+def _sha256(path) -> str:
+    """Content hash of a file, once per (path, mtime) in this process."""
+    from pipelines.checkpoints.download import sha256_file
+    key = (str(path), path.stat().st_mtime_ns)
+    if key not in _HASHES:
+        _HASHES[key] = sha256_file(path)
+    return _HASHES[key]
 
 
 def _demo_early():
@@ -38,8 +48,7 @@ def guide_choices(db: Database, settings: Settings, checkpoint_id: int) -> list[
             .order_by(Model.id)).all()
     early = _demo_early()
     if base.source == "demo" and early.is_file():
-        from pipelines.checkpoints.download import sha256_file
-        digest = sha256_file(early)
+        digest = _sha256(early)
         if not any(h == digest for _, _, h in rows):
             out.append(("early checkpoint of the demo base (20 kimg, bundled; autoguidance)", DEMO_EARLY))
     out += [(f"model #{mid}: {name}", f"model:{mid}") for mid, name, _ in rows]
@@ -55,11 +64,14 @@ def resolve_guide(db: Database, settings: Settings, checkpoint_id: int, choice: 
     if choice == AUX:
         return None
     base, base_path, _ = pair_paths(db, settings, checkpoint_id)
-    if choice == DEMO_EARLY:
-        from . import registry
-        mid = registry.register_checkpoint(db, settings, _demo_early(), name="digits demo early 20 kimg (bundled)",
-                                           source="demo", source_ref="assets/demo/digits_early_20kimg.safetensors")
-    elif choice.startswith("model:") and choice[6:].isdigit():
+    if choice == DEMO_EARLY:  # used in place, not registered: it would become a base model in every picker
+        path = _demo_early()
+        if not path.is_file():
+            raise UserError(f"The bundled early checkpoint is missing ({path}); pick another guide.")
+        check_guide(load_cached(base_path, device), load_cached(path, device))
+        return {"path": str(path), "sha256": _sha256(path), "label": "early checkpoint of the demo base (20 kimg)",
+                "model_id": None}
+    if choice.startswith("model:") and choice[6:].isdigit():
         mid = int(choice[6:])
     else:
         raise UserError(f"Unknown guide {choice!r}: pick the SIMS auxiliary or a registered model.")
