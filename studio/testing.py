@@ -33,6 +33,21 @@ def make_tiny_classifier(path, seed: int = 0) -> Path:
     return Path(path)
 
 
+def wait_until(condition, timeout: float, what: str, poll_s: float = 0.05):
+    """Poll `condition()` until it returns something truthy (returned); after `timeout` s raise, naming `what`.
+
+    Tests wait on a condition, never for a fixed time: a fixed sleep is either too short on a loaded
+    machine (flaky) or wastes time on a quiet one, and a loop without a deadline hangs the suite."""
+    end = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= end:
+            raise TimeoutError(f"waited {timeout} s for {what}")
+        time.sleep(poll_s)
+
+
 def wait_for_job(db, job_id: int, timeout: float = 120.0, states=("succeeded", "failed", "cancelled",
                                                                     "interrupted")):
     """Poll until the job reaches one of `states`; returns its JobView."""
@@ -55,7 +70,7 @@ def expect_success(db, job_id: int, timeout: float = 120.0):
     return view
 
 
-__all__ = ["make_tiny_model", "make_tiny_classifier", "wait_for_job", "expect_success", "UserError"]
+__all__ = ["make_tiny_model", "make_tiny_classifier", "wait_until", "wait_for_job", "expect_success", "UserError"]
 
 
 def run_now(studio, job_id: int):

@@ -10,7 +10,7 @@ from studio.jobs.runner import JobRunner
 from studio.models import JobState
 from studio.services import jobs, pool, registry
 from studio.settings import Settings
-from studio.testing import expect_success, make_tiny_model, wait_for_job
+from studio.testing import expect_success, make_tiny_model, wait_for_job, wait_until
 
 # every test here runs on SQLite and on PostgreSQL (tests/conftest.py)
 pytestmark = pytest.mark.usefixtures("db_backend")
@@ -57,20 +57,19 @@ def test_cancel_running_job(studio, tmp_path):
     mid = _model(studio, tmp_path)
     job = pool.submit_generate(studio.db, mid, n=3000, steps=2, batch_size=8)
     wait_for_job(studio.db, job, states=("running",), timeout=60)
-    while jobs.get(studio.db, job).progress == 0:
-        time.sleep(0.1)
+    wait_until(lambda: jobs.get(studio.db, job).progress > 0, 60, f"job #{job} to report progress")
     assert "Asked" in jobs.cancel(studio.db, job)
     view = wait_for_job(studio.db, job, timeout=60)
     assert view.state == "cancelled"
     assert 0 < pool.pool_size(studio.db, mid) < 5000
 
 
+@pytest.mark.slow  # 27-37 s on 2 shared cores
 def test_killed_worker_is_interrupted_and_resumes(studio, tmp_path):
     mid = _model(studio, tmp_path)
     job = pool.submit_generate(studio.db, mid, n=160, steps=2, batch_size=8)
     wait_for_job(studio.db, job, states=("running",), timeout=60)
-    while pool.pool_size(studio.db, mid) == 0:
-        time.sleep(0.1)
+    wait_until(lambda: pool.pool_size(studio.db, mid) > 0, 60, f"job #{job} to store its first samples")
     pid = jobs_pid = studio.runner.children[job].pid
     os.killpg(pid, signal.SIGKILL)
     view = wait_for_job(studio.db, job, timeout=30)
@@ -95,20 +94,31 @@ def test_restarted_studio_marks_dead_jobs_interrupted(tmp_path):
         j = s.get(Job, job)
         transition(s, j, JobState.starting)
         transition(s, j, JobState.running, pid=2 ** 22 - 3, host="elsewhere")
-    time.sleep(2.5)
-    JobRunner(st.db, settings).tick()  # what a restarted studio does first
+    claimed = time.monotonic()
+    runner = JobRunner(st.db, settings)
+    runner.tick()  # what a restarted studio does first
+    if time.monotonic() - claimed < 1.5:  # heartbeat still fresh (unless this machine stalled): the job stays
+        assert jobs.get(st.db, job).state == "running"
+
+    def stale():  # ... until no heartbeat came for stale_after_s
+        runner.tick()
+        return jobs.get(st.db, job).state == "interrupted"
+    wait_until(stale, 30, f"job #{job} with a stale heartbeat to be marked interrupted", poll_s=0.2)
     view = jobs.get(st.db, job)
     assert view.state == "interrupted" and "heartbeat" in view.message
     st.close()
 
 
+@pytest.mark.slow  # 27-37 s on 2 shared cores
 def test_one_device_bound_job_at_a_time(studio, tmp_path):
     mid = _model(studio, tmp_path)
     a = pool.submit_generate(studio.db, mid, n=100, steps=2, batch_size=8)
     b = pool.submit_generate(studio.db, mid, n=10, steps=2)
     wait_for_job(studio.db, a, states=("running",), timeout=60)
     polls = 0
+    end = time.monotonic() + 120
     while True:  # b waits for as long as a holds the device
+        assert time.monotonic() < end, f"job #{a} still running after 120 s"
         b_state = jobs.get(studio.db, b).state  # read before a's: a still running after => b was queued
         if jobs.get(studio.db, a).state != "running":
             break

@@ -1,7 +1,6 @@
 """Target shares, building S (messages for impossible plans), fine-tuning the auxiliary model."""
 import os
 import signal
-import time
 
 import pytest
 from safetensors.torch import load_file
@@ -9,7 +8,7 @@ from safetensors.torch import load_file
 from pipelines.errors import UserError
 from studio.jobs.runner import JobRunner
 from studio.services import attributes, finetune, jobs, labels, pool, sets, target
-from studio.testing import expect_success, run_now, tiny_studio, wait_for_job
+from studio.testing import expect_success, run_now, tiny_studio, wait_for_job, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -140,8 +139,7 @@ def test_killed_finetune_is_interrupted_then_resumes_to_the_same_result(world):
     job = finetune.submit(st.db, sid, **kw)
     runner = JobRunner(st.db, st.settings, poll_s=0.1).start()
     wait_for_job(st.db, job, states=("running",), timeout=120)
-    while not finetune.checkpoints(st.db, job):
-        time.sleep(0.1)
+    wait_until(lambda: finetune.checkpoints(st.db, job), 180, f"fine-tune job #{job} to store its first checkpoint")
     worker = runner.children[job]
     os.killpg(worker.pid, signal.SIGKILL)
     worker.wait()  # the kill has landed (when the studio itself dies, init reaps its workers)
