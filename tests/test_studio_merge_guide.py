@@ -163,3 +163,12 @@ def test_cross_check_text_states_rate_interval_and_counts():
          "table": {"x": {"x": 10, "y": 4}, "y": {"x": 6, "y": 9}}, "warnings": ["only 29"], "how": "both assign"}
     md = crosscheck_md(r)
     assert "19 of 29" in md and "65.5%" in md and "47.0–80.0%" in md and "| A: x | 10 | 4 |" in md and "only 29" in md
+
+
+def test_discrepancy_figure_states_sample_size_and_interval():
+    from pipelines.fairness import fairness_report
+    from studio.ui.fairness_guide_panels import curve_figure
+    t = {"a": 0.3, "b": 0.7}
+    fig = curve_figure({0.0: fairness_report({"a": 50, "b": 50}, t), 1.0: fairness_report({"a": 40, "b": 60}, t)}, 0.5)
+    assert "n = 100 per ω, 95% bootstrap" in fig.layout.title.text and "L2" in fig.layout.title.text
+    assert list(fig.data[0].x) == [0.0, 1.0] and fig.data[0].y[0] == pytest.approx(2 ** 0.5 * 0.2)

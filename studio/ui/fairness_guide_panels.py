@@ -35,8 +35,10 @@ def curve_figure(curve: dict, omega: float) -> go.Figure:
                                  arrayminus=[v["value"] - v["ci"][0] for v in vals]))
     fig.add_vline(x=float(omega), line_dash="dot", line_color="#64748b")
     n = sorted({curve[w]["n"] for w in ws})
+    sizes = f"{n[0]}" if n[0] == n[-1] else f"{n[0]}–{n[-1]}"
+    fig.update_layout(title_text=f"Fairness discrepancy (L2) vs target, by ω (n = {sizes} per ω, 95% bootstrap)")
     fig.update_xaxes(title="ω")
-    fig.update_yaxes(title=f"L2 (0 = on target); n = {n[0]}–{n[-1]} per ω, 95% bootstrap", rangemode="tozero")
+    fig.update_yaxes(title="‖p̂ − p*‖₂ (0 = on target)", rangemode="tozero")
     return fig
 
 
@@ -121,7 +123,9 @@ def build_guide(page: Page) -> None:
                 yield rest[0], f"rendering… {rest[1]} of {rest[2]} samples"
             else:
                 out = rest[0]
-                yield out["grid"], (f"ω = **{guide.fmt_omega(omega)}** · guide: {choice or guide_model.AUX} · "
+                label = dict((v, k) for k, v in guide_model.guide_choices(db, settings, as_int(ck_id))).get(
+                    choice or guide_model.AUX, choice)
+                yield out["grid"], (f"ω = **{guide.fmt_omega(omega)}** · guide: {label} · "
                                     + ("cached" if out["cached"] else f"rendered now in {out['seconds']:.1f} s"))
 
     fair_in = [ck, page.grouping, w, pick, page.model, page.target_groups, *gs_inputs, *page.target_sliders]
