@@ -138,6 +138,36 @@ def test_exported_bundle_samples_from_the_cli(world, tmp_path):
     assert np.load(tmp_path / "s.npz")["images"].shape[0] == 4
 
 
+def test_export_into_an_unwritable_folder_says_which_and_why_before_rendering(world, monkeypatch):
+    # Tests run as root, where chmod stops no write: a regular file where the exports folder belongs
+    # makes it unwritable for every user.
+    import shutil
+    st, mid, g, cks = world
+    folder = st.settings.path("exports")
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.write_text("not a folder")
+    try:
+        for attempt in (
+                lambda: export.export_bundle(st.db, st.settings, cks[-1]["id"], 1.0, steps=2, name="nope"),
+                lambda: export.submit_dataset_export(st.db, cks[-1]["id"], 1.0, 10, "digits", GS,
+                                                     settings=st.settings)):
+            with pytest.raises(UserError, match="Cannot write the export into .*exports: .*a file is in the way"):
+                attempt()
+        # a job queued before the folder broke fails before it renders a single image
+        rendered = []
+        monkeypatch.setattr("studio.jobs.tasks.export_dataset.render", lambda *a, **k: rendered.append(1))
+        view = run_now(st, export.submit_dataset_export(st.db, cks[-1]["id"], 1.0, 10, "digits", GS))
+        assert view.state == "failed" and "Cannot write the export into" in view.message and str(folder) in view.message
+        assert rendered == []
+    finally:
+        folder.unlink()
+        folder.mkdir()
+    # a folder the user may not write (os.access says no): named too
+    monkeypatch.setattr("studio.services.export.os.access", lambda path, mode: False)
+    with pytest.raises(UserError, match=f"into {folder}: no write permission"):
+        export.check_writable(folder)
+
+
 def test_exported_dataset_zip_has_images_and_labels(world):
     from pipelines.imageio import read_images
     st, mid, g, cks = world

@@ -1,8 +1,12 @@
 """Export: the shifted model as a SIMS bundle (with a model card), and a shifted dataset zip in EDM's layout."""
 from __future__ import annotations
 
+import errno
+import os
 import re
+import tempfile
 from datetime import datetime
+from pathlib import Path
 
 from sqlalchemy import select
 
@@ -15,6 +19,28 @@ from . import jobs as jobs_service
 from .evaluate import interval_from_skip, metric_name
 from .finetune import get_checkpoint
 from .guide import OMEGA_MAX, OMEGA_MIN, GuideSettings, fmt_omega
+
+
+def check_writable(folder: Path) -> Path:
+    """Make sure files can be written into `folder` (created if missing), before any work is spent on them.
+
+    A real probe file, not only os.access: a read-only mount, a full disk or a path under a regular file
+    all fail here; os.access adds the permission check for the case the probe cannot see (it is advisory
+    for root). The message names the folder and the operating system's reason."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "no write permission for this user")
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as e:
+        why = e.strerror or str(e)
+        if isinstance(e, (FileExistsError, NotADirectoryError)):
+            why = f"{why} (a file is in the way of this folder)"
+        raise UserError(f"Cannot write the export into {folder}: {why}. Make that folder writable for the "
+                        f"user running the studio, or start the studio with a --data-dir it can write.") from None
+    return folder
 
 
 def _name(name: str, default: str) -> str:
@@ -111,6 +137,7 @@ def export_bundle(db: Database, settings: Settings, checkpoint_id: int, omega: f
     if not OMEGA_MIN <= omega <= OMEGA_MAX:
         raise UserError(f"omega must be between {OMEGA_MIN} and {OMEGA_MAX}.")
     ck = get_checkpoint(db, checkpoint_id)
+    check_writable(settings.path("exports"))
     with db.session(read_only=True) as s:
         base_path = settings.abs(s.get(Model, ck["base_model_id"]).path)
     interval = interval_from_skip(steps, skip_steps)
@@ -132,14 +159,20 @@ def export_bundle(db: Database, settings: Settings, checkpoint_id: int, omega: f
 
 
 def submit_dataset_export(db: Database, checkpoint_id: int, omega: float, n: int, classifier: str,
-                          gs: GuideSettings, name: str = "", device: str = "cpu", grouping_id: int | None = None) -> int:
-    """Queue a job that renders n shifted images, labels them and writes an EDM-layout zip."""
+                          gs: GuideSettings, name: str = "", device: str = "cpu", grouping_id: int | None = None,
+                          settings: Settings | None = None) -> int:
+    """Queue a job that renders n shifted images, labels them and writes an EDM-layout zip.
+
+    With `settings`, an unwritable exports folder is refused here, before queueing (the job checks again
+    before it renders: the folder can change while the job waits)."""
     from pipelines.guidance import parse_omega
     omega = parse_omega(omega)
     n = int(n or 0)
     if not 1 <= n <= 5_000_000:
         raise UserError(f"Number of images must be between 1 and 5,000,000 (got {n}).")
     ck = get_checkpoint(db, checkpoint_id)
+    if settings is not None:
+        check_writable(settings.path("exports"))
     fname = _name(name, f"shifted-ckpt{ck['id']}-omega{fmt_omega(omega)}-{n}") + ".zip"
     # the plan the realised mix is reported against: the Guide's measurement at this ω with these settings
     planned = _measured(db, ck["id"], omega).get(gs.key()) if grouping_id is not None else None

@@ -121,7 +121,8 @@ def build(page: Page) -> None:
         if as_int(ck) is None:
             raise gr.Error("Pick an auxiliary checkpoint in the Guide tab first.")
         return export.submit_dataset_export(db, as_int(ck), w, int(n or 0), classifier_of(grouping_id),
-                                            settings_from(*gs_vals), name or "", device, grouping_id=as_int(grouping_id))
+                                            settings_from(*gs_vals), name or "", device, grouping_id=as_int(grouping_id),
+                                            settings=settings)
 
     def finished(job_id):
         if job_id is None:

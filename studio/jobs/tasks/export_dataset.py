@@ -7,6 +7,7 @@ import numpy as np
 
 from ...services.attributes import load_classifier
 from ...services.evaluate import pair_paths, render
+from ...services.export import check_writable
 from .common import set_threads
 
 
@@ -15,6 +16,8 @@ def run(ctx) -> dict:
     from pipelines.imageio import write_image_zip
     set_threads()
     p = ctx.params
+    out = ctx.settings.abs(p["file"])
+    check_writable(out.parent)  # before rendering: an unwritable folder must not cost the whole render first
     _, base_path, aux_path = pair_paths(ctx.db, ctx.settings, p["checkpoint_id"])
     clf = load_classifier(ctx.db, p["classifier"], device=ctx.device) if p.get("classifier") else None
     interval = tuple(p["interval"]) if p.get("interval") else None
@@ -27,7 +30,6 @@ def run(ctx) -> dict:
         if clf is not None:
             labels.append(clf.predict_proba(x).argmax(axis=1))
         ctx.progress(min(start + batch, p["n"]) / p["n"] * 0.95, f"{min(start + batch, p['n'])}/{p['n']} images")
-    out = ctx.settings.abs(p["file"])
     lab = np.concatenate(labels) if labels else None
     write_image_zip(out, np.concatenate(images), lab)
     classes = list(clf.classes) if clf is not None else None
