@@ -8,21 +8,9 @@ from pipelines.errors import UserError
 from ..services import attributes, pool, sets, target
 from . import plots
 from .common import Page, as_int, hidden_value, user_errors
+from .widgets import ShareSlider
 
 MAX_GROUPS = 12
-
-
-def share_slider(**kwargs) -> gr.Slider:
-    """A 0-100% slider whose typed value is clamped into range (a plain Slider refuses 150 with an error toast
-    per listening event, leaving the other shares unscaled and the sum label stale)."""
-    slider = gr.Slider(0, 100, 0, step=0.5, **kwargs)
-    plain = slider.preprocess
-
-    def clamped(payload):
-        return None if payload is None else plain(min(max(float(payload), 0.0), 100.0))
-    # per instance, not a subclass: Gradio writes a .pyi stub beside every module that subclasses a component
-    slider.preprocess = clamped
-    return slider
 
 
 def sum_html(values, what: str) -> str:
@@ -88,8 +76,9 @@ def renorm(groups, *values):
 
 def chart(groups, base, *values):
     """Sums of both columns and the bar chart."""
-    k = len(groups)
-    t, m = list(values[:k]), list(values[MAX_GROUPS:MAX_GROUPS + k])
+    k = len(groups or [])
+    clamp = [min(max(float(v or 0), 0.0), 100.0) for v in values]
+    t, m = clamp[:k], clamp[MAX_GROUPS:MAX_GROUPS + k]
     if not k:
         return "", "", plots.empty("Shares", "nothing to show yet")
     return sum_html(t, "Target"), sum_html(m, "Mix"), plots.mix_bars(groups, [base[g] for g in groups], t, m)
@@ -107,7 +96,8 @@ def suggest(groups, base, w0, *values):
 
 def _column(title: str, prefix: str):
     gr.Markdown(f"#### {title}")
-    sliders = [share_slider(label=f"group {i}", visible=False, elem_id=f"{prefix}-{i}")
+    # typed shares are clamped to 0-100 (then rescaled by on_input) instead of refused
+    sliders = [ShareSlider(0, 100, 0, step=0.5, label=f"group {i}", visible=False, elem_id=f"{prefix}-{i}")
                for i in range(MAX_GROUPS)]
     return sliders, gr.HTML(elem_id=f"{prefix}-sum")
 

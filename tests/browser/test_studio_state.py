@@ -3,6 +3,7 @@
 A tiny fine-tuned world is built in-process first (seconds), so each check starts where a user would be.
 Run: python -m pytest -q tests/browser/test_studio_state.py
 """
+import re
 from pathlib import Path
 
 import pytest
@@ -13,14 +14,14 @@ if not Path("/usr/bin/chromium").exists():
     pytest.skip("chromium is not installed (apt-get install -y chromium)", allow_module_level=True)
 playwright = pytest.importorskip("playwright.sync_api")
 
-from walk import ARGS, CHROMIUM, fill, job_card, run_job, tab, toast_text, wait_text  # noqa: E402
+from walk import ARGS, CHROMIUM, fill, job_card, pick, run_job, tab, toast_text, wait_text  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Tiny model, labelled pool of 40, two sets (S #1 is the older), a fine-tune with two budgets, the UI."""
     from studio.jobs.runner import JobRunner
-    from studio.services import attributes, finetune, sets
+    from studio.services import attributes, finetune, guide, sets
     from studio.testing import run_now, tiny_studio
     from studio.ui.app import build_ui, launch_kwargs
     st, mid = tiny_studio(tmp_path_factory.mktemp("state") / "data", n_pool=40)
@@ -33,6 +34,11 @@ def world(tmp_path_factory):
     ft = finetune.submit(st.db, set_ids[0], total_kimg=0.032, checkpoint_kimg=0.016, lr=1e-3, batch_size=8,
                          previews=False)
     assert run_now(st, ft).state == "succeeded"
+    # a small measurement (16 samples per ω) at ω = 0 and 1 with the settings guide_settings() types
+    gs = guide.GuideSettings(preview_steps=2, preview_count=4, steps=2, n=16)
+    cks = finetune.checkpoints(st.db, ft)
+    assert run_now(st, guide.submit_sweep(st.db, cks[-1]["id"], g["id"], gs, all_budgets=False,
+                                          metric_omegas=[0, 1])).state == "succeeded"
     st.runner = JobRunner(st.db, st.settings, poll_s=0.2).start()
     demo = build_ui(st)
     demo.queue()
@@ -168,8 +174,76 @@ def test_typing_150_in_a_target_box_clamps_and_rescales(page):
     box = pg.locator("#target-1 input[type=number]")
     box.fill("150")
     box.press("Enter")
-    wait_value(pg, "target-0", "0")  # the other share makes room: the column still sums to 100%
+    pg.wait_for_function("() => document.querySelector('#target-0 input[type=number]').value === '0'",
+                         timeout=60_000)  # the other share makes room: the column still sums to 100%
     assert pg.locator("#target-1 input[type=number]").input_value() == "100"
     wait_text(pg, "target-sum", "Target sum: 100.0%")
     pg.wait_for_timeout(1000)
     assert not [t for t in pg.locator(".toast-body").all_inner_texts() if "maximum" in t or "Error" in t]
+
+
+def test_counts_refresh_after_jobs_and_relabel(page, world):
+    from studio.services import pool
+    pg = page
+    st, mid = world["st"], world["model"]
+    size = pool.pool_size(st.db, mid)
+    tab(pg, "Generate & label")
+    fill(pg, "gen-n", 8)
+    pg.locator("#gen-steps input[type=range]").first.fill("2")
+    assert run_job(pg, "gen-btn", "generate")[0] == "succeeded"
+    pg.wait_for_function("t => document.querySelector('#pick-model input').value.includes(t)",
+                         arg=f"pool {size + 8}", timeout=60_000)  # the header's pool size, no reload
+    assert run_job(pg, "label-btn", "generate")[0] == "succeeded"
+    counts = pool.group_counts(st.db, mid, world["grouping"]["id"])
+    wait_text(pg, "group-counts", str(counts["5-9"]))
+    # one manual label moves one sample between groups: the chart follows at once
+    pg.get_by_role("button", name=re.compile(r"^Thumbnail")).nth(0).click()
+    pg.locator("#detail-probs .js-plotly-plot").wait_for(timeout=20_000)
+    sid = int(re.search(r"Sample #(\d+)", pg.locator("#detail-md").inner_text()).group(1))
+    moved_to = "7" if pool.gallery_page(st.db, mid, world["grouping"]["id"], per_page=1).rows[0]["group"] == "0-4" \
+        else "2"
+    pick(pg, "fix-class", moved_to)
+    pg.locator("#fix-save").click()
+    toast_text(pg, f"#{sid} labelled")
+    after = pool.group_counts(st.db, mid, world["grouping"]["id"])
+    assert after != counts
+    wait_text(pg, "group-counts", str(after["5-9"]))
+
+
+def test_size_zero_set_is_refused_and_the_table_survives(page):
+    pg = page
+    tab(pg, "Build set")
+    wait_text(pg, "sets-table", "ready")
+    fill(pg, "ns", 0)
+    pg.locator("#build-btn").click()
+    try:
+        assert "n_s (size of S) must be a positive number" in toast_text(pg, "n_s")
+    except Exception:
+        raise AssertionError(f"toasts: {pg.locator('.toast-body').all_inner_texts()}")
+    pg.wait_for_timeout(1000)
+    assert "Error" not in pg.locator("#sets-table").inner_text()
+    assert "ready" in pg.locator("#sets-table").inner_text()
+
+
+def test_preview_job_queued_by_a_finetune_shows_in_the_guide_panel(page):
+    pg = page
+    tab(pg, "Fine-tune")
+    fill(pg, "ft-budget", 0.016)
+    fill(pg, "ft-every", 0.016)
+    fill(pg, "ft-batch", 8)
+    state, text = run_job(pg, "ft-start", "finetune", timeout=300)
+    assert state == "succeeded", text
+    tab(pg, "Guide")
+    wait_text(pg, "job-sweep", "Previews for checkpoint", timeout=120_000)  # picked up without a reload
+
+
+def test_card_warns_on_a_small_measurement(page):
+    pg = page
+    guide_settings(pg)
+    fill(pg, "omega-exact", 1)
+    wait_text(pg, "guide-warnings", "only 16 samples per ω")  # under the grid
+    tab(pg, "Export")
+    wait_text(pg, "export-plan", "only 16 samples per ω")  # before exporting
+    pg.locator("#bundle-btn").click()
+    card = wait_text(pg, "bundle-card", "only 16 samples per ω")  # in the exported card
+    assert "warning" in card
