@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pipelines.errors import UserError
+
 
 def sha256_bytes(data: bytes) -> str:
     """Hex sha256 of bytes."""
@@ -32,16 +34,25 @@ def write_png(path: Path, img: np.ndarray) -> str:
     return sha256_bytes(data)
 
 
-def read_png(path: Path) -> np.ndarray:
-    """PNG -> uint8 HWC (grey keeps one channel)."""
-    with Image.open(path) as pil:
-        arr = np.asarray(pil.convert("L") if pil.mode not in ("L", "RGB") else pil)
+def read_png(path: Path, what: str = "") -> np.ndarray:
+    """PNG -> uint8 HWC (grey keeps one channel). A missing, truncated or damaged file raises a UserError
+    naming `what` (e.g. "sample #12") and the file, not Pillow's bare "image file is truncated"."""
+    try:
+        with Image.open(path) as pil:
+            pil.load()  # decode now: a truncated file fails here, inside the try
+            arr = np.asarray(pil.convert("L") if pil.mode not in ("L", "RGB") else pil)
+    except (OSError, SyntaxError, ValueError) as e:  # Pillow reports damaged data as any of these
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise UserError(f"Cannot read {what + ' ' if what else ''}from {path}: {why}. The file is missing or "
+                        f"damaged (e.g. written while the disk was full, or a copy cut short): restore it, or "
+                        f"build the set again without it.") from None
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
-def read_pngs(paths) -> np.ndarray:
-    """Many PNGs of one shape -> uint8 NHWC."""
-    return np.stack([read_png(Path(p)) for p in paths])
+def read_pngs(paths, names=None) -> np.ndarray:
+    """Many PNGs of one shape -> uint8 NHWC; `names` (e.g. "sample #12") name a file that cannot be read."""
+    names = names if names is not None else [""] * len(paths)
+    return np.stack([read_png(Path(p), n) for p, n in zip(paths, names, strict=True)])
 
 
 def sample_relpath(model_id: int, seed: int) -> str:

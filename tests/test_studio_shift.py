@@ -162,6 +162,23 @@ def test_killed_finetune_is_interrupted_then_resumes_to_the_same_result(world):
     assert all((a[k] == b[k]).all() for k in a)  # exact resume: bit-identical weights
 
 
+def test_truncated_sample_png_is_named_when_a_finetune_reads_its_set(world):
+    st, mid, g = world
+    sid = _set(st, mid, g, n=16)
+    sample_id, rel = sets.member_ids(st.db, sid)[3]
+    path = st.settings.abs(rel)
+    good = path.read_bytes()
+    path.write_bytes(good[:len(good) // 2])  # a copy cut short: Pillow says "image file is truncated"
+    try:
+        view = run_now(st, finetune.submit(st.db, sid, total_kimg=0.016, checkpoint_kimg=0.016, lr=1e-3,
+                                           batch_size=8, previews=False))
+    finally:
+        path.write_bytes(good)
+    assert view.state == "failed"
+    assert f"sample #{sample_id} of S #{sid}" in view.message and str(path) in view.message, view.message
+    assert "truncated" in view.message
+
+
 def test_finetune_inherits_the_base_recipe(world):
     st, mid, g = world
     from studio.models import Model

@@ -81,7 +81,7 @@ def label_samples(ctx, clf, classifier: str, sample_ids: Sequence[int], batch_si
         chunk = list(sample_ids[start:start + batch_size])
         with ctx.db.session(read_only=True) as s:
             paths = dict(s.execute(select(Sample.id, Sample.path).where(Sample.id.in_(chunk))).all())
-        images = read_pngs([ctx.settings.abs(paths[i]) for i in chunk])
+        images = read_pngs([ctx.settings.abs(paths[i]) for i in chunk], [f"sample #{i}" for i in chunk])
         probs = np.asarray(clf.predict_proba(images))
         with ctx.db.session() as s:
             store_classifier_labels(s, classifier, list(clf.classes), chunk, probs)

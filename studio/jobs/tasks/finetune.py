@@ -32,7 +32,7 @@ def _dataset_file(ctx, set_id: int, out: Path) -> Path:
     from pipelines.imageio import save_npz
     rows = member_ids(ctx.db, set_id)
     ctx.progress(0.0, f"reading {len(rows)} images of S #{set_id}", force=True)
-    images = read_pngs([ctx.settings.abs(p) for _, p in rows])
+    images = read_pngs([ctx.settings.abs(p) for _, p in rows], [f"sample #{i} of S #{set_id}" for i, _ in rows])
     return save_npz(out, images)
 
 
