@@ -172,3 +172,13 @@ def test_discrepancy_figure_states_sample_size_and_interval():
     fig = curve_figure({0.0: fairness_report({"a": 50, "b": 50}, t), 1.0: fairness_report({"a": 40, "b": 60}, t)}, 0.5)
     assert "n = 100 per ω, 95% bootstrap" in fig.layout.title.text and "L2" in fig.layout.title.text
     assert list(fig.data[0].x) == [0.0, 1.0] and fig.data[0].y[0] == pytest.approx(2 ** 0.5 * 0.2)
+
+
+def test_omega_zero_is_the_base_alone_whatever_the_guide(world, tmp_path):
+    from studio.services import guide_model
+    from studio.testing import make_tiny_model
+    st, mid, g, cks = world
+    other = registry.register_checkpoint(st.db, st.settings, make_tiny_model(tmp_path / "z.safetensors", seed=9))
+    *_, (_, aux) = guide_model.preview_stream(st.db, st.settings, cks[-1]["id"], 0.0, _gs(), guide_model.AUX)
+    *_, (_, oth) = guide_model.preview_stream(st.db, st.settings, cks[-1]["id"], 0.0, _gs(), f"model:{other}")
+    assert oth["key"] == aux["key"] and oth["cached"]

@@ -110,5 +110,7 @@ def preview_stream(db: Database, settings: Settings, checkpoint_id: int, omega: 
     if guide is not None and gs.shared_encoder:
         raise UserError("The shared encoder applies to a decoder-only SIMS auxiliary; untick it to guide with "
                         f"{guide['label']}.")
+    if omega == 0:  # the base alone, whatever the guide: share the auxiliary's cached grid (same pixels)
+        guide = None
     return render_stream(db, settings, checkpoint_id, omega, range(gs.preview_count), gs.preview_steps,
                          gs.interval(gs.preview_steps), gs.shared_encoder, device, guide=guide)
