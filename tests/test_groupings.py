@@ -42,7 +42,8 @@ def test_gender_groupings_share_group_names_across_plugins():
 def test_assign_sums_class_probabilities_and_marks_uncertain():
     g = builtin_groupings("digits")["digits 0-4 vs 5-9"]
     probs = np.zeros((3, 10))
-    probs[0, [0, 1]] = [0.3, 0.3]; probs[0, 7] = 0.4        # 0-4 by summing: 0.6
+    probs[0, [0, 1]] = [0.3, 0.3]
+    probs[0, 7] = 0.4                                      # 0-4 by summing: 0.6
     probs[1, [2, 8]] = [0.45, 0.55]                        # 5-9 with 0.55
     probs[2, [3, 9]] = [0.5, 0.5]                          # tie at 0.5
     labels, gp = g.assign(probs, DIGITS, threshold=0.5)

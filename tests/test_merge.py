@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_mlp
 from pipelines.checkpoints.bundle import save_bundle
 from pipelines.checkpoints.download import sha256_file
 from pipelines.checkpoints.native import load_model, load_state_file, read_metadata, save_model

@@ -15,7 +15,7 @@ from ..models import Checkpoint, Metric
 from ..settings import DEFAULT_STEPS, Settings, default_precision
 from . import jobs as jobs_service
 from .attributes import get_grouping
-from .evaluate import interval_from_skip, render_cached, render_stream
+from .evaluate import interval_from_skip, render_stream
 from .finetune import checkpoints, get_checkpoint
 
 OMEGA_MIN, OMEGA_MAX, OMEGA_STEP = -1.0, 3.0, 0.25

@@ -54,7 +54,6 @@ def run(ctx) -> dict:
     """Previews for the picked checkpoint, then measurements over every (checkpoint, omega)."""
     set_threads()
     p = ctx.params
-    interval = tuple(p["interval"]) if p.get("interval") else None
     # previews have their own step count, hence their own interval (jobs queued before it existed: the measurement's)
     preview_interval = p.get("preview_interval", p.get("interval"))
     preview_interval = tuple(preview_interval) if preview_interval else None
