@@ -91,8 +91,8 @@ def test_2_generate_and_label(page):
     pg.locator("#select-mode input").check()
     thumbs.nth(1).click()
     thumbs.nth(2).click()
-    pg.wait_for_timeout(600)
-    assert pg.locator("#selection textarea, #selection input").first.input_value() == "2, 3"
+    playwright.expect(pg.locator("#selection textarea, #selection input").first).to_have_value("2, 3",
+                                                                                             timeout=30_000)
     pick(pg, "bulk-class", "2")
     pg.locator("#bulk-relabel").click()
     toast_text(pg, "2 samples relabelled")
@@ -110,13 +110,20 @@ def test_3_target(page):
     pg = page
     tab(pg, "Target")
     pg.locator("#target-refresh").click()
-    pg.wait_for_timeout(1500)
-    fill_slider(pg, "target-1", 70)  # group '5-9'; the other group follows so the sum stays 100%
-    pg.wait_for_function("document.querySelector('#target-0 input[type=number]').value == '30'", timeout=30_000)
+    wait_text(pg, "base-fractions", "labelled samples")  # the pool's base fractions have loaded
+    value = "([id]) => parseFloat(document.querySelector(`#${id} input[type=number]`).value)"
+    base = pg.evaluate(value, ["mix-1"])  # no S built yet: the mix starts at the pool's base share
+    want = 70 if base < 60 else 30  # a target away from the base, so Suggest must move the mix
+    fill_slider(pg, "target-1", want)  # group '5-9'; the other group follows so the sum stays 100%
+    pg.wait_for_function(f"document.querySelector('#target-0 input[type=number]').value == '{100 - want}'",
+                         timeout=30_000)
     wait_text(pg, "target-sum", "Target sum: 100.0%")
     pg.locator("#mix-suggest").click()
-    pg.wait_for_function("document.querySelector('#mix-1 input[type=number]').value != "
-                         "document.querySelector('#target-1 input[type=number]').value", timeout=30_000)
+    pg.wait_for_function("([id, v]) => parseFloat(document.querySelector(`#${id} input[type=number]`).value) != v",
+                         arg=["mix-1", base], timeout=30_000)
+    mix = pg.evaluate(value, ["mix-1"])
+    # a = p - (q - p)/omega0: to raise a group above its base share, S holds less of it than the pool
+    assert (mix - base) * (want - base) < 0, f"base {base}%, target {want}%, suggested mix {mix}%"
     wait_text(pg, "mix-sum", "Mix sum: 100.0%")
     shot(pg, "03-target.png")
 
@@ -168,7 +175,7 @@ def test_6_guide(page):
     fill_slider(pg, "omega", 1.5)
     wait_text(pg, "guide-caption", "+1.50 · cached")
     assert run_job(pg, "guide-sweep", "sweep", timeout=400)[0] == "succeeded"
-    pg.wait_for_timeout(2000)
+    pg.locator("#plot-fraction .js-plotly-plot").first.wait_for(timeout=30_000)  # the curves redraw after the job
     assert pg.locator("#plot-fraction .js-plotly-plot").count() == 1
     fill(pg, "find-target", 70)
     state, text = run_job(pg, "find-btn", "sweep", timeout=300)
@@ -192,10 +199,8 @@ def test_7_export(page, server):
 def test_8_jobs(page):
     pg = page
     tab(pg, "Jobs")
-    pg.wait_for_timeout(1000)
-    table = pg.locator("#jobs-table").inner_text()
     for kind in ("generate", "label", "build_set", "finetune", "sweep", "find_omega", "export_dataset", "import_model"):
-        assert kind in table
+        wait_text(pg, "jobs-table", kind, timeout=30_000)  # every flow above left its job in the table
     fill(pg, "jobs-id", 1)
     pg.locator("#jobs-show").click()
     wait_text(pg, "jobs-panel", "Could not reach")
