@@ -14,6 +14,7 @@ if not Path("/usr/bin/chromium").exists():
 playwright = pytest.importorskip("playwright.sync_api")
 
 from walk import ARGS, CHROMIUM, SHOTS, pick, run_job, shot, tab, toast_text, wait_text  # noqa: E402
+from studio.testing import wait_until  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -122,12 +123,11 @@ def test_shift_click_selects_a_range_and_select_all_matching(page, server):
     pg = page
     pg.locator("#select-clear").click()
     pg.locator("#filter-selected input").uncheck()
-    pg.wait_for_timeout(800)
     wait_text(pg, "page-info", "48 samples match")
     pg.locator("#select-mode input").check()
     thumbs = pg.get_by_role("button", name=re.compile(r"^Thumbnail"))
     thumbs.nth(2).click()
-    pg.wait_for_timeout(800)
+    playwright.expect(pg.locator("#selection textarea")).to_have_value("3", timeout=30_000)  # the anchor landed
     thumbs.nth(6).click(modifiers=["Shift"])
     pg.wait_for_function("() => (document.querySelector('#selection textarea')?.value || '') === '3-7'",
                          timeout=20_000)
@@ -136,7 +136,6 @@ def test_shift_click_selects_a_range_and_select_all_matching(page, server):
     toast_text(pg, "samples selected")
     from studio.services import curation
     want = curation.matching_ids(server[1].db, server[2], _grouping(server[1])["id"], group="0-4")
-    pg.wait_for_timeout(800)
-    assert _ids(_selection(pg)) == want
+    wait_until(lambda: _ids(_selection(pg)) == want, 30, f"the selection to hold the {len(want)} matching samples")
     pick(pg, "filter-group", "any")
     pg.locator("#select-mode input").uncheck()
