@@ -72,9 +72,12 @@ def wait_value(pg, elem_id, expected, timeout=60_000):
                          arg=[elem_id, str(expected)], timeout=timeout)
 
 
-def reload(pg, url):
-    """Reload the page like a user pressing F5, and wait for its load request to finish."""
-    pg.reload(wait_until="networkidle", timeout=120_000)
+def reopen(pg, url):
+    """The studio opened again in a new tab, as after a reload (reloading the shared page left Playwright
+    waiting on a navigation for its later clicks); close it when done."""
+    fresh = pg.context.browser.new_page(viewport={"width": 1440, "height": 1000})
+    fresh.goto(url, wait_until="networkidle", timeout=120_000)
+    return fresh
 
 
 def guide_settings(pg):
@@ -124,7 +127,7 @@ def test_reload_keeps_the_guide_settings_omega_and_plots(page, world):
     assert run_job(pg, "guide-sweep", "sweep", timeout=400)[0] == "succeeded"
     pg.locator("#plot-fraction .js-plotly-plot").wait_for(timeout=30_000)
     wait_text(pg, "plot-fraction", "0-4")
-    reload(pg, world["url"])
+    pg.reload(wait_until="networkidle", timeout=120_000)
     tab(pg, "Guide")
     wait_text(pg, "guide-caption", "+0.625")  # the grid at the remembered ω
     wait_value(pg, "omega-exact", "0.625")
@@ -155,13 +158,14 @@ def test_double_start_gives_one_job_and_reload_keeps_its_form(page, world):
     assert len(new) == 1, new
     job = new[0]["id"]
     assert job_card(pg, "finetune")[0] == str(job)
+    again = reopen(pg, world["url"])
     try:
-        reload(pg, world["url"])
-        tab(pg, "Fine-tune")
-        wait_text(pg, "job-finetune", f"#{job}")
-        wait_value(pg, "ft-budget", "4")
-        assert f"S #{older} " in value(pg, "ft-set") and value(pg, "ft-every") == "2"
+        tab(again, "Fine-tune")
+        wait_text(again, "job-finetune", f"#{job}")
+        wait_value(again, "ft-budget", "4")
+        assert f"S #{older} " in value(again, "ft-set") and value(again, "ft-every") == "2"
     finally:
+        again.close()
         if jobs.get(st.db, job).active:
             jobs.cancel(st.db, job)
     assert page.page_errors == []
