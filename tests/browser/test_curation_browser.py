@@ -13,37 +13,22 @@ if not Path("/usr/bin/chromium").exists():
     pytest.skip("chromium is not installed (apt-get install -y chromium)", allow_module_level=True)
 playwright = pytest.importorskip("playwright.sync_api")
 
-from walk import ARGS, CHROMIUM, SHOTS, pick, run_job, shot, tab, toast_text, wait_text  # noqa: E402
+from walk import browser_page, serving, pick, run_job, shot, tab, toast_text, wait_text  # noqa: E402
 from studio.testing import wait_until  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from studio.jobs.runner import JobRunner
     from studio.testing import tiny_studio
-    from studio.ui.app import build_ui, launch_kwargs
     st, mid = tiny_studio(tmp_path_factory.mktemp("curation-browser") / "data", n_pool=48)
-    st.runner = JobRunner(st.db, st.settings, poll_s=0.2).start()
-    demo = build_ui(st)
-    demo.queue()
-    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **launch_kwargs(st))
-    yield url, st, mid
-    demo.close()
-    st.close(terminate_jobs=True)
+    with serving(st) as url:
+        yield url, st, mid
 
 
 @pytest.fixture(scope="module")
 def page(server):
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        pg = browser.new_page(viewport={"width": 1440, "height": 1000})
-        errors = []
-        pg.on("pageerror", lambda e: errors.append(str(e)))
-        pg.goto(server[0], wait_until="networkidle", timeout=120_000)
-        pg.page_errors = errors
+    with browser_page(server[0]) as pg:
         yield pg
-        browser.close()
 
 
 def _selection(pg) -> str:

@@ -14,16 +14,14 @@ if not Path("/usr/bin/chromium").exists():
     pytest.skip("chromium is not installed (apt-get install -y chromium)", allow_module_level=True)
 playwright = pytest.importorskip("playwright.sync_api")
 
-from walk import ARGS, CHROMIUM, fill, job_card, pick, run_job, tab, toast_text, wait_text  # noqa: E402
+from walk import browser_page, serving, fill, job_card, pick, run_job, tab, toast_text, wait_text  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Tiny model, labelled pool of 40, two sets (S #1 is the older), a fine-tune with two budgets, the UI."""
-    from studio.jobs.runner import JobRunner
     from studio.services import attributes, finetune, guide, sets
     from studio.testing import run_now, tiny_studio
-    from studio.ui.app import build_ui, launch_kwargs
     st, mid = tiny_studio(tmp_path_factory.mktemp("state") / "data", n_pool=40)
     g = next(g for g in attributes.list_groupings(st.db, "digits") if g["name"] == "digits 0-4 vs 5-9")
     set_ids = []
@@ -39,26 +37,15 @@ def world(tmp_path_factory):
     cks = finetune.checkpoints(st.db, ft)
     assert run_now(st, guide.submit_sweep(st.db, cks[-1]["id"], g["id"], gs, all_budgets=False,
                                           metric_omegas=[0, 1])).state == "succeeded"
-    st.runner = JobRunner(st.db, st.settings, poll_s=0.2).start()
-    demo = build_ui(st)
-    demo.queue()
-    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **launch_kwargs(st))
-    yield {"url": url, "st": st, "model": mid, "grouping": g, "sets": set_ids, "ckpts": finetune.checkpoints(st.db, ft)}
-    demo.close()
-    st.close(terminate_jobs=True)
+    with serving(st) as url:
+        yield {"url": url, "st": st, "model": mid, "grouping": g, "sets": set_ids,
+               "ckpts": finetune.checkpoints(st.db, ft)}
 
 
 @pytest.fixture(scope="module")
 def page(world):
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        pg = browser.new_page(viewport={"width": 1440, "height": 1000})
-        errors = []
-        pg.on("pageerror", lambda e: errors.append(str(e)))
-        pg.goto(world["url"], wait_until="networkidle", timeout=120_000)
-        pg.page_errors = errors
+    with browser_page(world["url"]) as pg:
         yield pg
-        browser.close()
 
 
 def value(pg, elem_id):

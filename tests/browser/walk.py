@@ -3,9 +3,11 @@ import os
 import re
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
+from playwright.sync_api import sync_playwright
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
@@ -15,6 +17,39 @@ ROOT = Path(__file__).resolve().parents[2]
 SHOTS = Path(os.environ.get("SIMS_SCREENSHOTS") or ROOT / "out" / "screenshots")
 DOC_SHOTS = ROOT / "docs" / "screenshots"
 TERMINAL = ("succeeded", "failed", "cancelled", "interrupted")
+
+
+@contextmanager
+def serving(st):
+    """Start the studio's job runner and UI on a prepared studio; yields the URL and closes both after."""
+    from studio.jobs.runner import JobRunner
+    from studio.ui.app import build_ui, launch_kwargs
+    st.runner = JobRunner(st.db, st.settings, poll_s=0.2).start()
+    demo = build_ui(st)
+    demo.queue()
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **launch_kwargs(st))
+    try:
+        yield url
+    finally:
+        demo.close()
+        st.close(terminate_jobs=True)
+
+
+@contextmanager
+def browser_page(url):
+    """A chromium page on `url`, with the page's JavaScript errors collected in `page.page_errors`."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        pg = browser.new_page(viewport={"width": 1440, "height": 1000})
+        errors = []
+        pg.on("pageerror", lambda e: errors.append(str(e)))
+        pg.goto(url, wait_until="networkidle", timeout=120_000)
+        pg.page_errors = errors
+        try:
+            yield pg
+        finally:
+            browser.close()
 
 
 def wait_text(pg, elem_id, text, timeout=60_000):
