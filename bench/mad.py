@@ -120,7 +120,7 @@ def project_full_scale(c: dict, nfe: int, ot_runs: int = 1000) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu or cuda")
     p.add_argument("--recipe", choices=["toy-diffusion", "edm"], default="toy-diffusion")
     p.add_argument("--models", type=int, default=None,
                    help="models trained at once for the unit costs (default: 5000 on cuda, the full scale's "
@@ -134,6 +134,9 @@ def main(argv=None) -> int:
     p.add_argument("--per-run", action="store_true", help="also part A: batched vs per-run loop")
     p.add_argument("--per-run-runs", type=int, default=20)
     args = p.parse_args(argv)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    print(f"device: {args.device}", flush=True)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda asked for a GPU but torch sees none; use --device cpu")
     cuda = args.device.startswith("cuda")

@@ -73,7 +73,7 @@ def register(sub) -> None:
     p.add_argument("--aux-mix", type=_floats, default=[0.3, 0.7],
                    help="group shares of the auxiliary set (shift experiment), world's group order")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available, else cpu), cpu or cuda[:N]")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--out", default="out/mad", help="output folder (results.json + figures)")
     p.add_argument("--png", choices=["auto", "kaleido", "matplotlib", "none"], default="auto")
@@ -114,19 +114,24 @@ def _loop_config(args):
                       diffusion=_recipe(args))
 
 
-def _check_device(device: str):
+def _check_device(device: str) -> str:
+    """The device to run on ('auto' resolved), announced; refuses cuda on a machine without one."""
     import torch
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        print(f"device: {device} (auto: {'CUDA found' if device == 'cuda' else 'no CUDA here'})", flush=True)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {device} asked for a GPU but torch sees none; use --device cpu.")
     if not (device == "cpu" or device.startswith("cuda")):
-        raise UserError(f"--device must be cpu or cuda[:N] (got {device!r}).")
+        raise UserError(f"--device must be auto, cpu or cuda[:N] (got {device!r}).")
+    return device
 
 
 def run(args) -> int:
     import torch
     from tqdm import tqdm
     from ..experiments.mad.worlds import make_world
-    _check_device(args.device)
+    args.device = _check_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.merge:
