@@ -1,4 +1,4 @@
-"""Auxiliary-mix suggestion and set composition (DESIGN §1)."""
+"""Auxiliary-mix suggestion a ≈ p − (q − p)/ω₀ (clipped to the simplex, renormalised) and set composition."""
 import pytest
 
 from pipelines.errors import UserError

@@ -1,4 +1,4 @@
-"""SongUNet (DDPM++): parity with EDM's names/counts (EDM_FACTS §3), attention, resampling, split."""
+"""SongUNet (DDPM++): parameter names and counts as in EDM's checkpoints, attention, resampling, split."""
 import math
 
 import pytest
