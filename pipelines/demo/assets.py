@@ -5,6 +5,7 @@ from ..models import ModelConfig
 from ..networks.songunet import songunet_config
 from ..resources import ASSETS
 from ..sampler import SamplerConfig
+from ..shift import mix_counts, suggest_aux_mix
 
 DEMO_MODEL = ASSETS / "demo" / "digits_base.safetensors"
 DEMO_CLASSIFIER = ASSETS / "digits_classifier.safetensors"
@@ -33,3 +34,14 @@ def cooldown_recipe(total_kimg: float = 50.0) -> dict:
     """Stage 2: the same data at a 5x lower learning rate (EDM keeps lr constant; on this small
     budget a short low-lr stage lifts the share of confidently classified samples)."""
     return {**base_recipe(total_kimg), "lr": 4e-4, "lr_rampup_kimg": 0, "ema_halflife_kimg": 10, "seed": 1}
+
+
+def plan_demo_shift(pool_groups, target_high: float, omega0: float, n_s: int) -> dict:
+    """Base fractions of a labelled pool (uncertain samples left out), the target, the suggested auxiliary
+    mix a = p - (q - p)/omega0 and its counts for an S of n_s images."""
+    decided = [g for g in pool_groups if g != "uncertain"]
+    p_high = decided.count(HIGH) / len(decided)
+    base = {LOW: 1 - p_high, HIGH: p_high}
+    target = {LOW: 1 - target_high, HIGH: target_high}
+    mix = suggest_aux_mix(base, target, omega0)
+    return {"base": base, "target": target, "mix": mix, "counts": mix_counts(mix, n_s)}

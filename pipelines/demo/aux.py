@@ -33,10 +33,9 @@ from ..errors import UserError
 from ..generate import generate_images, generate_sims
 from ..models import ModelConfig
 from ..sampler import SamplerConfig
-from ..shift import mix_counts, suggest_aux_mix
 from ..synthetic_set import fill_set
 from ..training import TrainConfig, list_checkpoints, train
-from .assets import ASSETS, DEMO_CLASSIFIER, DEMO_MODEL, DEMO_SAMPLER, HIGH, LOW, base_recipe
+from .assets import ASSETS, DEMO_CLASSIFIER, DEMO_MODEL, DEMO_SAMPLER, HIGH, LOW, base_recipe, plan_demo_shift
 
 DEMO_AUX = ASSETS / "demo" / "digits_aux_70pct_5-9.diff.safetensors"
 DEMO_PREVIEWS = ASSETS / "demo" / "digits_aux_previews.npz"
@@ -168,12 +167,9 @@ def build_demo_aux(recipe: AuxRecipe = AuxRecipe(), base_path=DEMO_MODEL, classi
     seeds = list(range(recipe.pool_size))
     pool_images = [generate_images(base, seeds, DEMO_SAMPLER, batch_size=250)]
     groups = label(pool_images[0])
-    decided = [g for g in groups if g != "uncertain"]
-    p_high = decided.count(HIGH) / len(decided)
-    base_fr = {LOW: 1 - p_high, HIGH: p_high}
-    target = {LOW: 1 - recipe.target_high, HIGH: recipe.target_high}
-    mix = suggest_aux_mix(base_fr, target, recipe.omega0)
-    counts = mix_counts(mix, recipe.n_s)
+    plan = plan_demo_shift(groups, recipe.target_high, recipe.omega0, recipe.n_s)
+    base_fr, target, mix, counts = plan["base"], plan["target"], plan["mix"], plan["counts"]
+    p_high = base_fr[HIGH]
     log(f"pool {len(groups)}: {HIGH} {100 * p_high:.1f}%; target {100 * recipe.target_high:.0f}%; "
         f"suggested mix {HIGH} {100 * mix[HIGH]:.1f}% -> counts {counts}")
 

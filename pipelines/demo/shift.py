@@ -21,10 +21,10 @@ from ..errors import UserError
 from ..metrics.floor import FEATURE_DIMS, small_sample_warning
 from ..generate import generate_images, generate_sims
 from ..attributes.groupings import wilson_interval
-from ..shift import closest_omega, find_omega, mix_counts, suggest_aux_mix
+from ..shift import closest_omega, find_omega
 from ..synthetic_set import fill_set
 from ..training import TrainConfig, list_checkpoints, train
-from .assets import DEMO_CLASSIFIER, DEMO_MODEL, DEMO_SAMPLER, HIGH, LOW, RESOLUTION, base_recipe
+from .assets import DEMO_CLASSIFIER, DEMO_MODEL, DEMO_SAMPLER, HIGH, LOW, RESOLUTION, base_recipe, plan_demo_shift
 from .evaluate import fd_digits
 
 FD_DIMS = FEATURE_DIMS["FD-digits"]
@@ -94,12 +94,9 @@ def run_demo_shift(settings: ShiftSettings, work_dir, log: Callable[[str], None]
     # 1. Pool of base samples, labelled.
     pool_images = [generate_images(world.base, range(settings.pool_size), sampler, batch_size=250)]
     pool_groups = list(world.label(pool_images[0])[0])
-    decided = [g for g in pool_groups if g != "uncertain"]
-    p_high = decided.count(HIGH) / len(decided)
-    base = {LOW: 1 - p_high, HIGH: p_high}
-    target = {LOW: 1 - settings.target_high, HIGH: settings.target_high}
-    mix = suggest_aux_mix(base, target, settings.omega0)
-    counts = mix_counts(mix, settings.n_s)
+    plan = plan_demo_shift(pool_groups, settings.target_high, settings.omega0, settings.n_s)
+    base, target, mix, counts = plan["base"], plan["target"], plan["mix"], plan["counts"]
+    p_high = base[HIGH]
     log(f"base fraction of {HIGH}: {p_high:.3f}  target: {settings.target_high:.3f}  "
         f"suggested auxiliary mix: {HIGH} {mix[HIGH]:.3f} ({counts[HIGH]} of {settings.n_s})")
 
