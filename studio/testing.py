@@ -102,6 +102,22 @@ def tiny_studio(data_dir, n_pool: int = 0, steps: int = 2, label: bool = True):
     return st, mid
 
 
+
+def tiny_finetuned_world(data_dir, total_kimg: float = 0.032):
+    """tiny_studio with a labelled pool of 40, a 50/50 S of 16 and a fine-tune on it (checkpoints every 16 images).
+
+    Returns (studio, model_id, the 0-4 vs 5-9 grouping, the fine-tune's checkpoints).
+    """
+    from .services import attributes, finetune, sets
+    st, mid = tiny_studio(data_dir, n_pool=40)
+    g = next(g for g in attributes.list_groupings(st.db, "digits") if g["name"] == "digits 0-4 vs 5-9")
+    sid, job = sets.submit_build(st.db, mid, g["id"], {"0-4": 0.5, "5-9": 0.5}, n_s=16, steps=2)
+    assert run_now(st, job).state == "succeeded"
+    ft = finetune.submit(st.db, sid, total_kimg=total_kimg, checkpoint_kimg=0.016, lr=1e-3, batch_size=8,
+                         previews=False)
+    assert run_now(st, ft).state == "succeeded"
+    return st, mid, g, finetune.checkpoints(st.db, ft)
+
 class QueueClient:
     """Gradio's queue protocol as a browser speaks it: join, read the event stream, GET each image shown.
 

@@ -6,22 +6,16 @@ import numpy as np
 import pytest
 
 from pipelines.errors import UserError
-from studio.services import attributes, evaluate, export, finetune, guide, pool, sets
+from studio.services import evaluate, export, guide, pool
 from studio.storage import read_png
-from studio.testing import run_now, tiny_studio
+from studio.testing import run_now, tiny_finetuned_world
 
 GS = guide.GuideSettings(preview_steps=2, preview_count=4, steps=2, n=16)
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    st, mid = tiny_studio(tmp_path_factory.mktemp("guide") / "data", n_pool=40)
-    g = next(g for g in attributes.list_groupings(st.db, "digits") if g["name"] == "digits 0-4 vs 5-9")
-    sid, job = sets.submit_build(st.db, mid, g["id"], {"0-4": 0.5, "5-9": 0.5}, n_s=16, steps=2)
-    assert run_now(st, job).state == "succeeded"
-    ft = finetune.submit(st.db, sid, total_kimg=0.032, checkpoint_kimg=0.016, lr=1e-3, batch_size=8, previews=False)
-    assert run_now(st, ft).state == "succeeded"
-    cks = finetune.checkpoints(st.db, ft)
+    st, mid, g, cks = tiny_finetuned_world(tmp_path_factory.mktemp("guide") / "data", total_kimg=0.032)
     yield st, mid, g, cks
     st.close()
 

@@ -5,19 +5,13 @@ import torch
 from pipelines.checkpoints.native import load_state_file, read_metadata
 from pipelines.errors import UserError
 from pipelines.merge import merge_checkpoints
-from studio.services import attributes, evaluate, finetune, merge_export, registry, sets
-from studio.testing import run_now, tiny_studio
+from studio.services import evaluate, merge_export, registry
+from studio.testing import run_now, tiny_finetuned_world
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    st, mid = tiny_studio(tmp_path_factory.mktemp("mg") / "data", n_pool=40)
-    g = next(g for g in attributes.list_groupings(st.db, "digits") if g["name"] == "digits 0-4 vs 5-9")
-    sid, job = sets.submit_build(st.db, mid, g["id"], {"0-4": 0.5, "5-9": 0.5}, n_s=16, steps=2)
-    assert run_now(st, job).state == "succeeded"
-    ft = finetune.submit(st.db, sid, total_kimg=0.016, checkpoint_kimg=0.016, lr=1e-3, batch_size=8, previews=False)
-    assert run_now(st, ft).state == "succeeded"
-    cks = finetune.checkpoints(st.db, ft)
+    st, mid, g, cks = tiny_finetuned_world(tmp_path_factory.mktemp("mg") / "data", total_kimg=0.016)
     yield st, mid, g, cks
     st.close()
 
