@@ -15,9 +15,11 @@ TASKS = {
     "import_model": "import_model",
     "export_dataset": "export_dataset",
     "embed": "embed",
+    "verify_pool": "verify_pool",
 }
 # Kinds that run networks on a device; at most Settings.jobs_per_device of them at once per device.
-DEVICE_BOUND = {"generate", "label", "build_set", "finetune", "sweep", "find_omega", "export_dataset", "embed"}
+DEVICE_BOUND = {"generate", "label", "build_set", "finetune", "sweep", "find_omega", "export_dataset", "embed",
+                "verify_pool"}
 
 
 def task_module(kind: str) -> ModuleType:

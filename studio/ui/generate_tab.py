@@ -4,9 +4,10 @@ from __future__ import annotations
 import re
 
 import gradio as gr
+import numpy as np
 
-from ..services import attributes, labels, pool
-from ..storage import read_png, upscale
+from ..services import attributes, labels, pool, verify
+from ..storage import read_png, upscale, write_png
 from . import plots
 from ..settings import DEFAULT_STEPS
 from .common import Page, as_int, header_models, hidden_id, hidden_value, user_errors
@@ -33,6 +34,16 @@ def _caption(r: dict) -> str:
     """Short thumbnail caption: group and confidence (or 'manual'), 'NP' when not preferred."""
     cap = "" if r["group"] is None else r["group"] + (" manual" if r["source"] == "manual" else f" {r['confidence']:.2f}")
     return (cap + " NP").strip() if r["not_preferred"] else (cap or f"#{r['id']}")
+
+
+def placeholder_image(size: int = 64) -> np.ndarray:
+    """Grey square with a red cross: stands in for a sample whose file is missing or damaged."""
+    img = np.full((size, size, 3), 200, np.uint8)
+    d = np.arange(size)
+    for off in (-1, 0, 1):
+        k = np.clip(d + off, 0, size - 1)
+        img[d, k] = img[d, size - 1 - k] = (220, 38, 38)
+    return img
 
 
 def _fmt_ids(ids) -> str:
@@ -62,7 +73,9 @@ class GenerateTab:
         gr.Markdown("#### Label")
         self.label_btn = gr.Button("Label pool with the grouping's classifier", elem_id="label-btn")
         self.clf_status = gr.Markdown(elem_id="clf-status")
-        self.follow = page.follower("generate", "label")
+        gr.Markdown("#### Check")
+        self.verify_btn = gr.Button("Verify pool", elem_id="verify-btn")
+        self.follow = page.follower("generate", "label", "verify_pool")
         self.counts_plot = gr.Plot(show_label=False, elem_id="group-counts")
 
     def _gallery(self) -> None:
@@ -121,9 +134,24 @@ class GenerateTab:
             return [], [], "Register or pick a model (Models tab).", 1
         res = (self.curation.page(mid, grouping_id, grp, st, lo, hi, sel_text, page_n) if only_sel else
                pool.gallery_page(self.db, mid, g["id"] if g else None, grp, lo, hi, st, page_n, PER_PAGE))
-        items = [(str(self.settings.abs(r["path"])), _caption(r)) for r in res.rows]
+        items = [self._thumb(r) for r in res.rows]
         text = f"**{res.total:,}** samples match · page {res.page} of {res.pages}"
         return items, [r["id"] for r in res.rows], text, res.page
+
+    def _placeholder_path(self) -> str:
+        """The placeholder thumbnail as a file in the data directory (written once; the gallery serves files)."""
+        path = self.settings.path("ui", "unreadable-sample.png")
+        if not path.is_file():
+            write_png(path, placeholder_image())
+        return str(path)
+
+    def _thumb(self, r: dict) -> tuple[str, str]:
+        """(file, caption) of a gallery thumbnail; a sample whose PNG does not decode gets the placeholder,
+        captioned as unreadable with its id and file."""
+        path = self.settings.abs(r["path"])
+        if verify.unreadable_reason(path) is None:
+            return str(path), _caption(r)
+        return self._placeholder_path(), f"#{r['id']} unreadable: {path.name}"
 
     def on_context(self, model_id, grouping_id):
         """Filters, class pickers, classifier status and group counts for the picked model and grouping."""
@@ -163,6 +191,14 @@ class GenerateTab:
             raise gr.Error("Pick a model and a grouping first.")
         return pool.submit_label(self.db, mid, g["classifier"], device)
 
+    @user_errors
+    def verify_pool(self, model_id, device):
+        """Queue a job checking every sample's stored hash and regenerating the bad ones from their seeds."""
+        if as_int(model_id) is None:
+            raise gr.Error("Pick a model first (Models tab).")
+        return verify.submit_verify(self.db, as_int(model_id), device)
+
+    @user_errors
     def on_select(self, rows, select_on, sel_text, grouping_id, shift, anchor, evt: gr.SelectData):
         """A thumbnail click: toggle it in the selection (select mode; Shift adds a range) or open its detail."""
         if evt.index is None or evt.index >= len(rows):
@@ -183,7 +219,14 @@ class GenerateTab:
         md = (f"**Sample #{d['id']}** · seed {d['seed']} · {d['steps']} steps · "
               f"{'**not preferred**' if d['not_preferred'] else 'preferred'}\n\n"
               f"Classifier: **{top}** · Manual: **{d['manual'] or '—'}**" + (f"\n\nManual history:{hist}" if hist else ""))
-        big = upscale(read_png(self.settings.abs(d["path"])), 192)  # tiny samples: crisp, enlarged pixels
+        path = self.settings.abs(d["path"])
+        why = verify.unreadable_reason(path)
+        if why is not None:  # still labelable: the label belongs to the seed, the file can be regenerated
+            md += (f"\n\n**The image file cannot be read** ({why}): `{path}`. Labels still save. "
+                   "*Verify pool* (left) regenerates it from its seed.")
+            big = upscale(placeholder_image(), 192)
+        else:
+            big = upscale(read_png(path, f"sample #{d['id']}"), 192)  # tiny samples: crisp, enlarged pixels
         return (big[:, :, 0] if big.shape[2] == 1 else big, md,
                 plots.probabilities(d["classes"], d["probs"], d["manual"]), gr.Dropdown(value=d["manual"]))
 
@@ -236,6 +279,7 @@ class GenerateTab:
         self.next_btn.click(lambda *a: self.load_page(*a[:-1], int(a[-1] or 1) + 1), page_in, page_out)
         self.gen_btn.click(self.generate, [page.model, self.n, self.steps, page.device], self.follow.job)
         self.label_btn.click(self.label_pool, [page.model, page.grouping, page.device], self.follow.job)
+        self.verify_btn.click(self.verify_pool, [page.model, page.device], self.follow.job)
         # a finished generate/label job changes the pool: gallery, group counts and the header's pool size
         self.follow.done.change(self.load_page, page_in, page_out).then(self.counts_fig, ctx_in, self.counts_plot).then(
             lambda m: header_models(self.db, m), page.model, page.model, show_progress="hidden")
