@@ -28,6 +28,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--allow-private-urls", action="store_true",
                    help="let model import by URL reach loopback, private and link-local addresses (refused by "
                         "default, so that a studio serving a team cannot be used to probe its network)")
+    p.add_argument("--max-sessions", type=int, default=256,
+                   help="browser sessions whose state is kept (about 0.4 MB each; the least recently used goes first)")
+    p.add_argument("--session-idle-minutes", type=float, default=60.0,
+                   help="drop a browser session unused this long; its page reloads on the next click")
     p.add_argument("--no-demo", action="store_true", help="do not register the bundled digits demo")
     return p.parse_args(argv)
 
@@ -52,6 +56,9 @@ def main(argv=None) -> int:
             print("error: --auth must look like user:password", file=sys.stderr)
             return 2
         auth = tuple(args.auth.split(":", 1))
+    if args.max_sessions < 1 or args.session_idle_minutes <= 0:
+        print("error: --max-sessions must be at least 1 and --session-idle-minutes above 0", file=sys.stderr)
+        return 2
     try:
         settings = Settings(data_dir=args.data_dir, db_url=args.db, device=args.device or default_device(),
                             jobs_per_device=args.jobs_per_device, max_upload_mb=args.max_upload_mb,
@@ -63,11 +70,11 @@ def main(argv=None) -> int:
     print(f"SIMS Studio: data in {settings.data_dir}, database {settings.db_url}")
     for note in studio.notes:
         print(f"note: {note}")
-    demo = build_ui(studio)
+    demo = build_ui(studio, session_idle_s=60 * args.session_idle_minutes)
     demo.queue(default_concurrency_limit=4)
     try:
         demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth,
-                    **launch_kwargs(studio))
+                    **launch_kwargs(studio, args.max_sessions, 60 * args.session_idle_minutes))
     finally:
         studio.close()
     return 0

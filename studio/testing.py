@@ -154,3 +154,32 @@ class QueueClient:
 
     def close(self) -> None:
         self.http.close()
+
+
+class PageOpener:
+    """Opens a browser session as the page does: its load event under a new session hash (raw HTTP).
+
+    Used by the session-expiry test and bench/sessions_soak.py; `open(session)` returns the hash."""
+
+    def __init__(self, http, url: str):
+        self.http, self.url = http, url
+        cfg = http.get(url + "config").json()
+        values = {c["id"]: (c.get("props") or {}).get("value") for c in cfg["components"]}
+        load = [d for d in cfg["dependencies"] if any(t[1] == "load" for t in d["targets"])]
+        if not load:
+            raise RuntimeError("the page has no load event")
+        self.fn, self.data = load[0]["id"], [values.get(i) for i in load[0]["inputs"]]
+
+    def open(self, session: str | None = None) -> str:
+        session = session or uuid.uuid4().hex
+        self.http.post(self.url + "gradio_api/queue/join", json={
+            "data": self.data, "fn_index": self.fn, "session_hash": session, "event_data": None,
+            "trigger_id": None}).raise_for_status()
+        with self.http.stream("GET", self.url + f"gradio_api/queue/data?session_hash={session}") as events:
+            for line in events.iter_lines():
+                msg = json.loads(line[5:]) if line.startswith("data:") else {}
+                if msg.get("msg") == "process_completed":
+                    if not msg.get("success", True):
+                        raise RuntimeError(f"page load failed: {msg.get('output')}")
+                    return session
+        raise RuntimeError("the event stream ended before the page load completed")

@@ -13,6 +13,7 @@ from ..services import attributes, jobs
 from . import (build_tab, export_tab, fairness_guide_panels, finetune_tab, generate_tab, guide_tab, jobs_tab,
                models_tab, target_tab)
 from .common import CSS, TERMINAL, THEME, Page, job_html, latest_job, model_choices
+from .sessions import MAX_SESSIONS, SESSION_IDLE_S, idle_reload_js, start_reaper
 
 TABS = (("Models", models_tab), ("Generate & label", generate_tab), ("Target", target_tab),
         ("Build set", build_tab), ("Fine-tune", finetune_tab), ("Guide", guide_tab), ("Export", export_tab))
@@ -40,8 +41,9 @@ def _devices(default: str) -> list[str]:
     return found + ([default] if default and default not in found else [])
 
 
-def build_ui(studio: Studio) -> gr.Blocks:
-    """Compose the tabs into one Blocks app."""
+def build_ui(studio: Studio, session_idle_s: float = SESSION_IDLE_S) -> gr.Blocks:
+    """Compose the tabs into one Blocks app; browser sessions idle for `session_idle_s` are dropped
+    (pass the same value to launch_kwargs)."""
     db = studio.db
     page = Page(studio)
     with gr.Blocks(title="SIMS Studio") as demo:
@@ -71,6 +73,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
                 tabs_loaders.append((jtab, page.loaders[start:]))
         _wire_timer(page, demo, jobs_table)
         _wire_loading(page, demo, tabs_loaders)
+    demo.session_reaper = start_reaper(demo, session_idle_s)
     return demo
 
 
@@ -204,10 +207,14 @@ def _adopt(db, follower, jid) -> tuple[int | None, bool]:
     return newest, True
 
 
-def launch_kwargs(studio: Studio) -> dict:
-    """Arguments for `demo.launch` that every launcher (CLI, tests) must pass."""
+def launch_kwargs(studio: Studio, max_sessions: int = MAX_SESSIONS, session_idle_s: float = SESSION_IDLE_S) -> dict:
+    """Arguments for `demo.launch` that every launcher (CLI, tests) must pass.
+
+    max_sessions bounds the browser sessions whose state Gradio keeps (the least recently used goes first);
+    session_idle_s must be the value given to build_ui (a page idle that long reloads before acting)."""
     data = studio.settings.data_dir
     # Serve the data directory (samples, grids, exports) but never the database itself.
     blocked = [str(data / f"studio.db{suffix}") for suffix in ("", "-wal", "-shm", "-journal")]
     return {"theme": THEME, "css": CSS, "allowed_paths": [str(data)], "blocked_paths": blocked,
-            "max_file_size": f"{studio.settings.max_upload_mb}mb", "footer_links": ["settings"]}
+            "max_file_size": f"{studio.settings.max_upload_mb}mb", "footer_links": ["settings"],
+            "state_session_capacity": int(max_sessions), "head": idle_reload_js(session_idle_s)}
