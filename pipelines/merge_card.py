@@ -79,7 +79,7 @@ def _fraction_lines(m: dict) -> list[str]:
     if fd and fd.get("per_group"):
         lines.append(f"  - {fd['metric']} per group: " + ", ".join(
             f"{g} {v:.3g} (n = {fd['gen_counts'].get(g)})" for g, v in fd["per_group"].items())
-            + f"; overall {fd['overall']:.3g}")
+            + (f"; overall {fd['overall']:.3g}" if fd.get("overall") is not None else ""))
     return lines
 
 

@@ -91,12 +91,40 @@ def guide_identity(guide: dict | None, checkpoint_id: int) -> str:
     return f"aux:ckpt{int(checkpoint_id)}" if guide is None else f"model:{guide['sha256'][:16]}"
 
 
-def measurement_key(gs: GuideSettings, guide: dict | None) -> str:
-    """Measurement settings key including the guide (the auxiliary keeps its historical key)."""
+MODES = ("score", "merged")
+
+
+def check_mode(mode: str | None) -> str:
+    """'score' (default) or 'merged'; anything else is refused."""
+    mode = (mode or "score").strip()
+    if mode not in MODES:
+        raise UserError(f"Unknown guidance mode {mode!r}: pick 'score' (two networks) or 'merged' (one network).")
+    return mode
+
+
+def mode_settings(gs: GuideSettings, mode: str) -> GuideSettings:
+    """The settings that determine a mode's samples: a merged model is one network, so it has no guidance
+    interval and no shared encoder (merge_guide.check_merged refuses both)."""
+    from dataclasses import replace
+    return replace(gs, skip_steps=0, shared_encoder=False) if mode == "merged" else gs
+
+
+def measurement_key(gs: GuideSettings, guide: dict | None, mode: str = "score") -> str:
+    """Settings key of a measurement with this mode (score | merged) and guide. Score space with the auxiliary
+    keeps the Guide's historical key, so stored curves stay valid; every other combination is
+    '<mode>:<guide>:<hash>' (see `is_default_key`)."""
     import hashlib
-    if guide is None:
+    mode = check_mode(mode)
+    if mode == "score" and guide is None:
         return gs.key()
-    return hashlib.sha256(f"{gs.key()}|guide:{guide['sha256']}".encode()).hexdigest()[:16]
+    who = "aux" if guide is None else guide["sha256"]
+    blob = f"{mode_settings(gs, mode).key()}|mode:{mode}|guide:{who}"
+    return f"{mode}:{who[:12]}:{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+
+
+def is_default_key(settings_key: str | None) -> bool:
+    """True for score space with the SIMS auxiliary (the only measurements a two-model bundle's card may quote)."""
+    return ":" not in (settings_key or "")
 
 
 def preview_stream(db: Database, settings: Settings, checkpoint_id: int, omega: float, gs: GuideSettings,

@@ -109,7 +109,8 @@ def build(page: Page) -> None:
         if as_int(ck) is None:
             raise gr.Error("Pick an auxiliary checkpoint in the Guide tab first.")
         if kind == MERGED:
-            out = merge_export.export_merged(db, settings, as_int(ck), w, name)
+            out = merge_export.export_merged(db, settings, as_int(ck), w, name, settings_from(*gs_vals),
+                                             as_int(grouping_id))
             return out["file"], merged_md(out)
         gs = settings_from(*gs_vals)
         out = export.export_bundle(db, settings, as_int(ck), w, gs.steps, gs.skip_steps, gs.shared_encoder, name,

@@ -1,0 +1,93 @@
+"""Guide: score space vs weight-space merge with any guide (keys, renders, jobs), the merged export's card,
+and the classifier-error-aware (CLEAM-style) fractions beside the raw ones."""
+import numpy as np
+import pytest
+
+from pipelines.errors import UserError
+from studio.services import guide, guide_model, merge_export, merge_guide
+from studio.testing import run_now, tiny_finetuned_world
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    st, mid, g, cks = tiny_finetuned_world(tmp_path_factory.mktemp("mc") / "data", total_kimg=0.016)
+    yield st, mid, g, cks
+    st.close()
+
+
+def _gs(**kw):
+    return guide.GuideSettings(**{"preview_steps": 2, "preview_count": 4, "steps": 2, "n": 16, **kw})
+
+
+def test_measurement_keys_name_mode_and_guide_and_keep_the_auxiliarys():
+    gd = {"sha256": "ab" * 32}
+    score_aux, merged_aux = guide_model.measurement_key(_gs(), None), guide_model.measurement_key(_gs(), None, "merged")
+    assert score_aux == _gs().key() and guide_model.is_default_key(score_aux)  # existing caches keep working
+    keys = {score_aux, merged_aux, guide_model.measurement_key(_gs(), gd, "score"),
+            guide_model.measurement_key(_gs(), gd, "merged")}
+    assert len(keys) == 4 and all(not guide_model.is_default_key(k) for k in keys - {score_aux})
+    assert merged_aux.startswith("merged:aux:") and len(max(keys, key=len)) <= 64
+    # one network has no guidance interval: the merged key does not depend on it, the score key does
+    assert guide_model.measurement_key(_gs(skip_steps=1), None, "merged") == merged_aux
+    assert guide_model.measurement_key(_gs(skip_steps=1), gd, "score") != guide_model.measurement_key(_gs(), gd)
+    with pytest.raises(UserError, match="Unknown guidance mode"):
+        guide_model.measurement_key(_gs(), None, "both")
+
+
+def test_merged_preview_is_the_exported_merge_and_cached_apart(world):
+    from pipelines.checkpoints.native import load_model
+    from pipelines.generate import generate_images
+    from pipelines.sampler import SamplerConfig
+    st, mid, g, cks = world
+    ck = cks[-1]["id"]
+    merged = merge_guide.preview(st.db, st.settings, ck, 0.5, _gs(), "merged")
+    score = merge_guide.preview(st.db, st.settings, ck, 0.5, _gs(), "score")
+    assert merged["key"] != score["key"] and not merged["cached"]
+    assert score["key"] == guide.preview(st.db, st.settings, ck, 0.5, _gs())["key"]  # the Guide's own cache
+    assert merged["grid"] not in guide._cached_previews(st.db, st.settings, ck, _gs()).values()
+    out = merge_export.export_merged(st.db, st.settings, ck, 0.5, name="m05")
+    want = generate_images(load_model(out["file"])[0], range(4), SamplerConfig(num_steps=2))
+    got = np.load(st.settings.abs(merged["grid"]).with_suffix(".npz"))["images"]
+    assert np.array_equal(got, want)  # the in-memory merge renders exactly what the exported file renders
+    assert merge_guide.preview(st.db, st.settings, ck, 0.5, _gs(), "merged")["cached"]
+    with pytest.raises(UserError, match="no guidance interval"):
+        merge_guide.preview(st.db, st.settings, ck, 1.0, _gs(skip_steps=1), "merged")
+
+
+def test_merged_card_is_not_the_bundles_measurement(world):
+    from studio.services import export
+    st, mid, g, cks = world
+    ck = cks[-1]["id"]
+    job = guide.submit_sweep(st.db, ck, g["id"], _gs(), all_budgets=False, metric_omegas=[1.0])
+    assert run_now(st, job).state == "succeeded"
+    assert export._measured(st.db, ck, 1.0)  # score space measured at this ω ...
+    out = merge_export.export_merged(st.db, st.settings, ck, 1.0, name="m1", gs=_gs(), grouping_id=g["id"])
+    card = out["card_data"]
+    assert card["measured"] is None and card["measured_note"].startswith("not measured")  # ... not copied
+    md = st.settings.abs(out["card"]).read_text()
+    assert "not measured" in md and card["parents"]["aux"]["sha256"] in md
+
+
+def test_corrected_fractions_equal_pipelines_on_the_same_counts(world):
+    from pipelines.fairness import digits_heldout_confusion, fairness_report
+    from studio.services import attributes, fairness_view
+    st, mid, g, cks = world
+    target = {"0-4": 0.3, "5-9": 0.7}
+    job = guide.submit_sweep(st.db, cks[-1]["id"], g["id"], _gs(), all_budgets=False, metric_omegas=[0.0])
+    assert run_now(st, job).state == "succeeded"
+    curve = fairness_view.discrepancy_curve(st.db, cks[-1]["id"], g, _gs().key(), target)
+    counts = fairness_view.stored_counts(st.db, cks[-1]["id"], g["id"], _gs().key())[0.0]
+    clf = attributes.load_classifier(st.db, "digits")
+    conf = digits_heldout_confusion(clf, attributes.engine_grouping(g), g["threshold"])
+    want = fairness_report(counts, target, confusion=conf)
+    assert curve[0.0]["corrected"] == want["corrected"] and curve[0.0]["metrics"] == want["metrics"]
+    md = fairness_view.report_md(curve[0.0], "at ω = 0")
+    assert "corrected for classifier errors (95% bootstrap)" in md and "held-out split of sklearn digits" in md
+    for grp, f in want["corrected"]["fractions"].items():
+        assert f"{100 * f['value']:.1f}% [{100 * f['ci'][0]:.1f}–{100 * f['ci'][1]:.1f}]" in md
+    # a classifier without a measured confusion: raw fractions only, and the table says why
+    other = dict(g, classifier="deepface-gender")
+    conf_none, note = fairness_view.classifier_confusion(st.db, other)
+    r = fairness_view.report(counts, target, conf_none, note)
+    assert conf_none is None and "corrected" not in r
+    assert "Not corrected: deepface-gender has no measured confusion" in fairness_view.report_md(r, "x")
