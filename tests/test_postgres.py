@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 
 from studio.db import Database, alembic_config
 from studio.jobs.runner import JobRunner
+from studio.jobs.specs import GenerateSpec, ImportModelSpec
 from studio.jobs.state import transition
 from studio.models import Job, JobEvent, JobState
 from studio.services import jobs as jobs_service
@@ -71,8 +72,8 @@ def test_three_runners_run_each_of_twenty_jobs_exactly_once(url, tmp_path):
     # half device-bound (at most SLOTS at once on 'cpu'), half not; half queued before the runners
     # start, half while they run (new rows that two runners can see at once)
     def submit(i):
-        return jobs_service.submit(db, "generate", {"i": i}, device="cpu") if i % 2 else \
-            jobs_service.submit(db, "import_model", {"i": i})
+        return jobs_service.submit(db, GenerateSpec(model_id=1, seed_start=i, n=1, steps=1), device="cpu") if i % 2 \
+            else jobs_service.submit(db, ImportModelSpec(src=f"model-{i}.pkl"))
     ids = [submit(i) for i in range(N_JOBS // 2)]
     ctx = mp.get_context("spawn")
     go, out = ctx.Event(), ctx.Queue()
@@ -157,11 +158,11 @@ def test_two_runners_cannot_both_fill_the_last_slot_of_a_device(pg_url, tmp_path
     inside, proceed = threading.Event(), threading.Event()
     a = PausingRunner(db_a, settings, inside=inside, proceed=proceed)
     b = PausingRunner(db_b, settings)
-    first = jobs_service.submit(db_a, "generate", {}, device="cpu")
+    first = jobs_service.submit(db_a, GenerateSpec(model_id=1, seed_start=0, n=1, steps=1), device="cpu")
     ta = threading.Thread(target=a.tick_start)
     ta.start()
     assert inside.wait(30)
-    second = jobs_service.submit(db_b, "generate", {"n": 2}, device="cpu")
+    second = jobs_service.submit(db_b, GenerateSpec(model_id=1, seed_start=0, n=2, steps=1), device="cpu")
     tb = threading.Thread(target=b.tick_start)
     tb.start()
     tb.join(1.5)

@@ -3,6 +3,7 @@ import pytest
 
 from pipelines.errors import UserError
 from studio.core import open_studio
+from studio.jobs.specs import ImportModelSpec
 from studio.services import attributes, registry
 from studio.settings import Settings
 from studio.testing import make_tiny_model, run_now
@@ -118,7 +119,7 @@ def test_url_import_that_never_answers_shows_waiting_then_times_out(studio, monk
     held = []
     threading.Thread(target=lambda: held.append(srv.accept()), daemon=True).start()  # accepts, never answers
     url = f"http://127.0.0.1:{srv.getsockname()[1]}/model.pkl"
-    job = jobs.submit(studio.db, "import_model", {"src": url, "name": "", "allow_private_urls": True})
+    job = jobs.submit(studio.db, ImportModelSpec(src=url, allow_private_urls=True))
     seen, stop = [], threading.Event()
 
     def watch():  # what the job's panel shows while it runs

@@ -26,8 +26,6 @@ _FLAG_FIELDS = {"batch": "batch_size", "batch_gpu": "batch_gpu", "lr": "lr", "lr
                 "loss": "loss", "precision": "precision", "device": "device", "dropout": "dropout",
                 "grad_clip": "grad_clip", "workers": "num_workers", "log_every": "log_every",
                 "augment_p": "augment_p"}
-# What a fine-tune inherits from its base's recorded recipe (SIMS: "the base's training recipe").
-_INHERITED = ("batch_size", "lr", "lr_rampup_kimg", "ema_halflife_kimg", "ema_rampup_ratio", "loss")
 
 
 def _common(p: argparse.ArgumentParser, data_help: str) -> None:
@@ -152,8 +150,8 @@ def _model_config(args, dataset):
 
 def _parent_recipe(base_path: str) -> dict:
     from ..checkpoints.native import read_metadata
-    recorded = (read_metadata(base_path).get("training") or {}).get("config") or {}
-    return {k: recorded[k] for k in _INHERITED if k in recorded}
+    from ..training.config import inherited_recipe
+    return inherited_recipe(read_metadata(base_path).get("training"))
 
 
 def _execute(model_cfg, dataset, cfg, args, base=None) -> int:

@@ -12,6 +12,9 @@ from ..errors import UserError
 # silently continue a different experiment. Budget, intervals, device and workers may change.
 RECIPE_KEYS = ("batch_size", "batch_gpu", "lr", "lr_rampup_kimg", "ema_halflife_kimg", "ema_rampup_ratio",
                "seed", "loss", "decoder_only", "dropout", "grad_clip")
+# What a fine-tune inherits from its base's recorded recipe (SIMS: "the base's training recipe"); the
+# CLI's `finetune` and the studio both read it through `inherited_recipe`.
+INHERITED_KEYS = ("batch_size", "lr", "lr_rampup_kimg", "ema_halflife_kimg", "ema_rampup_ratio", "loss")
 
 
 @dataclass
@@ -85,6 +88,15 @@ class TrainConfig:
         if self.augment_p:  # only when on, so runs saved before the option existed still resume
             recipe["augment_p"] = self.augment_p
         return recipe
+
+
+def inherited_recipe(training: dict | None) -> dict[str, Any]:
+    """The inherited part of a checkpoint's `training` metadata: its TrainConfig when recorded, else the
+    summary fields older checkpoints carry ({} when it records none). A recorded null is inherited too
+    (e.g. ema_rampup_ratio = None: the base ran without the ramp)."""
+    training = training or {}
+    recorded = training.get("config") or training
+    return {k: recorded[k] for k in INHERITED_KEYS if k in recorded}
 
 
 def _positive(name: str, value, kind) -> None:

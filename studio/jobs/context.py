@@ -1,4 +1,4 @@
-"""What a task sees while it runs: its parameters, progress reporting, cancellation, metrics.
+"""What a task sees while it runs: progress reporting, cancellation, metrics (its parameters come as a spec).
 
 Progress writes are throttled; a heartbeat thread keeps `heartbeat_at` fresh (and copies the
 log tail and the cancel flag) even while one network call takes a long time.
@@ -31,7 +31,7 @@ class JobContext:
         with db.session(read_only=True) as s:
             job = s.get(Job, job_id)
             self.kind = job.kind
-            self.params = dict(job.params or {})
+            self.stored_params = dict(job.params or {})  # JSON as stored; the worker loads it into the spec
             self.device = job.device or "cpu"
             self.attempt = job.attempts
         self._heartbeat_s = heartbeat_s

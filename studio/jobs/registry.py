@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-# kind -> module under studio.jobs.tasks defining `run(ctx) -> dict`
+# kind -> module under studio.jobs.tasks defining `run(ctx, spec) -> dict`; each kind's spec is in specs.SPECS
 TASKS = {
     "generate": "generate",
     "label": "label",

@@ -1,6 +1,7 @@
 """Worker process: `python -m studio.jobs.worker JOB_ID --data-dir DIR --db URL`.
 
-Runs one job's task and records how it ended: succeeded (with its result), failed (message +
+Loads the job's stored parameters into its typed spec (studio.jobs.specs; parameters it cannot
+read fail the job with the key named), runs the task's `run(ctx, spec)` and records how it ended: succeeded (with its result), failed (message +
 traceback), cancelled, or interrupted (SIGTERM without a cancel request). A worker killed
 outright leaves the job 'running' with a stale heartbeat; the runner marks it interrupted.
 """
@@ -33,6 +34,7 @@ def run_job(job_id: int, data_dir: str, db_url: str) -> int:
     from ..settings import Settings
     from .context import JobCancelled, JobContext
     from .registry import task_module
+    from .specs import spec_from_json
     from .state import transition
 
     settings = Settings(data_dir=data_dir, db_url=db_url)
@@ -47,7 +49,8 @@ def run_job(job_id: int, data_dir: str, db_url: str) -> int:
     ctx.start_heartbeat()
     end, message, fields = JobState.failed, "", {}
     try:
-        result = task_module(ctx.kind).run(ctx) or {}
+        spec = spec_from_json(ctx.kind, ctx.stored_params)  # refuses stored parameters it cannot read, naming the key
+        result = task_module(ctx.kind).run(ctx, spec) or {}
         end, message, fields = JobState.succeeded, result.pop("message", "done"), {"result": result, "progress": 1.0}
     except JobCancelled:
         end, message = JobState.cancelled, "cancelled by the user"

@@ -26,6 +26,7 @@ from ..db import Database
 from ..models import Assignment, Label, LabelSource, Sample, SetMember, SyntheticSet
 from ..settings import Settings
 from ..storage import read_pngs
+from ..jobs.specs import EmbedSpec
 from . import jobs as jobs_service
 from .labels import refresh_assignments, set_manual_label
 from .pool import STATUSES, GalleryPage, _filters
@@ -68,7 +69,7 @@ def submit_map(db: Database, model_id: int, classifier: str, device: str = "cpu"
     """Queue a job computing the features of new pool samples and the 2-D map; returns the job id."""
     if not classifier:
         raise UserError("Pick a grouping first: the map uses its classifier's features.")
-    return jobs_service.submit(db, "embed", {"model_id": int(model_id), "classifier": classifier},
+    return jobs_service.submit(db, EmbedSpec(model_id=int(model_id), classifier=classifier),
                                title=f"Embedding map of model #{model_id} ({classifier} features)", device=device)
 
 

@@ -15,6 +15,7 @@ from pipelines.errors import UserError
 from ..db import Database
 from ..models import Job, Metric, Model, SyntheticSet
 from ..settings import DEFAULT_STEPS, Settings
+from ..jobs.specs import ExportDatasetSpec
 from . import jobs as jobs_service
 from .evaluate import interval_from_skip, metric_name
 from .finetune import get_checkpoint
@@ -176,9 +177,9 @@ def submit_dataset_export(db: Database, checkpoint_id: int, omega: float, n: int
     fname = _name(name, f"shifted-ckpt{ck['id']}-omega{fmt_omega(omega)}-{n}") + ".zip"
     # the plan the realised mix is reported against: the Guide's measurement at this ω with these settings
     planned = _measured(db, ck["id"], omega).get(gs.key()) if grouping_id is not None else None
-    return jobs_service.submit(db, "export_dataset", {
-        "checkpoint_id": ck["id"], "omega": omega, "n": n, "classifier": classifier or None, "steps": gs.steps,
-        "interval": list(gs.interval()) if gs.interval() else None, "shared_encoder": gs.shared_encoder,
-        "seed0": 2_000_000, "file": f"exports/{fname}", "grouping_id": grouping_id,
-        "planned": {"fractions": planned["fractions"], "n": planned["n"]} if planned else None}, title=f"Export {n} images at omega {fmt_omega(omega)}",
+    spec = ExportDatasetSpec(
+        checkpoint_id=ck["id"], omega=omega, n=n, classifier=classifier or None, steps=gs.steps,
+        interval=gs.interval(), shared_encoder=gs.shared_encoder, seed0=2_000_000, file=f"exports/{fname}",
+        grouping_id=grouping_id, planned={"fractions": planned["fractions"], "n": planned["n"]} if planned else None)
+    return jobs_service.submit(db, spec, title=f"Export {n} images at omega {fmt_omega(omega)}",
         device=device)

@@ -10,6 +10,7 @@ from pipelines.errors import UserError
 from ..db import Database
 from ..models import Checkpoint, Job
 from ..settings import Settings
+from ..jobs.specs import FinetuneSpec
 from . import jobs as jobs_service
 from .registry import get_model
 from .sets import get_set
@@ -17,23 +18,16 @@ from .sets import get_set
 DEVICE_CHOICES = ("cpu", "cuda", "torchrun")
 
 
-# What a fine-tune inherits from the base's recorded recipe (SIMS: "the base's training recipe");
-# the same keys as `python -m pipelines finetune`.
-INHERITED = ("batch_size", "lr", "lr_rampup_kimg", "ema_halflife_kimg", "ema_rampup_ratio", "loss")
-
-
 def base_recipe(db: Database, model_id: int) -> dict:
-    """The inherited part of the base model's TrainConfig ({} when the checkpoint records none)."""
-    m = get_model(db, model_id)
-    training = m.meta.get("training") or {}
-    cfg = training.get("config") or training
-    return {k: cfg[k] for k in INHERITED if cfg.get(k) is not None}
+    """The inherited part of the base model's TrainConfig, as `python -m pipelines finetune` inherits it."""
+    from pipelines.training.config import inherited_recipe
+    return inherited_recipe(get_model(db, model_id).meta.get("training"))
 
 
 def defaults_for(db: Database, model_id: int) -> dict:
     """Batch size and learning rate to prefill (the base's, else 64 and 1e-3)."""
     r = base_recipe(db, model_id)
-    return {"batch_size": int(r.get("batch_size", 64)), "lr": float(r.get("lr", 1e-3))}
+    return {"batch_size": int(r.get("batch_size") or 64), "lr": float(r.get("lr") or 1e-3)}
 
 
 def submit(db: Database, set_id: int, total_kimg: float, checkpoint_kimg: float, lr: float, batch_size: int,
@@ -69,14 +63,14 @@ def submit_new(db: Database, set_id: int, total_kimg: float, checkpoint_kimg: fl
     gpus = int(gpus or 1)
     if device == "torchrun" and gpus < 2:
         raise UserError("torchrun is for several GPUs: set the number of GPUs to 2 or more, or pick 'cuda'.")
-    cfg = {**base_recipe(db, s_set["model_id"]), "batch_size": int(batch_size), "lr": float(lr),
-           "total_kimg": total_kimg, "checkpoint_kimg": checkpoint_kimg, "decoder_only": bool(decoder_only),
-           "seed": int(seed), "device": "cuda" if device == "torchrun" else device}
     from pipelines.training import TrainConfig
-    TrainConfig.from_dict(cfg)  # refuse bad numbers now, not in the worker
-    params = {"set_id": int(set_id), "model_id": s_set["model_id"], "config": cfg,
-              "gpus": gpus if device == "torchrun" else 1, "previews": bool(previews)}
-    return jobs_service.submit_once(db, "finetune", params, title=f"Fine-tune aux on S #{set_id} ({total_kimg:g} kimg)",
+    cfg = TrainConfig.from_dict({  # refuses bad numbers now, not in the worker
+        **base_recipe(db, s_set["model_id"]), "batch_size": int(batch_size), "lr": float(lr),
+        "total_kimg": total_kimg, "checkpoint_kimg": checkpoint_kimg, "decoder_only": bool(decoder_only),
+        "seed": int(seed), "device": "cuda" if device == "torchrun" else device})
+    spec = FinetuneSpec(set_id=int(set_id), model_id=s_set["model_id"], config=cfg,
+                        gpus=gpus if device == "torchrun" else 1, previews=bool(previews))
+    return jobs_service.submit_once(db, spec, title=f"Fine-tune aux on S #{set_id} ({total_kimg:g} kimg)",
                                     device="cuda" if device == "torchrun" else device)
 
 

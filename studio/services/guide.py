@@ -13,6 +13,7 @@ from pipelines.errors import UserError
 from ..db import Database
 from ..models import Checkpoint, Metric
 from ..settings import DEFAULT_STEPS, Settings, default_precision
+from ..jobs.specs import FindOmegaSpec, SweepSpec
 from . import jobs as jobs_service
 from .attributes import get_grouping
 from .evaluate import interval_from_skip, render_stream
@@ -123,10 +124,10 @@ def submit_sweep(db: Database, checkpoint_id: int, grouping_id: int, gs: GuideSe
     grouping = get_grouping(db, grouping_id)
     ids = [c["id"] for c in checkpoints(db, ck["job_id"])] if all_budgets else [ck["id"]]
     metric_omegas = list(metric_omegas or omega_grid(0.5))
-    params = {**_preview_params(ck["id"], gs), "checkpoint_ids": ids, "metric_omegas": metric_omegas,
-              "grouping_id": grouping["id"], "n": gs.n, "steps": gs.steps, "metric_seed0": METRIC_SEED0,
-              "interval": _as_list(gs.interval()), "settings_key": gs.key(), "guide": asdict(gs)}
-    return jobs_service.submit(db, "sweep", params, device=device,
+    spec = SweepSpec(**_preview_params(ck["id"], gs), checkpoint_ids=ids, metric_omegas=metric_omegas,
+                     grouping_id=grouping["id"], n=gs.n, steps=gs.steps, metric_seed0=METRIC_SEED0,
+                     interval=gs.interval(), settings_key=gs.key(), guide_settings=asdict(gs))
+    return jobs_service.submit(db, spec, device=device,
                                title=f"Omega grid: {len(omega_grid())} previews, {len(ids)}x{len(metric_omegas)} "
                                      f"measurements ({gs.n} samples each)")
 
@@ -135,9 +136,8 @@ def submit_previews(db: Database, checkpoint_id: int, gs: GuideSettings = GuideS
     """Queue only the preview grid of one checkpoint (queued after every fine-tune, so scrubbing starts cached)."""
     gs.check()
     ck = get_checkpoint(db, checkpoint_id)
-    params = {**_preview_params(ck["id"], gs), "checkpoint_ids": [], "metric_omegas": [], "grouping_id": None,
-              "interval": _as_list(gs.interval()), "settings_key": gs.key()}
-    return jobs_service.submit(db, "sweep", params, device=device,
+    spec = SweepSpec(**_preview_params(ck["id"], gs), interval=gs.interval(), settings_key=gs.key())
+    return jobs_service.submit(db, spec, device=device,
                                title=f"Previews for checkpoint {ck['kimg']:g} kimg ({len(omega_grid())} values of ω)")
 
 
@@ -164,11 +164,11 @@ def submit_find_omega(db: Database, checkpoint_id: int, grouping_id: int, group:
         raise UserError(f"'{group}' is not a group of {grouping['name']}.")
     if not 0 <= float(target_fraction) <= 1:
         raise UserError("The target fraction must be between 0% and 100%.")
-    params = {"checkpoint_id": ck["id"], "grouping_id": grouping["id"], "group": group,
-              "target": float(target_fraction), "iterations": int(iterations), "n": gs.n, "steps": gs.steps,
-              "metric_seed0": METRIC_SEED0, "interval": _as_list(gs.interval()), "shared_encoder": gs.shared_encoder,
-              "settings_key": gs.key()}
-    return jobs_service.submit(db, "find_omega", params, device=device,
+    spec = FindOmegaSpec(checkpoint_id=ck["id"], grouping_id=grouping["id"], group=group,
+                         target=float(target_fraction), iterations=int(iterations), n=gs.n, steps=gs.steps,
+                         metric_seed0=METRIC_SEED0, interval=gs.interval(), shared_encoder=gs.shared_encoder,
+                         settings_key=gs.key())
+    return jobs_service.submit(db, spec, device=device,
                                title=f"Find omega: {group} -> {100 * float(target_fraction):.0f}% "
                                      f"(checkpoint {ck['kimg']:g} kimg)")
 

@@ -10,6 +10,7 @@ from pipelines.errors import UserError
 
 from ..db import Database
 from ..jobs.registry import DEVICE_BOUND, TASKS
+from ..jobs.specs import JobSpec, spec_to_json
 from ..jobs.state import transition
 from ..models import Job, JobEvent, JobState
 
@@ -45,14 +46,16 @@ def _view(job: Job) -> JobView:
                    attempts=job.attempts)
 
 
-def submit(db: Database, kind: str, params: dict, title: str = "", device: str | None = None) -> int:
-    """Queue a job; device-bound kinds need a device ('cpu', 'cuda', 'cuda:1', ...)."""
+def submit(db: Database, spec: JobSpec, title: str = "", device: str | None = None) -> int:
+    """Queue a job of spec's kind; device-bound kinds need a device ('cpu', 'cuda', 'cuda:1', ...)."""
+    kind = spec.kind
     if kind not in TASKS:
         raise UserError(f"Unknown job kind {kind!r}.")
     if kind in DEVICE_BOUND and not device:
         raise UserError(f"A {kind} job needs a device (cpu or cuda).")
     with db.session() as s:
-        job = Job(kind=kind, title=title or kind, params=params, device=device if kind in DEVICE_BOUND else None,
+        job = Job(kind=kind, title=title or kind, params=spec_to_json(spec),
+                  device=device if kind in DEVICE_BOUND else None,
                   state=JobState.queued, message="waiting for a free slot", log_tail="", progress=0.0)
         s.add(job)
         s.flush()
@@ -63,18 +66,19 @@ def submit(db: Database, kind: str, params: dict, title: str = "", device: str |
 _SUBMIT_LOCK = threading.Lock()  # one studio process serves every browser: check-then-insert is atomic here
 
 
-def submit_once(db: Database, kind: str, params: dict, title: str = "", device: str | None = None) -> tuple[int, bool]:
+def submit_once(db: Database, spec: JobSpec, title: str = "", device: str | None = None) -> tuple[int, bool]:
     """Queue a job unless an identical one (same kind, params and device) is still queued or running.
 
     Returns (job id, True when newly queued). A double click thus gives one job, and both clicks show it.
     """
+    kind, params = spec.kind, spec_to_json(spec)
     with _SUBMIT_LOCK:
         with db.session(read_only=True) as s:
             active = [j for j in JobState if j.active]
             for job in s.scalars(select(Job).where(Job.kind == kind, Job.state.in_(active)).order_by(Job.id.desc())):
                 if dict(job.params or {}) == params and job.device == (device if kind in DEVICE_BOUND else None):
                     return job.id, False
-        return submit(db, kind, params, title, device), True
+        return submit(db, spec, title, device), True
 
 
 def get(db: Database, job_id: int) -> JobView:

@@ -11,6 +11,7 @@ from pipelines.errors import UserError
 from ..db import Database
 from ..settings import DEFAULT_STEPS
 from ..models import Assignment, Sample
+from ..jobs.specs import GenerateSpec, LabelSpec
 from . import jobs as jobs_service
 
 STATUSES = ("all", "unlabelled", "classifier", "manual", "not preferred")
@@ -42,8 +43,8 @@ def submit_generate(db: Database, model_id: int, n: int, steps: int = DEFAULT_ST
     if not 1 <= int(steps) <= 1000:
         raise UserError(f"Sampler steps must be between 1 and 1000 (got {steps}).")
     start = next_seed(db, model_id)
-    return jobs_service.submit(db, "generate", {"model_id": int(model_id), "seed_start": start, "n": n,
-                                                "steps": int(steps), "batch_size": int(batch_size)},
+    spec = GenerateSpec(model_id=int(model_id), seed_start=start, n=n, steps=int(steps), batch_size=int(batch_size))
+    return jobs_service.submit(db, spec,
                                title=f"Generate {n} samples (model #{model_id}, seeds {start}-{start + n - 1})",
                                device=device)
 
@@ -52,7 +53,7 @@ def submit_label(db: Database, model_id: int, classifier: str, device: str = "cp
     """Queue a job labelling every not-yet-labelled sample of the pool with `classifier`."""
     if not classifier:
         raise UserError("Pick a classifier to label with.")
-    return jobs_service.submit(db, "label", {"model_id": int(model_id), "classifier": classifier},
+    return jobs_service.submit(db, LabelSpec(model_id=int(model_id), classifier=classifier),
                                title=f"Label pool of model #{model_id} with {classifier}", device=device)
 
 

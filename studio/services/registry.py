@@ -20,6 +20,7 @@ from pipelines.resources import ASSETS
 from ..db import Database
 from ..models import Model, Sample
 from ..settings import Settings
+from ..jobs.specs import ImportModelSpec
 from . import jobs as jobs_service
 
 DEMO_MODEL = ASSETS / "demo" / "digits_base.safetensors"  # in the checkout, or installed under share/
@@ -106,8 +107,8 @@ def submit_import(db: Database, settings: Settings, src: str, name: str = "") ->
             raise UserError(f"{p.name}: expected an EDM pickle (.pkl) or one of our .safetensors checkpoints.")
         src = str(p.resolve())
     # the studio's --allow-private-urls travels with the job: the worker checks the URL against it
-    return jobs_service.submit(db, "import_model", {"src": src, "name": name.strip(),
-                                                    "allow_private_urls": settings.allow_private_urls},
+    spec = ImportModelSpec(src=src, name=name.strip(), allow_private_urls=bool(settings.allow_private_urls))
+    return jobs_service.submit(db, spec,
                                title=f"Import {Path(src).name}")
 
 

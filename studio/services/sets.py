@@ -8,6 +8,7 @@ from pipelines.errors import UserError
 from ..db import Database
 from ..settings import DEFAULT_STEPS
 from ..models import SetMember, Sample, SyntheticSet
+from ..jobs.specs import BuildSetSpec
 from . import jobs as jobs_service
 from .attributes import get_grouping
 from .pool import group_counts, not_preferred_ids
@@ -45,10 +46,10 @@ def submit_build(db: Database, model_id: int, grouping_id: int, mix: dict[str, f
         s.add(row)
         s.flush()
         set_id = row.id
-    job = jobs_service.submit(db, "build_set", {
-        "set_id": set_id, "model_id": int(model_id), "grouping_id": grouping["id"],
-        "classifier": grouping["classifier"], "counts": info["counts"], "grow": bool(grow),
-        "max_pool": int(max_pool), "steps": int(steps)}, title=f"Build S #{set_id} ({n_s} samples)", device=device)
+    spec = BuildSetSpec(set_id=set_id, model_id=int(model_id), grouping_id=grouping["id"],
+                        classifier=grouping["classifier"], counts={g: int(c) for g, c in info["counts"].items()},
+                        grow=bool(grow), max_pool=int(max_pool), steps=int(steps))
+    job = jobs_service.submit(db, spec, title=f"Build S #{set_id} ({n_s} samples)", device=device)
     with db.session() as s:
         s.get(SyntheticSet, set_id).job_id = job
     return set_id, job

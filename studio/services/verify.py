@@ -19,6 +19,7 @@ from ..db import Database
 from ..models import Job, Model, Sample
 from ..settings import Settings
 from ..storage import png_bytes, sha256_bytes
+from ..jobs.specs import VerifyPoolSpec
 from . import jobs as jobs_service
 
 CHUNK = 512          # samples read from the database at a time while checking
@@ -199,5 +200,5 @@ def submit_verify(db: Database, model_id: int, device: str = "cpu") -> int:
     with db.session(read_only=True) as s:
         if model_id is None or s.get(Model, int(model_id)) is None:
             raise UserError("Pick a registered model first (Models tab).")
-    return jobs_service.submit(db, "verify_pool", {"model_id": int(model_id)},
+    return jobs_service.submit(db, VerifyPoolSpec(model_id=int(model_id)),
                                title=f"Verify pool of model #{model_id}", device=device)

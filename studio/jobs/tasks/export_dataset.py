@@ -8,48 +8,49 @@ import numpy as np
 from ...services.attributes import load_classifier
 from ...services.evaluate import pair_paths, render
 from ...services.export import check_writable
+from ..specs import ExportDatasetSpec
 from .common import set_threads
 
 
-def run(ctx) -> dict:
+def run(ctx, spec: ExportDatasetSpec) -> dict:
     """Render in batches, label, write the zip (and a .json beside it naming the label classes)."""
     from pipelines.imageio import write_image_zip
     set_threads()
-    p = ctx.params
-    out = ctx.settings.abs(p["file"])
+    n = spec.n
+    out = ctx.settings.abs(spec.file)
     check_writable(out.parent)  # before rendering: an unwritable folder must not cost the whole render first
-    _, base_path, aux_path = pair_paths(ctx.db, ctx.settings, p["checkpoint_id"])
-    clf = load_classifier(ctx.db, p["classifier"], device=ctx.device) if p.get("classifier") else None
-    interval = tuple(p["interval"]) if p.get("interval") else None
+    _, base_path, aux_path = pair_paths(ctx.db, ctx.settings, spec.checkpoint_id)
+    clf = load_classifier(ctx.db, spec.classifier, device=ctx.device) if spec.classifier else None
     images, labels, batch = [], [], 256
-    for start in range(0, p["n"], batch):
-        seeds = range(p["seed0"] + start, p["seed0"] + min(start + batch, p["n"]))
-        x = render(base_path, aux_path, p["omega"], seeds, p["steps"], interval, p["shared_encoder"], ctx.device,
+    for start in range(0, n, batch):
+        seeds = range(spec.seed0 + start, spec.seed0 + min(start + batch, n))
+        x = render(base_path, aux_path, spec.omega, seeds, spec.steps, spec.interval, spec.shared_encoder, ctx.device,
                    precision=ctx.settings.precision)
         images.append(x)
         if clf is not None:
             labels.append(clf.predict_proba(x).argmax(axis=1))
-        ctx.progress(min(start + batch, p["n"]) / p["n"] * 0.95, f"{min(start + batch, p['n'])}/{p['n']} images")
+        ctx.progress(min(start + batch, n) / n * 0.95, f"{min(start + batch, n)}/{n} images")
     lab = np.concatenate(labels) if labels else None
     write_image_zip(out, np.concatenate(images), lab)
     classes = list(clf.classes) if clf is not None else None
-    out.with_suffix(".json").write_text(json.dumps({"label_classes": classes, "omega": p["omega"],
-                                                    "checkpoint_id": p["checkpoint_id"], "seed0": p["seed0"]}))
+    out.with_suffix(".json").write_text(json.dumps({"label_classes": classes, "omega": spec.omega,
+                                                    "checkpoint_id": spec.checkpoint_id, "seed0": spec.seed0}))
     counts = {classes[k]: int((lab == k).sum()) for k in range(len(classes))} if classes else {}
-    realised = _realised(ctx, clf, np.concatenate(images)) if clf is not None and p.get("grouping_id") else None
+    realised = _realised(ctx, clf, np.concatenate(images), spec.grouping_id) \
+        if clf is not None and spec.grouping_id is not None else None
     if realised:
         meta = json.loads(out.with_suffix(".json").read_text())
-        out.with_suffix(".json").write_text(json.dumps({**meta, "realised_mix": realised, "planned": p.get("planned")}))
-    return {"message": f"wrote {p['n']} images to {p['file']}" + (f"; {mix_text(realised, p.get('planned'))}"
-                                                                  if realised else ""),
-            "file": p["file"], "label_counts": counts, "realised_mix": realised, "planned": p.get("planned")}
+        out.with_suffix(".json").write_text(json.dumps({**meta, "realised_mix": realised, "planned": spec.planned}))
+    mix = f"; {mix_text(realised, spec.planned)}" if realised else ""
+    return {"message": f"wrote {n} images to {spec.file}{mix}",
+            "file": spec.file, "label_counts": counts, "realised_mix": realised, "planned": spec.planned}
 
 
-def _realised(ctx, clf, images) -> dict:
+def _realised(ctx, clf, images, grouping_id: int) -> dict:
     """{group: [fraction, lo, hi, count]} of the exported images by their own labels (Wilson 95%)."""
     from pipelines.attributes.groupings import group_fractions
     from ...services.attributes import engine_grouping, get_grouping
-    g = get_grouping(ctx.db, ctx.params["grouping_id"])
+    g = get_grouping(ctx.db, grouping_id)
     eg = engine_grouping(g)
     assigned, _ = eg.assign(clf.predict_proba(images), list(clf.classes), g["threshold"])
     return {k: [round(f, 4), round(lo, 4), round(hi, 4), int((assigned == k).sum())]

@@ -6,6 +6,7 @@ and follows its log.jsonl. Each EMA checkpoint is registered as a budget for the
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -22,7 +23,10 @@ from ...services.finetune import run_dir
 from ...services.sets import member_ids
 from ...storage import read_pngs
 from ..context import JobCancelled
+from ..specs import FinetuneSpec
 from .common import set_threads
+
+CONFIG_NAME = "train-config.json"  # the whole TrainConfig handed to `torchrun -m pipelines finetune --config`
 
 
 def _dataset_file(ctx, set_id: int, out: Path) -> Path:
@@ -54,27 +58,26 @@ def _report(ctx, info: dict) -> None:
                  kimg=info["kimg"], loss=info["loss"], images_per_s=info["images_per_s"], eta_s=eta)
 
 
-def run(ctx) -> dict:
+def run(ctx, spec: FinetuneSpec) -> dict:
     """Fine-tune (in this process, or via torchrun for several GPUs) and register the checkpoints."""
-    p = ctx.params
     with ctx.db.session(read_only=True) as s:
-        base = s.get(Model, p["model_id"])
+        base = s.get(Model, spec.model_id)
         base_path = ctx.settings.abs(base.path)
     rd = run_dir(ctx.settings, ctx.job_id)
     rd.mkdir(parents=True, exist_ok=True)
-    data = _dataset_file(ctx, p["set_id"], rd / "synthetic_set.npz")
-    ctx.log(f"fine-tuning {base.name} on S #{p['set_id']} ({p['config']}), attempt {ctx.attempt}")
-    if int(p.get("gpus", 1)) > 1:
-        result = _run_torchrun(ctx, base_path, data, rd, p["config"], int(p["gpus"]), p["model_id"], p["set_id"])
+    data = _dataset_file(ctx, spec.set_id, rd / "synthetic_set.npz")
+    ctx.log(f"fine-tuning {base.name} on S #{spec.set_id} ({spec.config}), attempt {ctx.attempt}")
+    if spec.gpus > 1:
+        result = _run_torchrun(ctx, base_path, data, rd, spec)
     else:
-        result = _run_here(ctx, base_path, data, rd, p["config"], p["model_id"], p["set_id"])
-    _register_checkpoints(ctx, rd, p["model_id"], p["set_id"])
+        result = _run_here(ctx, base_path, data, rd, spec)
+    _register_checkpoints(ctx, rd, spec.model_id, spec.set_id)
     if result.get("status") == "cancelled":
         raise JobCancelled()
     with ctx.db.session(read_only=True) as s:
         ids = s.scalars(select(Checkpoint.id).where(Checkpoint.job_id == ctx.job_id).order_by(Checkpoint.kimg)).all()
         n = len(ids)
-    if ctx.params.get("previews", True) and ids:
+    if spec.previews and ids:
         # Render the Guide tab's omega grid for the final budget now, so scrubbing starts cached.
         from ...services.guide import submit_previews
         submit_previews(ctx.db, ids[-1], device=ctx.device)
@@ -83,27 +86,31 @@ def run(ctx) -> dict:
             "images_per_s": result.get("images_per_s"), "loss": result.get("loss")}
 
 
-def _run_here(ctx, base_path, data, rd, config, model_id, set_id) -> dict:
+def _run_here(ctx, base_path, data, rd, spec: FinetuneSpec) -> dict:
     from pipelines.data import open_dataset
-    from pipelines.training import TrainConfig, train
+    from pipelines.training import train
     set_threads()
-    cfg = TrainConfig.from_dict(config)
 
     def progress(info):
         if info.get("checkpoint"):
-            _register_checkpoints(ctx, rd, model_id, set_id)
+            _register_checkpoints(ctx, rd, spec.model_id, spec.set_id)
         _report(ctx, info)
 
-    return train(None, open_dataset(str(data)), cfg, rd, init_checkpoint=str(base_path), progress=progress,
+    return train(None, open_dataset(str(data)), spec.config, rd, init_checkpoint=str(base_path), progress=progress,
                  should_stop=ctx.should_stop)
 
 
-def _run_torchrun(ctx, base_path, data, rd, config, gpus, model_id, set_id) -> dict:
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={gpus}", "-m", "pipelines",
-           "finetune", "--base", str(base_path), "--data", str(data), "--run-dir", str(rd),
-           "--budget-kimg", str(config["total_kimg"]), "--checkpoint-kimg", str(config["checkpoint_kimg"]),
-           "--batch", str(config["batch_size"]), "--lr", str(config["lr"]), "--seed", str(config["seed"]),
-           "--device", "cuda"] + (["--decoder-only"] if config.get("decoder_only") else [])
+def torchrun_command(base_path, data, rd: Path, spec: FinetuneSpec) -> list[str]:
+    """The torchrun command line; writes the whole TrainConfig to RUN_DIR/train-config.json, which it passes."""
+    config = rd / CONFIG_NAME
+    config.write_text(json.dumps(spec.config.to_dict(), indent=2))
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={spec.gpus}", "-m", "pipelines",
+            "finetune", "--base", str(base_path), "--data", str(data), "--run-dir", str(rd), "--config", str(config)]
+
+
+def _run_torchrun(ctx, base_path, data, rd, spec: FinetuneSpec) -> dict:
+    model_id, set_id = spec.model_id, spec.set_id
+    cmd = torchrun_command(base_path, data, rd, spec)
     ctx.log("launching: " + " ".join(cmd))
     proc = subprocess.Popen(cmd, stdout=sys.stdout, stderr=sys.stderr, start_new_session=True, env=dict(os.environ))
     seen = 0
@@ -115,7 +122,7 @@ def _run_torchrun(ctx, base_path, data, rd, config, gpus, model_id, set_id) -> d
             if len(records) > seen:
                 seen = len(records)
                 r = records[-1]
-                total = float(config["total_kimg"])
+                total = spec.config.total_kimg
                 _report(ctx, {"kimg": r["kimg"], "total_kimg": total, "loss": r["loss"],
                               "images_per_s": r["images_per_s"],
                               "eta_s": (total - r["kimg"]) * 1000 / max(r["images_per_s"], 1e-9)})

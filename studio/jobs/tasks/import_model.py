@@ -8,11 +8,12 @@ from pathlib import Path
 from pipelines.errors import UserError
 
 from ...services.registry import register_checkpoint
+from ..specs import ImportModelSpec
 
 
-def run(ctx) -> dict:
-    """Import params['src'] and register it as a base model."""
-    src, name = ctx.params["src"], ctx.params.get("name") or ""
+def run(ctx, spec: ImportModelSpec) -> dict:
+    """Import spec.src and register it as a base model."""
+    src, name = spec.src, spec.name
     is_url = src.lower().startswith(("http://", "https://"))
     if src.endswith(".safetensors") and not is_url:
         model_id = register_checkpoint(ctx.db, ctx.settings, src, name or None, source="path", source_ref=src)
@@ -22,7 +23,7 @@ def run(ctx) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     ctx.progress(0.05, f"importing {src}", force=True)
     _while_waiting(ctx, src, is_url, lambda: import_edm(src, out, cache_dir=ctx.settings.path("cache", "downloads"),
-                                                        allow_private_urls=bool(ctx.params.get("allow_private_urls"))))
+                                                        allow_private_urls=spec.allow_private_urls))
     ctx.progress(0.9, "registering", force=True)
     model_id = register_checkpoint(ctx.db, ctx.settings, out, name or Path(src).stem,
                                    source="url" if is_url else "path", source_ref=src)

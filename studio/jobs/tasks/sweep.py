@@ -11,6 +11,7 @@ from sqlalchemy import select
 from ...models import Metric, Model
 from ...services.evaluate import Measurer, pair_paths, render, render_cached
 from ...services.attributes import get_grouping
+from ..specs import FindOmegaSpec, SweepSpec
 from .common import set_threads
 
 
@@ -22,17 +23,16 @@ def has_point(ctx, checkpoint_id: int, omega: float, grouping_id: int, key: str)
             Metric.settings_key == key, Metric.omega == round(float(omega), 4)).limit(1)) is not None
 
 
-def measure_point(ctx, measurer: Measurer, checkpoint_id: int, omega: float, p: dict) -> dict:
+def measure_point(ctx, measurer: Measurer, checkpoint_id: int, omega: float, spec: SweepSpec | FindOmegaSpec) -> dict:
     """Render n samples at omega, store fraction (+CI) and FD rows; returns {group: fraction, 'fd': ...}."""
     base_row, base_path, aux_path = pair_paths(ctx.db, ctx.settings, checkpoint_id)
-    seeds = range(int(p["metric_seed0"]), int(p["metric_seed0"]) + int(p["n"]))
-    interval = tuple(p["interval"]) if p.get("interval") else None
-    images = render(base_path, aux_path, omega, seeds, p["steps"], interval, p.get("shared_encoder", False),
+    seeds = range(spec.metric_seed0, spec.metric_seed0 + spec.n)
+    images = render(base_path, aux_path, omega, seeds, spec.steps, spec.interval, spec.shared_encoder,
                     ctx.device, precision=ctx.settings.precision)
     fr, assigned = measurer.fractions(images)
     fd = measurer.distances(images, assigned)
-    common = dict(model_id=base_row.id, checkpoint_id=checkpoint_id, grouping_id=p["grouping_id"],
-                  omega=round(float(omega), 4), settings_key=p["settings_key"], n=int(p["n"]))
+    common = dict(model_id=base_row.id, checkpoint_id=checkpoint_id, grouping_id=spec.grouping_id,
+                  omega=round(float(omega), 4), settings_key=spec.settings_key, n=spec.n)
     rows = [dict(kind="fraction", group_name=g, value=float(f), ci_lo=lo, ci_hi=hi, **{**common, "n": k})
             for g, (f, lo, hi, k) in fr.items()]
     if fd is not None:
@@ -50,21 +50,17 @@ def measure_point(ctx, measurer: Measurer, checkpoint_id: int, omega: float, p: 
     return {"fractions": {g: v[0] for g, v in fr.items()}, "fd": fd}
 
 
-def run(ctx) -> dict:
+def run(ctx, spec: SweepSpec) -> dict:
     """Previews for the picked checkpoint, then measurements over every (checkpoint, omega)."""
     set_threads()
-    p = ctx.params
-    # previews have their own step count, hence their own interval (jobs queued before it existed: the measurement's)
-    preview_interval = p.get("preview_interval", p.get("interval"))
-    preview_interval = tuple(preview_interval) if preview_interval else None
-    previews = [float(w) for w in p.get("preview_omegas", [])]
-    points = [(int(c), float(w)) for c in p["checkpoint_ids"] for w in p["metric_omegas"]]
-    todo = [(c, w) for c, w in points if not has_point(ctx, c, w, p["grouping_id"], p["settings_key"])]
+    previews = list(spec.preview_omegas)
+    points = [(c, w) for c in spec.checkpoint_ids for w in spec.metric_omegas]
+    todo = [(c, w) for c, w in points if not has_point(ctx, c, w, spec.grouping_id, spec.settings_key)]
     total = max(len(previews) + len(todo), 1)
     done = 0
     for w in previews:
-        render_cached(ctx.db, ctx.settings, p["preview_checkpoint"], w, p["preview_seeds"], p["preview_steps"],
-                      preview_interval, p.get("shared_encoder", False), ctx.device)
+        render_cached(ctx.db, ctx.settings, spec.preview_checkpoint, w, list(spec.preview_seeds), spec.preview_steps,
+                      spec.preview_interval, spec.shared_encoder, ctx.device)
         done += 1
         ctx.progress(done / total, f"preview omega={w:+.2f} ({done}/{len(previews)})")
     ctx.log(f"{len(previews)} previews cached; measuring {len(todo)} of {len(points)} points (rest cached)")
@@ -72,9 +68,9 @@ def run(ctx) -> dict:
         with ctx.db.session(read_only=True) as s:
             base = s.get(Model, pair_paths(ctx.db, ctx.settings, todo[0][0])[0].id)
             s.expunge(base)
-        measurer = Measurer(ctx.db, ctx.settings, base, get_grouping(ctx.db, p["grouping_id"]), ctx.device)
+        measurer = Measurer(ctx.db, ctx.settings, base, get_grouping(ctx.db, spec.grouping_id), ctx.device)
         for c, w in todo:
-            out = measure_point(ctx, measurer, c, w, p)
+            out = measure_point(ctx, measurer, c, w, spec)
             done += 1
             desc = ", ".join(f"{g} {100 * f:.0f}%" for g, f in out["fractions"].items())
             ctx.progress(done / total, f"checkpoint #{c} omega={w:+.2f}: {desc}")

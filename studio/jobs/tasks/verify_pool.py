@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from ...services.verify import verify_pool
+from ..specs import VerifyPoolSpec
 from .common import set_threads
 
 
-def run(ctx) -> dict:
-    """Verify params['model_id']'s pool on the job's device."""
+def run(ctx, spec: VerifyPoolSpec) -> dict:
+    """Verify spec.model_id's pool on the job's device."""
     set_threads()
-    mid = int(ctx.params["model_id"])
+    mid = spec.model_id
     ctx.log(f"verifying the pool of model #{mid} (content hashes, decoding); regenerating bad samples on {ctx.device}")
     report = verify_pool(ctx.db, ctx.settings, mid, ctx.device,
                          progress=lambda f, text: ctx.progress(f, text))
