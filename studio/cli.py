@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -36,8 +38,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def stop_on_sigterm(grace_s: float = 10.0) -> None:
+    """Make SIGTERM stop the studio, whatever the process that started it did with the signal.
+
+    A signal ignored by a parent stays ignored in its children (some shells and job launchers ignore
+    SIGTERM for background jobs), and a studio started from one outlived `kill` until SIGKILL. The handler
+    turns SIGTERM into KeyboardInterrupt in the main thread, so Gradio closes its server and the studio
+    closes its database; a shutdown still running after `grace_s` is cut short. Running jobs are left to
+    their workers (a studio started again adopts them)."""
+    def on_term(signum, frame):
+        timer = threading.Timer(grace_s, os._exit, args=(128 + signum,))
+        timer.daemon = True
+        timer.start()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    stop_on_sigterm()
     from pipelines.errors import UserError
     try:
         from studio.core import open_studio
@@ -75,6 +95,8 @@ def main(argv=None) -> int:
     try:
         demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth,
                     **launch_kwargs(studio, args.max_sessions, 60 * args.session_idle_minutes))
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM while the server was still starting
+        demo.close()
     finally:
         studio.close()
     return 0
