@@ -255,3 +255,33 @@ def test_the_inherited_recipe_is_one_list():
     assert got["ema_rampup_ratio"] is None  # a recorded null (no ramp) is inherited, not replaced by the default
     assert inherited_recipe({"lr": 2e-4, "batch_size": 32, "kimg": 3}) == {"lr": 2e-4, "batch_size": 32}
     assert inherited_recipe(None) == {}
+
+
+@pytest.mark.slow
+def test_finetune_job_under_torchrun_trains_with_exactly_its_spec_config(tmp_path, monkeypatch):
+    # Two CPU processes (gloo) stand in for two GPUs: the job writes the config file, torchrun trains with it,
+    # the job follows the log and registers both budget checkpoints.
+    from pipelines.checkpoints.native import read_metadata
+    from studio.services import attributes, finetune, jobs, sets
+    from studio.testing import run_now, tiny_studio
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    st, mid = tiny_studio(tmp_path / "data", n_pool=40)
+    try:
+        g = next(g for g in attributes.list_groupings(st.db, "digits") if g["name"] == "digits 0-4 vs 5-9")
+        sid, build = sets.submit_build(st.db, mid, g["id"], {"0-4": 0.5, "5-9": 0.5}, n_s=16, steps=2)
+        assert run_now(st, build).state == "succeeded"
+        cfg = TrainConfig(total_kimg=0.032, checkpoint_kimg=0.016, batch_size=8, batch_gpu=4, lr=1e-3, seed=3,
+                          lr_rampup_kimg=0.0, log_every=1, device="cpu")
+        job = jobs.submit(st.db, FinetuneSpec(set_id=sid, model_id=mid, config=cfg, gpus=2, previews=False),
+                          device="cpu")
+        view = run_now(st, job)
+        assert view.state == "succeeded", view.message + view.log_tail
+        rd = finetune.run_dir(st.settings, job)
+        assert TrainConfig.from_dict(json.loads((rd / "train-config.json").read_text())) == cfg
+        cks = finetune.checkpoints(st.db, job)
+        assert [c["kimg"] for c in cks] == [0.016, 0.032]
+        training = read_metadata(st.settings.abs(cks[-1]["path"]))["training"]
+        assert training["world_size"] == 2  # augment_p None resolves to the base's recorded recipe (off)
+        assert TrainConfig.from_dict(training["config"]) == dataclasses.replace(cfg, augment_p=0.0)
+    finally:
+        st.close()

@@ -104,7 +104,9 @@ def torchrun_command(base_path, data, rd: Path, spec: FinetuneSpec) -> list[str]
     """The torchrun command line; writes the whole TrainConfig to RUN_DIR/train-config.json, which it passes."""
     config = rd / CONFIG_NAME
     config.write_text(json.dumps(spec.config.to_dict(), indent=2))
-    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={spec.gpus}", "-m", "pipelines",
+    # --standalone: a free rendezvous port per run, so two fine-tunes on one host do not collide
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={spec.gpus}",
+            "-m", "pipelines",
             "finetune", "--base", str(base_path), "--data", str(data), "--run-dir", str(rd), "--config", str(config)]
 
 
