@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-
+import time
 from typing import Callable, Sequence
 
 import numpy as np
@@ -10,7 +10,7 @@ import torch
 
 from .guidance import SIMSDenoiser
 from .models import sample_shape
-from .paired import PairedSIMSDenoiser
+from .paired import PairedSIMSDenoiser, check_paired_precision
 from .precision import network_precision
 from .sampler import SamplerConfig, sample_from_seeds, to_uint8
 
@@ -70,21 +70,62 @@ def generate_batches(denoiser: Callable, model, seeds: Sequence[int], sampler: S
     return torch.cat([outs[k] for k in range(len(batches))]), nfe
 
 
+def compile_and_warm_up(make_denoiser: Callable, models, model, seeds, sampler: SamplerConfig, batch_size,
+                        device, precision="fp32", class_labels=None, shard=None):
+    """torch.compile `models` in place for sampling, make the denoiser, and compile it for every
+    batch size this process will sample (the first full one and a shorter last one); returns
+    (denoiser, seconds the compilation took)."""
+    from .compiling import compile_networks, warm_up
+    compile_networks(models, device)
+    denoiser = make_denoiser()
+    batches = seed_batches(seeds, batch_size)
+    rank, world = (shard.rank, shard.world_size) if shard is not None else (0, 1)
+    sizes = {len(batches[k]) for k in range(rank, len(batches), world)}
+    return denoiser, warm_up(denoiser, model, sizes or {len(batches[0])}, _clamped(sampler, model), device,
+                             precision, class_labels)
+
+
 def generate_images(model, seeds: Sequence[int], sampler: SamplerConfig = SamplerConfig(), batch_size=64,
-                    device="cpu", class_labels=None, progress=None, precision: str = "fp32") -> np.ndarray:
-    """Samples of the base model as uint8 NHWC, one per seed."""
-    x, _ = generate_batches(model, model, seeds, sampler, batch_size, device, class_labels, progress, precision)
+                    device="cpu", class_labels=None, progress=None, precision: str = "fp32",
+                    compile: bool = False, timings: dict | None = None) -> np.ndarray:
+    """Samples of the base model as uint8 NHWC, one per seed.
+    compile: torch.compile the model in place first (it stays compiled; see pipelines.compiling);
+    equal to eager to float rounding. timings: a dict that receives 'compile_s' (compilation,
+    0 without compile) and 'sample_s'."""
+    denoiser, compile_s = model, 0.0
+    if compile:
+        denoiser, compile_s = compile_and_warm_up(lambda: model, [model], model, seeds, sampler, batch_size,
+                                                  device, precision, class_labels)
+    t0 = time.perf_counter()
+    x, _ = generate_batches(denoiser, model, seeds, sampler, batch_size, device, class_labels, progress, precision)
+    if timings is not None:
+        timings.update(compile_s=compile_s, sample_s=time.perf_counter() - t0)
     return to_uint8(x)
 
 
 def generate_sims(base, aux, omega: float, seeds: Sequence[int], sampler: SamplerConfig = SamplerConfig(),
                   interval=None, shared_encoder=False, batch_size=64, device="cpu", class_labels=None,
-                  progress=None, precision: str = "fp32", paired: bool = False) -> tuple[np.ndarray, int]:
+                  progress=None, precision: str = "fp32", paired: bool = False, compile: bool = False,
+                  timings: dict | None = None) -> tuple[np.ndarray, int]:
     """Samples with the SIMS-guided denoiser; returns (uint8 NHWC, network evaluations per sample).
-    paired: run base and auxiliary as one batched call in full mode (equal to float rounding)."""
+    paired: run base and auxiliary as one batched call in full mode (equal to float rounding).
+    compile / timings: as in `generate_images` (both models are compiled in place)."""
     make = PairedSIMSDenoiser if paired else SIMSDenoiser
-    guided = make(base, aux, omega, interval=interval, shared_encoder=shared_encoder)
+    if paired:
+        check_paired_precision(precision)
+
+    def build():
+        return make(base, aux, omega, interval=interval, shared_encoder=shared_encoder)
+    compile_s = 0.0
+    if compile:
+        guided, compile_s = compile_and_warm_up(build, [base, aux], base, seeds, sampler, batch_size, device,
+                                                precision, class_labels)
+    else:
+        guided = build()
+    t0 = time.perf_counter()
     x, _ = generate_batches(guided, base, seeds, sampler, batch_size, device, class_labels, progress, precision)
+    if timings is not None:
+        timings.update(compile_s=compile_s, sample_s=time.perf_counter() - t0)
     batches = -(-len(list(seeds)) // batch_size)
     c = guided.counts
     # Network passes per sample: base + auxiliary (decoder passes in shared-encoder mode).

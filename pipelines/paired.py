@@ -17,6 +17,8 @@ from torch.func import functional_call, stack_module_state
 
 from .errors import UserError
 from .guidance import SIMSDenoiser
+from .precision import amp_dtype
+from .precond import strip_compiled
 
 
 class PairedNetworks:
@@ -36,16 +38,36 @@ class PairedNetworks:
                             "architecture. Sample without --paired.")
         self.params, self.buffers = stack_module_state([base, aux])
         # A weightless copy of the base's structure (its config, preconditioning, precision) to run.
+        # A compiled base's halves are bound to the base's own weights: the copy runs them eagerly,
+        # and the whole vmapped call is compiled instead (same mode as the base).
         self.skeleton = copy.deepcopy(base).to("meta")
+        strip_compiled(self.skeleton.model)
+        self._run = torch.vmap(self._one, in_dims=(0, 0, None, None, None, None))
+        if getattr(base.model, "_sims_compiled", False):
+            self._run = torch.compile(self._run, mode=getattr(base.model, "_sims_compile_mode", None))
 
     def _one(self, params, buffers, x, sigma, class_labels, augment_labels):
         return functional_call(self.skeleton, (params, buffers), (x, sigma, class_labels),
                                {"augment_labels": augment_labels})
 
     def __call__(self, x, sigma, class_labels=None, augment_labels=None):
-        both = torch.vmap(self._one, in_dims=(0, 0, None, None, None, None))(
-            self.params, self.buffers, x, sigma, class_labels, augment_labels)
+        both = self._run(self.params, self.buffers, x, sigma, class_labels, augment_labels)
+        # Under CUDA graphs `both` lives in the graph's pool; the caller combines it at once.
         return both[0], both[1]
+
+
+# torch.vmap's batching rule for convolutions dispatches below autocast (torch 2.14, CPU and CUDA
+# alike): under bf16 the batched convolutions would run in float32, giving neither bf16's speed nor
+# its numerics. The paired call is therefore fp32 only; tests/test_sims_concurrent.py checks the
+# cause, so that the refusal can go once torch autocasts batched convolutions.
+BF16_REFUSAL = ("--paired (base and auxiliary as one vmapped call) runs in fp32 only: torch.vmap's batched "
+                "convolutions bypass bf16 autocast. Use --paired with --precision fp32, or bf16 without --paired.")
+
+
+def check_paired_precision(precision: str) -> None:
+    """UserError for the one combination the paired call cannot honour (bf16)."""
+    if precision != "fp32":
+        raise UserError(BF16_REFUSAL)
 
 
 @dataclass
@@ -61,6 +83,8 @@ class PairedSIMSDenoiser(SIMSDenoiser):
         guided = self.omega != 0 and self.in_interval(sigma)
         if not guided or self.shared_encoder or self.omega == -1 or self.pair is None:
             return super().__call__(x, sigma, class_labels, augment_labels)
+        if amp_dtype() is not None:
+            raise UserError(BF16_REFUSAL)
         self.counts.calls += 1
         self.counts.guided += 1
         self.counts.base += 1

@@ -110,21 +110,51 @@ class VPPrecond(Precond):
         return c_skip, c_out, c_in, c_noise
 
 
-def compile_backbone(model: Precond) -> Precond:
+def compile_backbone(model: Precond, mode: str | None = None) -> Precond:
     """torch.compile the backbone's encoder and decoder halves in place and return the model.
 
     The module, its parameters and state-dict keys stay as they are (checkpoints, EMA copies and
     resume are unaffected); each new input shape compiles on its first call, so fixed shapes
-    (a fixed batch) pay once. Numerics match eager mode to float rounding, not bit for bit."""
+    (a fixed batch) pay once. Numerics match eager mode to float rounding, not bit for bit.
+    mode: torch.compile's mode; "reduce-overhead" replays CUDA graphs, whose outputs live in a
+    pool that the next replay overwrites, so their outputs are cloned (the shared-encoder path
+    holds the encoder's output across two decoder calls)."""
     backbone = model.model
     if not (hasattr(backbone, "encode") and hasattr(backbone, "decode")):
         from .errors import UserError
         raise UserError(f"{type(backbone).__name__} has no encode/decode halves to compile; drop --compile.")
     if not getattr(backbone, "_sims_compiled", False):
-        backbone.encode = torch.compile(backbone.encode)
-        backbone.decode = torch.compile(backbone.decode)
+        backbone.encode = _compiled(backbone.encode, mode)
+        backbone.decode = _compiled(backbone.decode, mode)
         backbone._sims_compiled = True
+        backbone._sims_compile_mode = mode
     return model
+
+
+def _compiled(fn, mode):
+    compiled = torch.compile(fn, mode=mode)
+    if mode != "reduce-overhead":
+        return compiled
+    return lambda *args, **kwargs: _clone_tensors(compiled(*args, **kwargs))
+
+
+def _clone_tensors(value):
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, dict):
+        return {k: _clone_tensors(v) for k, v in value.items()}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # NamedTuple (the UNet's features)
+        return type(value)(*(_clone_tensors(v) for v in value))
+    if isinstance(value, (list, tuple)):
+        return type(value)(_clone_tensors(v) for v in value)
+    return value
+
+
+def strip_compiled(backbone: nn.Module) -> None:
+    """Undo `compile_backbone` on a (copied) backbone: its halves run eagerly again."""
+    if getattr(backbone, "_sims_compiled", False):
+        for name in ("encode", "decode", "_sims_compiled", "_sims_compile_mode"):
+            backbone.__dict__.pop(name, None)
 
 
 PRECONDITIONERS = {"edm": EDMPrecond, "vp": VPPrecond}

@@ -16,11 +16,10 @@ import numpy as np
 from ..checkpoints.bundle import load_bundle
 from ..checkpoints.native import load_model
 from ..errors import UserError
-from ..generate import generate_batches, parse_seeds
+from ..generate import compile_and_warm_up, generate_batches, parse_seeds
 from ..guidance import SIMSDenoiser, parse_omega
-from ..paired import PairedSIMSDenoiser
+from ..paired import PairedSIMSDenoiser, check_paired_precision
 from ..precision import PRECISIONS
-from ..precond import compile_backbone
 from ..sampler import SamplerConfig, to_uint8
 from .progress import Progress
 
@@ -41,8 +40,9 @@ def _sampler_args(p: argparse.ArgumentParser):
                    help="network precision: fp32 (default, bit-reproducible) or bf16 (autocast of the networks "
                         "only; the sampler and the SIMS combination stay in float32/float64; CPU autocast on a CPU)")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the network(s) for this fixed batch shape (the first batch pays the "
-                        "compilation; results equal eager mode to float rounding, not bit for bit)")
+                   help="torch.compile the network(s) for this fixed batch shape (CUDA graphs on a GPU); the "
+                        "compilation runs before sampling and is timed apart; results equal eager mode to float "
+                        "rounding, not bit for bit. Needs a C++ compiler on a CPU, Triton on a GPU")
     p.add_argument("--out", required=True, help="output folder (PNG, EDM layout) or file ending in .npz")
 
 
@@ -94,10 +94,25 @@ def _start(args, n_seeds: int):
     return env, bar
 
 
-def _info(args, env, t0: float) -> dict:
+def _info(args, env, t0: float, compile_s: float | None) -> dict:
+    """Run facts for the output; 'seconds' is the sampling alone, 'compile_seconds' the compilation."""
     return {"device": str(env.device), "device_type": env.device.type, "processes": env.world_size,
             "precision": args.precision, "compiled": bool(args.compile), "paired": bool(getattr(args, "paired", False)),
-            "seconds": round(time.time() - t0, 2)}
+            "seconds": round(time.time() - t0, 2),
+            **({"compile_seconds": round(compile_s, 2)} if compile_s is not None else {})}
+
+
+def _compile(args, env, make, models, model, seeds, sampler):
+    """(denoiser, compile seconds or None): with --compile, compile and warm up before sampling."""
+    if not args.compile:
+        return make(), None
+    if env.is_main:
+        print("compiling the network(s) with torch.compile for this batch shape ...", flush=True)
+    denoiser, seconds = compile_and_warm_up(make, models, model, seeds, sampler, args.batch, env.device,
+                                            args.precision, shard=env)
+    if env.is_main:
+        print(f"compile: {seconds:.1f} s (before sampling; not in the sampling time)", flush=True)
+    return denoiser, seconds
 
 
 def run_generate(args) -> int:
@@ -105,8 +120,7 @@ def run_generate(args) -> int:
     env, bar = _start(args, len(seeds))
     try:
         model, _ = load_model(args.model, env.device)
-        if args.compile:
-            compile_backbone(model)
+        compile_s = _compile(args, env, lambda: model, [model], model, seeds, sampler)[1]
         t0 = time.time()
         # Progress counts this rank's images; rank 0 alone shows it (its share of the seeds).
         x, _ = generate_batches(model, model, seeds, sampler, args.batch, env.device, precision=args.precision,
@@ -114,7 +128,7 @@ def run_generate(args) -> int:
         bar.close()
         if env.is_main:
             _write(args.out, x, seeds, {"model": args.model, "sampler": sampler.__dict__, "nfe": sampler.nfe,
-                                        **_info(args, env, t0)})
+                                        **_info(args, env, t0, compile_s)})
         env.barrier()
     finally:
         env.close()
@@ -137,6 +151,8 @@ def run_sample_sims(args) -> int:
         raise UserError("Give --bundle FILE, or both --base CKPT and --aux CKPT.")
     interval_arg = _interval(args.interval)
     omega_arg = None if args.omega is None else parse_omega(args.omega)
+    if args.paired:
+        check_paired_precision(args.precision)
     env, bar = _start(args, len(seeds))
     try:
         return _sample_sims(args, seeds, interval_arg, omega_arg, env, bar)
@@ -158,11 +174,10 @@ def _sample_sims(args, seeds, interval_arg, omega_arg, env, bar) -> int:
         sampler = _sampler_from(args)
         omega = 0.0 if omega_arg is None else omega_arg
         interval, shared = interval_arg, args.shared_encoder
-    if args.compile:
-        compile_backbone(base), compile_backbone(aux)
+    make = PairedSIMSDenoiser if args.paired else SIMSDenoiser
+    guided, compile_s = _compile(args, env, lambda: make(base, aux, omega, interval=interval, shared_encoder=shared),
+                                 [base, aux], base, seeds, sampler)
     t0 = time.time()
-    guided = (PairedSIMSDenoiser if args.paired else SIMSDenoiser)(base, aux, omega, interval=interval,
-                                                                   shared_encoder=shared)
     x, _ = generate_batches(guided, base, seeds, sampler, args.batch, device, precision=args.precision,
                             shard=env, progress=lambda done, total: bar.update(done * env.world_size))
     bar.close()
@@ -172,7 +187,7 @@ def _sample_sims(args, seeds, interval_arg, omega_arg, env, bar) -> int:
     if env.is_main:
         _write(args.out, x, seeds, {"bundle": args.bundle, "base": args.base, "aux": args.aux, "omega": omega,
                                     "interval": interval, "shared_encoder": shared, "sampler": sampler.__dict__,
-                                    "network_passes_per_sample": nfe, **_info(args, env, t0)})
+                                    "network_passes_per_sample": nfe, **_info(args, env, t0, compile_s)})
     env.barrier()
     return 0
 
@@ -201,6 +216,6 @@ def register(sub) -> None:
                    help="auxiliary was fine-tuned decoder-only: run the encoder once for both")
     p.add_argument("--paired", action="store_true",
                    help="full SIMS: run base and auxiliary as one batched call (pays at small batches on a GPU; "
-                        "equal to the default two calls to float rounding, not bit for bit)")
+                        "equal to the default two calls to float rounding, not bit for bit; fp32 only)")
     _sampler_args(p)
     p.set_defaults(run=run_sample_sims)
