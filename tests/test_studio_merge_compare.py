@@ -91,3 +91,73 @@ def test_corrected_fractions_equal_pipelines_on_the_same_counts(world):
     r = fairness_view.report(counts, target, conf_none, note)
     assert conf_none is None and "corrected" not in r
     assert "Not corrected: deepface-gender has no measured confusion" in fairness_view.report_md(r, "x")
+
+
+def _rows(st, ck, key):
+    from studio.models import Metric
+    with st.db.session(read_only=True) as s:
+        return sorted((m.id, m.kind, m.group_name, m.omega, m.value) for m in s.query(Metric).filter_by(
+            checkpoint_id=ck, settings_key=key))
+
+
+def test_grid_and_find_in_merged_mode_and_with_another_guide_store_under_their_own_keys(world, tmp_path):
+    from pipelines.attributes.groupings import label_counts
+    from pipelines.checkpoints.native import load_model
+    from pipelines.generate import generate_images
+    from pipelines.sampler import SamplerConfig
+    from studio.services import attributes, export, registry
+    from studio.testing import make_tiny_model
+    st, mid, g, cks = world
+    ck, gs = cks[-1]["id"], _gs()
+    first = guide.submit_sweep(st.db, ck, g["id"], gs, all_budgets=False, metric_omegas=[0.0, 1.0])
+    assert run_now(st, first).state == "succeeded"
+    plain = _rows(st, ck, gs.key())
+    jobs = merge_guide.submit_compare_sweeps(st.db, st.settings, ck, g["id"], gs, metric_omegas=[0.0, 1.0])
+    assert all(run_now(st, j).state == "succeeded" for j in jobs.values())
+    assert _rows(st, ck, gs.key()) == plain  # score space with the auxiliary: its key and rows as they were
+    mkey = guide_model.measurement_key(gs, None, "merged")
+    merged = merge_guide.curves(st.db, ck, g["id"], mkey)
+    score = merge_guide.curves(st.db, ck, g["id"], gs.key())
+    assert sorted(merged["fraction"]["5-9"]) == [0.0, 1.0]
+    assert merged["fraction"]["5-9"][0.0] == score["fraction"]["5-9"][0.0]  # ω = 0: the base alone in both modes
+    # the merged model's card carries that measurement, which is what the exported file generates
+    out = merge_export.export_merged(st.db, st.settings, ck, 1.0, name="m1g", gs=gs, grouping_id=g["id"])
+    m = out["card_data"]["measured"]
+    images = generate_images(load_model(out["file"])[0], range(guide.METRIC_SEED0, guide.METRIC_SEED0 + gs.n),
+                             SamplerConfig(num_steps=gs.steps))
+    clf, eg = attributes.load_classifier(st.db, "digits"), attributes.engine_grouping(g)
+    want = label_counts(eg.assign(clf.predict_proba(images), clf.classes, g["threshold"])[0], eg)
+    assert m["counts"] == {k: want[k] for k in g["groups"]} and m["settings_key"] == mkey and m["n"] == gs.n
+    assert m["fractions"]["5-9"]["value"] == pytest.approx(merged["fraction"]["5-9"][1.0][0])
+    assert "only 16 images" in out["card_data"]["measured_note"]  # small-sample warning on the card
+    assert "measured on this merged model: n = 16" in st.settings.abs(out["card"]).read_text()
+    assert all(":" not in k for k in export._measured(st.db, ck, 1.0))  # the bundle's card never quotes it
+    # another guide (same shape): its own key in score space, the auxiliary's rows untouched
+    other = registry.register_checkpoint(st.db, st.settings, make_tiny_model(tmp_path / "g.safetensors", seed=7))
+    job = merge_guide.submit_sweep(st.db, st.settings, ck, g["id"], gs, "score", f"model:{other}", [1.0])
+    assert run_now(st, job).state == "succeeded"
+    gd = guide_model.resolve_guide(st.db, st.settings, ck, f"model:{other}")
+    okey = guide_model.measurement_key(gs, gd, "score")
+    assert okey not in (gs.key(), mkey) and sorted(merge_guide.curves(st.db, ck, g["id"], okey)["fraction"]["5-9"]) == [1.0]
+    assert _rows(st, ck, gs.key()) == plain
+    # find ω in merged mode: reuses its own stored points, answers on its own scale
+    job = merge_guide.submit_find(st.db, st.settings, ck, g["id"], "5-9", 0.5, gs, "merged", iterations=1)
+    v = run_now(st, job)
+    assert v.state == "succeeded" and v.result["mode"] == "merged"
+    assert merge_guide.latest_find(st.db, ck, mkey, "5-9").id == job
+    assert merge_guide.latest_find(st.db, ck, gs.key(), "5-9") is None or \
+        merge_guide.latest_find(st.db, ck, gs.key(), "5-9").id != job
+    with pytest.raises(UserError, match="no guidance interval"):
+        merge_guide.submit_find(st.db, st.settings, ck, g["id"], "5-9", 0.5, _gs(skip_steps=1), "merged")
+
+
+def test_comparison_figures_state_both_modes_and_sample_sizes():
+    from studio.ui.merge_compare_panel import fd_figure, fraction_figure
+    c = {"score": {"fraction": {"b": {0.0: (0.5, 0.4, 0.6), 1.0: (0.6, 0.5, 0.7)}}, "fd_group": {"b": {0.0: 9.0}},
+                   "count": {"a": {0.0: 50, 1.0: 40}, "b": {0.0: 50, 1.0: 60}}},
+         "merged": {"fraction": {"b": {0.0: (0.5, 0.4, 0.6)}}, "fd_group": {}, "count": {"a": {0.0: 50}, "b": {0.0: 50}}}}
+    fig = fraction_figure(c, "b", 0.7, 0.5)
+    assert "score space 100" in fig.layout.title.text and "merged 100" in fig.layout.title.text
+    names = [t.name for t in fig.data if t.name]
+    assert names == [merge_guide.MODE_LABELS["score"], merge_guide.MODE_LABELS["merged"]]
+    assert [t.name for t in fd_figure(c, "FD-digits", 0.5).data] == ["b · score space"]

@@ -155,12 +155,15 @@ class SweepSpec(JobSpec):
     metric_seed0: int | None = None
     interval: tuple[float, float] | None = None
     guide_settings: dict[str, Any] | None = None  # the GuideSettings it was queued with (a record)
+    mode: str = "score"                 # score: two networks | merged: one network, weights merged at each omega
+    guide: str = "aux"                  # aux (the checkpoint) | demo-early | model:<id> (services.guide_model)
 
     def check(self) -> None:
         if self.checkpoint_ids and self.metric_omegas:
             missing = [k for k in ("grouping_id", "n", "steps", "metric_seed0") if getattr(self, k) is None]
             if missing:
                 raise UserError(f"sweep job parameters: measuring needs {', '.join(missing)}.")
+        _check_mode(self)
 
     @classmethod
     def upgrade(cls, data: dict) -> dict:
@@ -190,6 +193,19 @@ class FindOmegaSpec(JobSpec):
     settings_key: str
     interval: tuple[float, float] | None = None
     shared_encoder: bool = False
+    mode: str = "score"                 # as in SweepSpec
+    guide: str = "aux"
+
+    def check(self) -> None:
+        _check_mode(self)
+
+
+def _check_mode(spec) -> None:
+    """The guidance mode is score or merged; a merged model is one network: no interval, no shared encoder."""
+    if spec.mode not in ("score", "merged"):
+        raise UserError(f"{spec.kind} job parameters: mode must be 'score' or 'merged' (got {spec.mode!r}).")
+    if spec.mode == "merged" and (spec.interval or spec.shared_encoder):
+        raise UserError(f"{spec.kind} job parameters: a merged model has no guidance interval or shared encoder.")
 
 
 @dataclass(frozen=True)

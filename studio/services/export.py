@@ -57,6 +57,8 @@ def _measured(db: Database, checkpoint_id: int, omega: float) -> dict:
                          .order_by(Metric.id.desc())).all()
     out: dict = {}
     for m in rows:
+        if ":" in (m.settings_key or ""):  # another guide or the weight-space merge (guide_model.measurement_key)
+            continue
         entry = out.setdefault(m.settings_key, {"n": m.n, "fractions": {}, "fd_per_group": {},
                                                 "grouping_id": m.grouping_id})
         if m.kind == "fraction":
@@ -149,9 +151,11 @@ def export_bundle(db: Database, settings: Settings, checkpoint_id: int, omega: f
             "distance_metric": metric_name(classifier) if classifier else None,
             "provenance_chain": provenance(db, ck["id"]), "exported": datetime.now().isoformat(timespec="seconds")}
     # Fairness discrepancy (L2), KL and TV vs the set's target, with bootstrap intervals (pipelines/fairness.py).
-    from pipelines.fairness import card_fairness
-    card["fairness_vs_target"] = card_fairness(card["measured"],
-                                               (card["provenance_chain"]["synthetic_set"] or {}).get("target"))
+    # With the classifier-error-aware fractions where its confusion is measured (fairness_view.card_report).
+    from .fairness_view import card_report
+    target = (card["provenance_chain"]["synthetic_set"] or {}).get("target")
+    card["fairness_vs_target"] = {k: r for k, m in card["measured"].items()
+                                  if target and (r := card_report(db, m, target)) is not None} or None
     out = settings.path("exports", _name(name, f"sims-ckpt{ck['id']}-omega{fmt_omega(omega)}") + ".safetensors")
     save_bundle(out, base_path, settings.abs(ck["path"]), omega, interval, SamplerConfig(num_steps=int(steps)),
                 shared_encoder, card)

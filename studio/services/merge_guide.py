@@ -29,7 +29,7 @@ from ..settings import Settings
 from ..storage import write_png
 from .evaluate import grid_image, load_cached, pair_paths, render, render_key
 from .guide import OMEGA_MAX, OMEGA_MIN, GuideSettings
-from .guide_model import AUX, check_mode, resolve_guide
+from .guide_model import AUX, MODES, check_mode, mode_settings, resolve_guide
 
 MODE_LABELS = {"score": "score-space SIMS (two networks)", "merged": "weight-space merge (one network)"}
 _MERGED: "OrderedDict[tuple, object]" = OrderedDict()
@@ -162,3 +162,71 @@ def latest_find(db: Database, checkpoint_id: int, settings_key: str, group: str 
                 and (group is None or p.get("group") == group) and j.state in ("succeeded", "failed")):
             return j
     return None
+
+
+def _job_guide(db: Database, settings: Settings, checkpoint_id: int, gs: GuideSettings, mode: str,
+               choice: str | None, device: str) -> tuple[dict | None, str]:
+    """Check mode and guide before queueing; returns (resolved guide, its stored choice)."""
+    mode = check_mode(mode)
+    if mode == "merged":
+        check_merged(gs)
+    guide = resolve_guide(db, settings, checkpoint_id, choice, device)
+    if guide is not None and gs.shared_encoder:
+        raise UserError("The shared encoder applies to a decoder-only SIMS auxiliary; untick it to guide with "
+                        f"{guide['label']}.")
+    return guide, (choice or AUX).strip()
+
+
+def submit_sweep(db: Database, settings: Settings, checkpoint_id: int, grouping_id: int, gs: GuideSettings,
+                 mode: str, choice: str | None = AUX, metric_omegas=None, device: str = "cpu") -> int:
+    """Queue the ω grid of one mode and guide for one checkpoint (measurements only: no preview grid)."""
+    from ..jobs.specs import SweepSpec
+    from . import jobs as jobs_service
+    from .guide import METRIC_SEED0, omega_grid
+    from .guide_model import measurement_key
+    gs.check()
+    guide, choice = _job_guide(db, settings, checkpoint_id, gs, mode, choice, device)
+    ms = mode_settings(gs, mode)
+    omegas = [float(w) for w in (metric_omegas or omega_grid(0.5))]
+    spec = SweepSpec(preview_checkpoint=int(checkpoint_id), preview_seeds=(), preview_steps=ms.preview_steps,
+                     settings_key=measurement_key(gs, guide, mode), checkpoint_ids=[int(checkpoint_id)],
+                     metric_omegas=omegas, grouping_id=int(grouping_id), n=ms.n, steps=ms.steps,
+                     metric_seed0=METRIC_SEED0, interval=ms.interval(), shared_encoder=ms.shared_encoder,
+                     mode=mode, guide=choice)
+    who = "the SIMS auxiliary" if guide is None else guide["label"]
+    return jobs_service.submit(db, spec, device=device, title=f"Omega grid, {MODE_LABELS[mode]}, guide {who}: "
+                                                              f"{len(omegas)} values ({ms.n} samples each)")
+
+
+def submit_compare_sweeps(db: Database, settings: Settings, checkpoint_id: int, grouping_id: int,
+                          gs: GuideSettings, choice: str | None = AUX, metric_omegas=None,
+                          device: str = "cpu") -> dict[str, int]:
+    """The same ω grid on the same seeds in both modes: {"score": job id, "merged": job id}."""
+    check_merged(gs)  # refuse before queueing either, so the two curves stay comparable
+    return {m: submit_sweep(db, settings, checkpoint_id, grouping_id, gs, m, choice, metric_omegas, device)
+            for m in MODES}
+
+
+def submit_find(db: Database, settings: Settings, checkpoint_id: int, grouping_id: int, group: str,
+                target_fraction: float, gs: GuideSettings, mode: str, choice: str | None = AUX,
+                iterations: int = 4, device: str = "cpu") -> int:
+    """Queue find-ω in one mode with the guide (each mode searches its own ω scale)."""
+    from ..jobs.specs import FindOmegaSpec
+    from . import jobs as jobs_service
+    from .attributes import get_grouping
+    from .guide import METRIC_SEED0
+    from .guide_model import measurement_key
+    gs.check()
+    grouping = get_grouping(db, grouping_id)
+    if group not in grouping["groups"]:
+        raise UserError(f"'{group}' is not a group of {grouping['name']}.")
+    if not 0 <= float(target_fraction) <= 1:
+        raise UserError("The target fraction must be between 0% and 100%.")
+    guide, choice = _job_guide(db, settings, checkpoint_id, gs, mode, choice, device)
+    ms = mode_settings(gs, mode)
+    spec = FindOmegaSpec(checkpoint_id=int(checkpoint_id), grouping_id=grouping["id"], group=group,
+                         target=float(target_fraction), iterations=int(iterations), n=ms.n, steps=ms.steps,
+                         metric_seed0=METRIC_SEED0, settings_key=measurement_key(gs, guide, mode),
+                         interval=ms.interval(), shared_encoder=ms.shared_encoder, mode=mode, guide=choice)
+    return jobs_service.submit(db, spec, device=device, title=f"Find omega, {MODE_LABELS[mode]}: {group} -> "
+                                                              f"{100 * float(target_fraction):.0f}%")

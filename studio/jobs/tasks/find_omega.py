@@ -44,4 +44,4 @@ def run(ctx, spec: FindOmegaSpec) -> dict:
     msg = result.describe(spec.group) + (f"; {measurer.metric} {fd:.2f} for that group" if fd is not None else "")
     return {"message": msg, "omega": result.omega, "fraction": result.fraction, "fd_group": fd,
             "reached": result.reached, "status": result.status, "interval": result.interval,
-            "measured": result.measured, "metric": measurer.metric}
+            "measured": result.measured, "metric": measurer.metric, "mode": spec.mode, "guide": spec.guide}

@@ -27,8 +27,15 @@ def measure_point(ctx, measurer: Measurer, checkpoint_id: int, omega: float, spe
     """Render n samples at omega, store fraction (+CI) and FD rows; returns {group: fraction, 'fd': ...}."""
     base_row, base_path, aux_path = pair_paths(ctx.db, ctx.settings, checkpoint_id)
     seeds = range(spec.metric_seed0, spec.metric_seed0 + spec.n)
-    images = render(base_path, aux_path, omega, seeds, spec.steps, spec.interval, spec.shared_encoder,
-                    ctx.device, precision=ctx.settings.precision)
+    if spec.mode == "score" and spec.guide == "aux":
+        images = render(base_path, aux_path, omega, seeds, spec.steps, spec.interval, spec.shared_encoder,
+                        ctx.device, precision=ctx.settings.precision)
+    else:  # another guide, or the weight-space merge built in memory at this omega (services.merge_guide)
+        from ...services.guide_model import resolve_guide
+        from ...services.merge_guide import render_mode
+        guide = resolve_guide(ctx.db, ctx.settings, checkpoint_id, spec.guide, ctx.device)
+        images = render_mode(ctx.db, ctx.settings, checkpoint_id, omega, seeds, spec.steps, spec.interval,
+                             spec.shared_encoder, ctx.device, spec.mode, guide)
     fr, assigned = measurer.fractions(images)
     fd = measurer.distances(images, assigned)
     common = dict(model_id=base_row.id, checkpoint_id=checkpoint_id, grouping_id=spec.grouping_id,
