@@ -161,3 +161,23 @@ def test_comparison_figures_state_both_modes_and_sample_sizes():
     names = [t.name for t in fig.data if t.name]
     assert names == [merge_guide.MODE_LABELS["score"], merge_guide.MODE_LABELS["merged"]]
     assert [t.name for t in fd_figure(c, "FD-digits", 0.5).data] == ["b · score space"]
+
+
+def test_comparison_panel_builds_and_draws_both_modes(world):
+    import gradio as gr
+    from studio.ui.app import build_ui
+    from studio.ui.common import Page
+    from studio.ui.merge_compare_panel import ComparePanel
+    st, mid, g, cks = world
+    ids = {getattr(b, "elem_id", None) for b in build_ui(st).blocks.values()}
+    assert {"compare-guide", "compare-sweep", "compare-find-merged", "compare-grid-merged",
+            "plot-compare-fraction", "plot-compare-fd"} <= ids
+    with gr.Blocks():
+        panel = ComparePanel(Page(st))
+    gs_vals = (2, 4, 2, 16, 0, False)
+    closed = panel.figures(False, cks[-1]["id"], g["id"], 1.0, "aux", "5-9", 70, *gs_vals)
+    assert all(x == gr.skip() for x in closed)  # a closed panel draws nothing
+    score, merged, caption = panel.grids(True, cks[-1]["id"], 0.5, "aux", "cpu", *gs_vals)
+    assert score and merged and score != merged and "4 preview seeds" in caption
+    frac, fd, found = panel.figures(True, cks[-1]["id"], g["id"], 1.0, "aux", "5-9", 70, *gs_vals)
+    assert "score space" in frac.layout.title.text and "| find ω |" in found
