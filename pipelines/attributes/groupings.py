@@ -62,7 +62,9 @@ class Grouping:
         if probs.ndim != 2 or probs.shape[1] != len(classes):
             raise UserError(f"probabilities of shape {probs.shape} do not match {len(classes)} classes")
         cols = [[classes.index(c) for c in m] for m in self.groups.values()]
-        return np.stack([probs[:, c].sum(axis=1) for c in cols], axis=1)
+        # Column by column, not .sum(axis=1): numpy sums a single row in another order than a batch,
+        # so one sample's group probability would depend on how many were grouped with it.
+        return np.stack([sum((probs[:, i] for i in c), np.zeros(len(probs))) for c in cols], axis=1)
 
     def assign(self, probs, classes, threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
         """(group name per image, 'uncertain' below threshold / 'no_face'; (N, G) group probs)."""

@@ -18,20 +18,20 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-from sqlalchemy import and_, delete, func, select, update
+from sqlalchemy import and_, delete, select, update
 
 from pipelines.errors import UserError
 
 from ..db import Database
-from ..models import Assignment, Label, LabelSource, Sample, SetMember, SyntheticSet
+from ..models import Assignment, Label, Sample, SetMember, SyntheticSet
 from ..settings import Settings
 from ..storage import read_pngs
 from ..jobs.specs import EmbedSpec
 from . import jobs as jobs_service
-from .labels import refresh_assignments, set_manual_label
+from .labels import add_manual_labels, check_manual_label, id_in, lock_classifier, refresh_assignments
 from .pool import STATUSES, GalleryPage, _filters
 
-CHUNK = 5000  # ids per SQL statement (SQLite allows 32,766 bound parameters)
+CHUNK = 20_000  # ids per SQL statement (one bound parameter, see labels.id_in)
 
 
 # ----------------------------------------------------------------------------- cache files
@@ -58,9 +58,9 @@ def _load_npz(path: Path) -> dict | None:
 
 def pool_ids(db: Database, model_id: int) -> np.ndarray:
     """Sorted sample ids of the pool."""
-    with db.session(read_only=True) as s:
-        return np.asarray(list(s.scalars(select(Sample.id).where(Sample.model_id == int(model_id))
-                                         .order_by(Sample.id))), dtype=np.int64)
+    with db.session(read_only=True) as s:  # Core rows straight into numpy (no ORM per row)
+        rows = s.connection().execute(select(Sample.id).where(Sample.model_id == int(model_id)).order_by(Sample.id))
+        return np.fromiter((r[0] for r in rows), dtype=np.int64)
 
 
 # ----------------------------------------------------------------------------- features + projection
@@ -268,17 +268,16 @@ def _own_ids(db: Database, model_id: int, ids: Sequence[int]) -> list[int]:
 
 def bulk_label(db: Database, settings: Settings, model_id: int, ids: Sequence[int], classifier: str,
                class_name: str, author: str = "studio (bulk)") -> int:
-    """Give every selected sample the manual label `class_name`, recording how to undo it; returns how many."""
+    """Give every selected sample the manual label `class_name`, recording how to undo it; returns how many.
+
+    One transaction: a batched INSERT of the label rows (their ids come back for undo) and a rewrite
+    of only the assignment rows whose value changes (see labels.add_manual_labels)."""
     wanted = _own_ids(db, model_id, ids)
-    with db.session(read_only=True) as s:
-        before = int(s.scalar(select(func.coalesce(func.max(Label.id), 0))))
-    for k in range(0, len(wanted), CHUNK):
-        set_manual_label(db, wanted[k:k + CHUNK], classifier, class_name, author=author)
-    with db.session(read_only=True) as s:
-        added = list(s.scalars(select(Label.id).where(Label.id > before, Label.source == LabelSource.manual,
-                                                      Label.classifier == classifier, Label.author == author)))
+    with db.session() as s:
+        check_manual_label(s, wanted, classifier, class_name)
+        added = add_manual_labels(s, wanted, classifier, class_name, author=author)
     _write_undo(settings, model_id, {"action": "label", "classifier": classifier, "class": class_name,
-                                     "label_ids": added, "sample_ids": wanted, "at": time.time()})
+                                     "label_ids": sorted(added), "sample_ids": wanted, "at": time.time()})
     return len(wanted)
 
 
@@ -286,12 +285,12 @@ def bulk_not_preferred(db: Database, settings: Settings, model_id: int, ids: Seq
     """Mark (or unmark) every selected sample not preferred, recording the previous flags; returns how many."""
     wanted = _own_ids(db, model_id, ids)
     with db.session() as s:
-        prev = {}
+        conn, prev = s.connection(), {}
         for k in range(0, len(wanted), CHUNK):
             part = wanted[k:k + CHUNK]
-            prev.update({str(i): bool(f) for i, f in s.execute(select(Sample.id, Sample.not_preferred)
-                                                                  .where(Sample.id.in_(part)))})
-            s.execute(update(Sample).where(Sample.id.in_(part)).values(not_preferred=bool(flag)))
+            prev.update({str(i): bool(f) for i, f in conn.execute(
+                select(Sample.id, Sample.not_preferred).where(id_in(conn, Sample.id, part)))})
+            conn.execute(update(Sample.__table__).where(id_in(conn, Sample.id, part)).values(not_preferred=bool(flag)))
     _write_undo(settings, model_id, {"action": "not_preferred", "flag": bool(flag), "previous": prev,
                                      "sample_ids": wanted, "at": time.time()})
     return len(wanted)
@@ -323,18 +322,21 @@ def undo_last(db: Database, settings: Settings, model_id: int) -> str:
     if action["action"] == "label":
         ids = action["label_ids"]
         with db.session() as s:
+            lock_classifier(s, action["classifier"])
+            conn = s.connection()
             for k in range(0, len(ids), CHUNK):
-                s.execute(delete(Label).where(Label.id.in_(ids[k:k + CHUNK])))
-            for k in range(0, len(action["sample_ids"]), CHUNK):
-                refresh_assignments(s, action["classifier"], action["sample_ids"][k:k + CHUNK])
+                conn.execute(delete(Label.__table__).where(id_in(conn, Label.id, ids[k:k + CHUNK])))
+            refresh_assignments(s, action["classifier"], action["sample_ids"])
     else:
         by_flag: dict[bool, list[int]] = {True: [], False: []}
         for sid, f in action["previous"].items():
             by_flag[bool(f)].append(int(sid))
         with db.session() as s:
+            conn = s.connection()
             for f, sids in by_flag.items():
                 for k in range(0, len(sids), CHUNK):
-                    s.execute(update(Sample).where(Sample.id.in_(sids[k:k + CHUNK])).values(not_preferred=f))
+                    conn.execute(update(Sample.__table__).where(id_in(conn, Sample.id, sids[k:k + CHUNK]))
+                                 .values(not_preferred=f))
     text = describe(action).replace("Last bulk action: ", "Undone: ")
     _undo_path(settings, model_id).unlink()
     return text
@@ -352,9 +354,10 @@ def build_set_from_selection(db: Database, model_id: int, ids: Sequence[int], gr
     groups = {}
     if grouping is not None:
         with db.session(read_only=True) as s:
+            conn = s.connection()
             for k in range(0, len(wanted), CHUNK):
-                groups.update(dict(s.execute(select(Assignment.sample_id, Assignment.group_name).where(
-                    Assignment.grouping_id == grouping["id"], Assignment.sample_id.in_(wanted[k:k + CHUNK]))).all()))
+                groups.update(conn.execute(select(Assignment.sample_id, Assignment.group_name).where(
+                    Assignment.grouping_id == grouping["id"], id_in(conn, Assignment.sample_id, wanted[k:k + CHUNK]))).all())
     member_group = {i: groups.get(i) or "unlabelled" for i in wanted}
     counts: dict[str, int] = {}
     for g in member_group.values():

@@ -6,15 +6,19 @@ append-only: every correction is a new row, the newest one counts, none is ever 
 """
 from __future__ import annotations
 
+import json
+import re
 from typing import Iterable, Sequence
 
 import numpy as np
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import (BigInteger, Float, String, any_, bindparam, case, delete, exists, func, literal, literal_column,
+                        or_, select, text, true, type_coerce, update)
+from sqlalchemy.types import ARRAY
 
 from pipelines.errors import UserError
 
 from ..db import Database
-from ..models import Assignment, Classifier, Grouping, Label, LabelSource, Sample
+from ..models import Assignment, Classifier, Grouping, Label, LabelSource, Sample, utcnow
 from .attributes import engine_grouping
 
 CLEARED = None  # a manual row with class_name None withdraws the manual label
@@ -24,72 +28,235 @@ def store_classifier_labels(s, classifier: str, classes: Sequence[str], sample_i
                             probs: np.ndarray) -> None:
     """Replace the classifier labels of these samples and refresh their assignments."""
     ids = [int(i) for i in sample_ids]
-    s.execute(delete(Label).where(Label.sample_id.in_(ids), Label.classifier == classifier,
-                                  Label.source == LabelSource.classifier))
+    lock_classifier(s, classifier)
+    conn = s.connection()  # Core statements: no ORM object per row
+    for part in _chunks(ids):
+        conn.execute(delete(Label.__table__).where(id_in(conn, Label.sample_id, part), Label.classifier == classifier,
+                                                   Label.source == LabelSource.classifier))
     top = probs.argmax(axis=1)
-    s.add_all([Label(sample_id=i, classifier=classifier, source=LabelSource.classifier,
-                     probs=[round(float(v), 6) for v in p], class_name=str(classes[k]), confidence=float(p[k]),
-                     author=f"classifier:{classifier}")
-               for i, p, k in zip(ids, probs, top)])
-    s.flush()
+    if ids:
+        conn.execute(Label.__table__.insert(), [
+            dict(sample_id=i, classifier=classifier, source=LabelSource.classifier,
+                 probs=[round(float(v), 6) for v in p], class_name=str(classes[k]), confidence=float(p[k]),
+                 author=f"classifier:{classifier}", created_at=utcnow())
+            for i, p, k in zip(ids, probs, top)])
     refresh_assignments(s, classifier, ids)
 
 
-def _latest_manual(s, classifier: str, ids: list[int]) -> dict[int, str | None]:
-    newest = (select(Label.sample_id, func.max(Label.id).label("mid"))
-              .where(Label.sample_id.in_(ids), Label.classifier == classifier, Label.source == LabelSource.manual)
-              .group_by(Label.sample_id).subquery())
-    rows = s.execute(select(Label.sample_id, Label.class_name).join(newest, Label.id == newest.c.mid)).all()
-    return {sid: cls for sid, cls in rows}
+def lock_classifier(s, classifier: str) -> None:
+    """Serialise writers of one classifier's labels and assignments until the transaction ends.
+
+    Assignments are rewritten from a read of the current rows; two PostgreSQL transactions doing that
+    at once could both insert the same row. Locking the classifier's row first makes the second wait
+    for the first to commit (SQLite writers are already serialised by BEGIN IMMEDIATE; the lock is
+    a no-op there)."""
+    s.connection().execute(select(Classifier.id).where(Classifier.name == classifier).with_for_update())
 
 
-def refresh_assignments(s, classifier: str, sample_ids: Iterable[int]) -> None:
-    """Recompute the effective group of these samples under every grouping of `classifier`."""
-    ids = [int(i) for i in sample_ids]
-    if not ids:
-        return
-    clf = s.scalar(select(Classifier).where(Classifier.name == classifier))
-    classes = list(clf.classes)
-    groupings = s.scalars(select(Grouping).where(Grouping.classifier == classifier)).all()
-    auto = dict(s.execute(select(Label.sample_id, Label.probs).where(
-        Label.sample_id.in_(ids), Label.classifier == classifier, Label.source == LabelSource.classifier)).all())
-    manual = {k: v for k, v in _latest_manual(s, classifier, ids).items() if v is not None}
+CHUNK = 20_000  # ids per statement (one bound parameter, see id_in)
+
+
+def _chunks(ids: list[int]):
+    for k in range(0, len(ids), CHUNK):
+        yield ids[k:k + CHUNK]
+
+
+def id_in(conn, col, ids: Sequence[int]):
+    """`col IN (ids)` as ONE bound parameter: a JSON array read by json_each on SQLite, an integer
+    array (`= ANY`) on PostgreSQL. SQLAlchemy's plain IN list binds one parameter per id, renders each
+    name separately (for 5,000 ids that costs more than the query) and SQLite allows at most 32,766."""
+    ids = [int(i) for i in ids]
+    if conn.dialect.name == "sqlite":
+        return col.in_(select(literal_column("value")).select_from(func.json_each(bindparam(None, json.dumps(ids)))))
+    if conn.dialect.name == "postgresql":
+        return col == any_(bindparam(None, ids, type_=ARRAY(BigInteger)))
+    return col.in_(ids)
+
+
+def _latest_manual(conn, classifier: str, ids: list[int]) -> dict[int, str | None]:
+    """The newest manual label (class or None = withdrawn) of each sample that has one."""
+    out: dict[int, str | None] = {}
+    for part in _chunks(ids):
+        newest = (select(Label.sample_id, func.max(Label.id).label("mid"))
+                  .where(id_in(conn, Label.sample_id, part), Label.classifier == classifier,
+                         Label.source == LabelSource.manual)
+                  .group_by(Label.sample_id).subquery())
+        out.update(conn.execute(select(Label.sample_id, Label.class_name)
+                                .join(newest, Label.id == newest.c.mid)).all())
+    return out
+
+
+def _groupings(conn, classifier: str) -> list:
+    return conn.execute(select(Grouping.id, Grouping.name, Grouping.groups, Grouping.threshold)
+                        .where(Grouping.classifier == classifier).order_by(Grouping.id)).all()
+
+
+def _class_to_group(g) -> dict[str, str]:
+    return {c: name for name, members in g.groups.items() for c in members}
+
+
+def _desired(conn, classifier: str, ids: list[int], groupings) -> dict[tuple[int, int], tuple]:
+    """(sample, grouping) -> (group, confidence, source) recomputed from the labels: the newest
+    manual label wins, else the classifier's probabilities under the grouping's threshold;
+    a sample with neither has no assignment."""
+    classes = list(conn.execute(select(Classifier.classes).where(Classifier.name == classifier)).scalar_one())
+    auto: dict[int, list] = {}
+    for part in _chunks(ids):
+        auto.update(conn.execute(select(Label.sample_id, Label.probs).where(
+            id_in(conn, Label.sample_id, part), Label.classifier == classifier,
+            Label.source == LabelSource.classifier)).all())
+    manual = {k: v for k, v in _latest_manual(conn, classifier, ids).items() if v is not None}
+    auto_ids = [i for i in ids if i in auto and i not in manual]
+    probs = np.asarray([auto[i] for i in auto_ids]) if auto_ids else None
+    out: dict[tuple[int, int], tuple] = {}
     for g in groupings:
-        eg = engine_grouping({"name": g.name, "groups": g.groups})
-        rows = []
-        auto_ids = [i for i in ids if i in auto and i not in manual]
         if auto_ids:
-            labels, gp = eg.assign(np.asarray([auto[i] for i in auto_ids]), classes, g.threshold)
-            rows += [dict(sample_id=i, grouping_id=g.id, group_name=str(lab), confidence=float(p.max()),
-                          source=LabelSource.classifier) for i, lab, p in zip(auto_ids, labels, gp)]
-        class_to_group = {c: name for name, members in g.groups.items() for c in members}
-        rows += [dict(sample_id=i, grouping_id=g.id, group_name=class_to_group.get(cls, "uncertain"),
-                      confidence=1.0, source=LabelSource.manual) for i, cls in manual.items()]
-        s.execute(delete(Assignment).where(Assignment.grouping_id == g.id, Assignment.sample_id.in_(ids)))
-        if rows:
-            s.execute(Assignment.__table__.insert(), rows)
+            eg = engine_grouping({"name": g.name, "groups": g.groups})
+            labels, gp = eg.assign(probs, classes, g.threshold)
+            out.update(zip(zip(auto_ids, [g.id] * len(auto_ids)),
+                           zip(map(str, labels), gp.max(axis=1).tolist(), ["classifier"] * len(auto_ids))))
+        to_group = _class_to_group(g)
+        out.update({(i, g.id): (to_group.get(cls, "uncertain"), 1.0, "manual") for i, cls in manual.items()})
+    return out
+
+
+def _current(conn, ids: list[int], gids: list[int]) -> dict[tuple[int, int], tuple]:
+    """The stored assignments of these samples under these groupings (source as its plain string)."""
+    out: dict[tuple[int, int], tuple] = {}
+    a = Assignment.__table__.c
+    for part in _chunks(ids):
+        rows = conn.execute(select(a.sample_id, a.grouping_id, a.group_name, a.confidence,
+                                   type_coerce(a.source, String))
+                            .where(id_in(conn, a.sample_id, part), a.grouping_id.in_(gids))).all()
+        out.update(((sid, gid), (grp, conf, src)) for sid, gid, grp, conf, src in rows)
+    return out
+
+
+def _executemany(conn, sql: str, rows: list[tuple]) -> None:
+    """One statement with `?` placeholders for many rows of plain values, handed to the driver as
+    tuples: SQLAlchemy's per-row parameter processing costs more than the database's work for
+    60,000 rows. Other placeholder styles than SQLite's and psycopg's go through SQLAlchemy."""
+    style = conn.dialect.paramstyle
+    if style == "qmark":
+        conn.exec_driver_sql(sql, rows)
+    elif style in ("format", "pyformat"):
+        conn.exec_driver_sql(sql.replace("?", "%s"), rows)
+    else:
+        names = [f"p{k}" for k in range(len(rows[0]))]
+        stmt = text(re.sub(r"\?", lambda _, it=iter(names): ":" + next(it), sql))
+        conn.execute(stmt, [dict(zip(names, r)) for r in rows])
+
+
+def _write_changes(conn, desired: dict[tuple[int, int], tuple], current: dict[tuple[int, int], tuple]) -> int:
+    """Make the stored assignments of these (sample, grouping) keys equal `desired`, touching only the
+    rows that differ: one executemany UPDATE by primary key for rows that changed, one executemany
+    INSERT for rows that are new, one DELETE per grouping for rows no label supports any more;
+    returns the number of rows written."""
+    table = Assignment.__table__
+    changed = [(*desired[k], *k) for k in desired if k in current and current[k] != desired[k]]
+    new = [(*k, *v) for k, v in desired.items() if k not in current]
+    gone = [k for k in current if k not in desired]
+    if changed:
+        _executemany(conn, "UPDATE assignments SET group_name = ?, confidence = ?, source = ? "
+                           "WHERE sample_id = ? AND grouping_id = ?", changed)
+    if new:
+        _executemany(conn, "INSERT INTO assignments (sample_id, grouping_id, group_name, confidence, source) "
+                           "VALUES (?, ?, ?, ?, ?)", new)
+    by_grouping: dict[int, list[int]] = {}
+    for sid, gid in gone:
+        by_grouping.setdefault(gid, []).append(sid)
+    for gid, sids in by_grouping.items():
+        for part in _chunks(sids):
+            conn.execute(delete(table).where(table.c.grouping_id == gid, id_in(conn, table.c.sample_id, part)))
+    return len(changed) + len(new) + len(gone)
+
+
+def refresh_assignments(s, classifier: str, sample_ids: Iterable[int]) -> int:
+    """Recompute the effective group of these samples under every grouping of `classifier`, rewriting
+    only the assignment rows whose value changed; returns how many rows were rewritten."""
+    ids = sorted({int(i) for i in sample_ids})
+    if not ids:
+        return 0
+    lock_classifier(s, classifier)
+    conn = s.connection()
+    groupings = _groupings(conn, classifier)
+    if not groupings:
+        return 0
+    return _write_changes(conn, _desired(conn, classifier, ids, groupings), _current(conn, ids, [g.id for g in groupings]))
+
+
+def _assign_manual_class(conn, classifier: str, ids: list[int], class_name: str) -> int:
+    """Every grouping's assignment of these samples becomes the group of `class_name` (manual, confidence
+    1), in SQL: per chunk of ids one UPDATE of the rows that differ (the new group is a CASE over the
+    grouping) and one INSERT ... SELECT of the rows missing (samples the classifier never labelled);
+    returns the number of rows written."""
+    groupings = _groupings(conn, classifier)
+    if not groupings:
+        return 0
+    written = 0
+    a, gt = Assignment.__table__, Grouping.__table__
+    names = {g.id: _class_to_group(g).get(class_name, "uncertain") for g in groupings}
+    gids = list(names)
+    manual = literal(LabelSource.manual, a.c.source.type)
+    for part in _chunks(ids):
+        new_group = case(names, value=a.c.grouping_id)
+        written += conn.execute(
+            update(a).where(id_in(conn, a.c.sample_id, part), a.c.grouping_id.in_(gids),
+                            or_(a.c.group_name.is_distinct_from(new_group), a.c.confidence != 1.0, a.c.source != manual))
+            .values(group_name=new_group, confidence=1.0, source=LabelSource.manual)).rowcount
+        missing = ~exists().where(a.c.sample_id == Sample.__table__.c.id, a.c.grouping_id == gt.c.id)
+        rows = (select(Sample.__table__.c.id, gt.c.id, case(names, value=gt.c.id), literal(1.0, Float), manual)
+                .select_from(Sample.__table__.join(gt, true()))
+                .where(id_in(conn, Sample.__table__.c.id, part), gt.c.id.in_(gids), missing))
+        written += conn.execute(a.insert().from_select(
+            ["sample_id", "grouping_id", "group_name", "confidence", "source"], rows)).rowcount
+    return written
+
+
+def add_manual_labels(s, sample_ids: Sequence[int], classifier: str, class_name: str | None,
+                      author: str = "") -> list[int]:
+    """Append a manual label row per sample (one batched INSERT) and update their assignments;
+    returns the new label rows' ids. The caller checked the class and the sample ids."""
+    ids = sorted({int(i) for i in sample_ids})
+    lock_classifier(s, classifier)  # before the insert: the newest label is also the last one applied
+    conn = s.connection()
+    now = utcnow()
+    label_ids = [r[0] for r in conn.execute(Label.__table__.insert().returning(Label.__table__.c.id), [
+        dict(sample_id=i, classifier=classifier, source=LabelSource.manual, class_name=class_name, confidence=1.0,
+             author=author or "user", created_at=now) for i in ids])]
+    if class_name is None:  # withdrawn: the previous manual label or the classifier's counts again
+        refresh_assignments(s, classifier, ids)
+    else:  # the new row is the newest manual label of each sample: it decides every grouping
+        _assign_manual_class(conn, classifier, ids, class_name)
+    return label_ids
+
+
+def check_manual_label(s, sample_ids: Sequence[int], classifier: str, class_name: str | None) -> list[int]:
+    """Sorted unique ids after checking the classifier, the class and that every sample exists."""
+    ids = sorted({int(i) for i in sample_ids})
+    if not ids:
+        raise UserError("Select at least one sample first (click thumbnails with 'Select' on, or type ids).")
+    clf = s.scalar(select(Classifier).where(Classifier.name == classifier))
+    if clf is None:
+        raise UserError(f"Classifier {classifier!r} is not registered.")
+    if class_name is not None and class_name not in clf.classes:
+        raise UserError(f"{class_name!r} is not a class of {classifier} (classes: {', '.join(clf.classes)}).")
+    found: set[int] = set()
+    conn = s.connection()
+    for part in _chunks(ids):
+        found.update(conn.execute(select(Sample.id).where(id_in(conn, Sample.id, part))).scalars())
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise UserError(f"No samples with ids {missing[:10]}; they may belong to another model.")
+    return ids
 
 
 def set_manual_label(db: Database, sample_ids: Sequence[int], classifier: str, class_name: str | None,
                      author: str = "") -> int:
     """Label samples by hand as `class_name` (None withdraws the manual label); returns how many."""
-    ids = sorted({int(i) for i in sample_ids})
-    if not ids:
-        raise UserError("Select at least one sample first (click thumbnails with 'Select' on, or type ids).")
     with db.session() as s:
-        clf = s.scalar(select(Classifier).where(Classifier.name == classifier))
-        if clf is None:
-            raise UserError(f"Classifier {classifier!r} is not registered.")
-        if class_name is not None and class_name not in clf.classes:
-            raise UserError(f"{class_name!r} is not a class of {classifier} (classes: {', '.join(clf.classes)}).")
-        found = set(s.scalars(select(Sample.id).where(Sample.id.in_(ids))))
-        missing = [i for i in ids if i not in found]
-        if missing:
-            raise UserError(f"No samples with ids {missing[:10]}; they may belong to another model.")
-        s.add_all([Label(sample_id=i, classifier=classifier, source=LabelSource.manual, class_name=class_name,
-                         confidence=1.0, author=author or "user") for i in ids])
-        s.flush()
-        refresh_assignments(s, classifier, ids)
+        ids = check_manual_label(s, sample_ids, classifier, class_name)
+        add_manual_labels(s, ids, classifier, class_name, author)
     return len(ids)
 
 
