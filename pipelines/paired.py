@@ -44,7 +44,13 @@ class PairedNetworks:
         strip_compiled(self.skeleton.model)
         self._run = torch.vmap(self._one, in_dims=(0, 0, None, None, None, None))
         if getattr(base.model, "_sims_compiled", False):
-            self._run = torch.compile(self._run, mode=getattr(base.model, "_sims_compile_mode", None))
+            mode = getattr(base.model, "_sims_compile_mode", None)
+            if mode == "reduce-overhead":
+                # CUDA graphs copy every non-static input into the graph's buffers on each replay:
+                # the stacked weights never change, so they are marked static (no copy per call).
+                for t in [*self.params.values(), *self.buffers.values()]:
+                    torch._dynamo.mark_static_address(t)
+            self._run = torch.compile(self._run, mode=mode)
 
     def _one(self, params, buffers, x, sigma, class_labels, augment_labels):
         return functional_call(self.skeleton, (params, buffers), (x, sigma, class_labels),

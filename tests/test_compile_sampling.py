@@ -89,6 +89,12 @@ def test_paired_call_of_compiled_models_uses_both_weight_sets():
     assert "encode" not in pair.skeleton.model.__dict__ and "decode" not in pair.skeleton.model.__dict__
     assert "encode" in base.model.__dict__  # the base itself stays compiled
     assert hasattr(pair._run, "_torchdynamo_orig_callable")  # the paired call is compiled instead
+    assert not hasattr(next(iter(pair.params.values())), "_dynamo_static_input_type")
+    # Under CUDA graphs the stacked weights are marked static: not copied into the graph per replay.
+    b2, a2 = _demo_pair()
+    compile_backbone(b2, "reduce-overhead"), compile_backbone(a2, "reduce-overhead")
+    graphs = PairedNetworks(b2, a2)
+    assert all(hasattr(t, "_dynamo_static_input_type") for t in graphs.params.values())
 
 
 def _demo_pair():
