@@ -181,3 +181,25 @@ def test_comparison_panel_builds_and_draws_both_modes(world):
     assert score and merged and score != merged and "4 preview seeds" in caption
     frac, fd, found = panel.figures(True, cks[-1]["id"], g["id"], 1.0, "aux", "5-9", 70, *gs_vals)
     assert "score space" in frac.layout.title.text and "| find ω |" in found
+
+
+def test_bundle_card_carries_corrected_fractions_of_its_own_measurement(world):
+    from pipelines.fairness import digits_heldout_confusion, fairness_report
+    from studio.services import attributes, export
+    st, mid, g, cks = world
+    ck, gs = cks[-1]["id"], _gs()
+    job = guide.submit_sweep(st.db, ck, g["id"], gs, all_budgets=False, metric_omegas=[1.0])
+    assert run_now(st, job).state == "succeeded"
+    from studio.models import SyntheticSet
+    with st.db.session() as s:  # this S was built with a mix, not a target: give it one
+        for row in s.query(SyntheticSet):
+            row.target = {"0-4": 30.0, "5-9": 70.0}
+    out = export.export_bundle(st.db, st.settings, ck, 1.0, steps=2, name="corr", classifier="digits")
+    fair = out["card_data"]["fairness_vs_target"]
+    assert set(fair) == {gs.key()}  # score space with the auxiliary only
+    target = {"0-4": 0.3, "5-9": 0.7}
+    counts = out["card_data"]["measured"][gs.key()]["counts"]
+    conf = digits_heldout_confusion(attributes.load_classifier(st.db, "digits"), attributes.engine_grouping(g),
+                                    g["threshold"])
+    assert fair[gs.key()]["corrected"] == fairness_report(counts, target, confusion=conf)["corrected"]
+    assert "classifier-error-aware fractions" in st.settings.abs(out["card"]).read_text()
