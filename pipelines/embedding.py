@@ -6,7 +6,8 @@ embeddings for the face classifiers. They are projected to 2-D with UMAP when `u
 installed and with PCA otherwise (the result names the method used).
 
 Near-duplicates: cosine similarity of L2-normalised features above a threshold, found in row
-chunks (memory O(chunk x n), never an n x n matrix) and joined into groups by union-find.
+chunks (memory O(chunk x n), never an n x n matrix) compared only with the rows close enough along
+the first principal axis to pass it, and joined into groups (connected components).
 """
 from __future__ import annotations
 
@@ -94,39 +95,67 @@ def normalize_rows(features) -> np.ndarray:
 MAX_PAIRS_PER_SAMPLE = 50  # more similar pairs than this per sample: the threshold is too low to mean "duplicate"
 
 
-def near_duplicate_groups(features, threshold: float, chunk: int = 1024) -> list[list[int]]:
+def _sort_axis(x: np.ndarray) -> np.ndarray:
+    """Unit vector of the rows' largest variance (any unit vector keeps the search exact; this one
+    spreads the rows out the most, so it prunes the most)."""
+    c = x.astype(np.float64) - x.mean(axis=0, dtype=np.float64)
+    vals, vecs = np.linalg.eigh(c.T @ c)
+    u = vecs[:, -1] if len(vals) and vals[-1] > 0 else np.eye(x.shape[1])[0]
+    return (u / np.linalg.norm(u)).astype(np.float32)
+
+
+def near_duplicate_groups(features, threshold: float, chunk: int = 256, threads: int | None = None) -> list[list[int]]:
     """Groups (row indices, ascending; groups ordered by first index) of rows whose cosine > threshold.
 
-    Rows are joined transitively (a ~ b and b ~ c put a, b, c in one group). Memory is
-    O(chunk x n) plus the similar pairs; time n^2 D / 2 multiply-adds in chunked matrix products.
+    Rows are joined transitively (a ~ b and b ~ c put a, b, c in one group). The search is exact and
+    prunes by geometry: for unit rows a, b and a unit axis u, |u.a - u.b| <= |a - b| = sqrt(2 - 2 cos),
+    so two rows above the threshold lie within r = sqrt(2 (1 - threshold)) of each other along u. Rows
+    are sorted along their first principal axis and each chunk of `chunk` sorted rows is multiplied
+    (torch.mm, float32) only with the rows that follow it up to r further along the axis. Memory is
+    O(chunk x n) plus the similar pairs; `threads` fixes torch's thread count for the search.
     """
+    import torch
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
     if not 0.0 < float(threshold) <= 1.0:
         raise UserError(f"The cosine threshold must be in (0, 1] (got {threshold}); 0.98 is a good start.")
+    t = float(threshold)
     x = normalize_rows(features)
     n = len(x)
-    limit = MAX_PAIRS_PER_SAMPLE * max(n, 1)
+    if n < 2:
+        return []
+    limit = MAX_PAIRS_PER_SAMPLE * n
+    pos = x @ _sort_axis(x)
+    order = np.argsort(pos, kind="stable")
+    pos, xs = pos[order], torch.from_numpy(np.ascontiguousarray(x[order]))
+    reach = np.sqrt(2.0 * (1.0 - t)) + 1e-3  # + float32 rounding slack: never skip a pair at the threshold
     rows_all, cols_all, total = [], [], 0
-    for start in range(0, n, chunk):
-        sims = x[start:start + chunk] @ x[start:].T    # (chunk, n - start): the upper triangle only
-        rows, cols = np.nonzero(sims > float(threshold))
-        rows, cols = rows + start, cols + start
-        keep = cols > rows                               # each pair once, no self-pairs
-        rows_all.append(rows[keep])
-        cols_all.append(cols[keep])
-        total += int(keep.sum())
-        if total > limit:
-            raise UserError(f"Cosine threshold {threshold} joins more than {limit:,} pairs of {n:,} samples: "
-                            "that is similarity, not duplication. Raise the threshold (e.g. 0.95-0.99).")
-    r = np.concatenate(rows_all) if rows_all else np.zeros(0, np.int64)
-    c = np.concatenate(cols_all) if cols_all else np.zeros(0, np.int64)
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            end = int(np.searchsorted(pos, pos[stop - 1] + reach, side="right"))
+            hits = (torch.mm(xs[start:stop], xs[start:end].T) > t).nonzero().numpy()
+            r, c = hits[:, 0] + start, hits[:, 1] + start
+            keep = c > r                                  # each pair once (sorted positions), no self-pairs
+            rows_all.append(order[r[keep]])
+            cols_all.append(order[c[keep]])
+            total += int(keep.sum())
+            if total > limit:
+                raise UserError(f"Cosine threshold {threshold} joins more than {limit:,} pairs of {n:,} samples: "
+                                "that is similarity, not duplication. Raise the threshold (e.g. 0.95-0.99).")
+    finally:
+        torch.set_num_threads(previous)
+    r = np.concatenate(rows_all)
+    c = np.concatenate(cols_all)
     graph = coo_matrix((np.ones(len(r), np.int8), (r, c)), shape=(n, n))
     _, comp = connected_components(graph, directed=False)
-    sizes = np.bincount(comp, minlength=n) if n else np.zeros(0, np.int64)
+    sizes = np.bincount(comp, minlength=n)
     groups: dict[int, list[int]] = {}
-    for i in np.flatnonzero(sizes[comp] > 1) if n else []:
+    for i in np.flatnonzero(sizes[comp] > 1):
         groups.setdefault(int(comp[i]), []).append(int(i))
     return sorted(groups.values(), key=lambda g: g[0])
 

@@ -53,6 +53,32 @@ def test_near_duplicates_exact_groups_any_chunk():
         embedding.near_duplicate_groups(x, 0.0)
 
 
+def _brute_force_groups(x, threshold):
+    """Every pair's cosine at once (n x n), then connected components: the reference for small n."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    u = embedding.normalize_rows(x)
+    r, c = np.nonzero(np.triu(u @ u.T > threshold, 1))
+    _, comp = connected_components(coo_matrix((np.ones(len(r)), (r, c)), shape=(len(x), len(x))), directed=False)
+    groups = {}
+    for i in range(len(x)):
+        groups.setdefault(comp[i], []).append(i)
+    return sorted((g for g in groups.values() if len(g) > 1), key=lambda g: g[0])
+
+
+def test_near_duplicates_pruned_search_finds_every_pair_the_full_matrix_finds():
+    rng = np.random.default_rng(5)
+    centres = rng.normal(size=(6, 24))
+    x = centres[rng.integers(0, 6, 600)] + rng.normal(scale=0.25, size=(600, 24))  # tight clusters
+    x[100:110] = x[5] * rng.uniform(0.5, 2, size=(10, 1))                        # exact copies, other scales
+    x[200] = 0                                                                     # a zero row matches nothing
+    for threshold in (0.9, 0.97, 0.99, 0.999):
+        expected = _brute_force_groups(x, threshold)
+        for chunk in (7, 256):
+            assert embedding.near_duplicate_groups(x, threshold, chunk=chunk) == expected, (threshold, chunk)
+    assert [5, *range(100, 110)] in embedding.near_duplicate_groups(x, 0.9999, threads=1)
+
+
 def test_near_duplicates_refuses_a_threshold_that_joins_everything():
     x = np.ones((200, 4)) + np.random.default_rng(0).normal(scale=1e-3, size=(200, 4))
     with pytest.raises(UserError, match="Raise the threshold"):

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-from sqlalchemy import and_, delete, select, update
+from sqlalchemy import String, and_, delete, func, select, type_coerce, update
 
 from pipelines.errors import UserError
 
@@ -58,9 +58,10 @@ def _load_npz(path: Path) -> dict | None:
 
 def pool_ids(db: Database, model_id: int) -> np.ndarray:
     """Sorted sample ids of the pool."""
-    with db.session(read_only=True) as s:  # Core rows straight into numpy (no ORM per row)
-        rows = s.connection().execute(select(Sample.id).where(Sample.model_id == int(model_id)).order_by(Sample.id))
-        return np.fromiter((r[0] for r in rows), dtype=np.int64)
+    with db.session(read_only=True) as s:  # Core, fetched in one call (no ORM object or fetch per row)
+        rows = s.connection().execute(select(Sample.id).where(Sample.model_id == int(model_id))
+                                      .order_by(Sample.id)).scalars().all()
+    return np.asarray(rows, dtype=np.int64)
 
 
 # ----------------------------------------------------------------------------- features + projection
@@ -209,8 +210,9 @@ def matching_ids(db: Database, model_id: int, grouping_id: int | None = None, gr
                  min_conf: float | None = None, max_conf: float | None = None, status: str = "all") -> list[int]:
     """Every sample id matching the gallery's filters (for 'select all matching')."""
     join_on, conds = _filtered(model_id, grouping_id, group, min_conf, max_conf, status)
-    with db.session(read_only=True) as s:
-        return list(s.scalars(select(Sample.id).outerjoin(Assignment, join_on).where(*conds).order_by(Sample.id)))
+    with db.session(read_only=True) as s:  # Core: fetched in one call, no ORM per row
+        return s.connection().execute(select(Sample.id).outerjoin(Assignment, join_on).where(*conds)
+                                      .order_by(Sample.id)).scalars().all()
 
 
 def selection_page(db: Database, model_id: int, ids: Sequence[int], grouping_id: int | None = None,
@@ -218,24 +220,25 @@ def selection_page(db: Database, model_id: int, ids: Sequence[int], grouping_id:
                    status: str = "all", page: int = 1, per_page: int = 48) -> GalleryPage:
     """A gallery page of the selected samples that also match the filters.
 
-    The filter runs as one indexed query and is intersected with the selection in numpy, so a
-    selection of any size works on any database (no IN list of 50,000 parameters).
+    Two indexed queries restricted to the selection (passed as one parameter, see labels.id_in): its
+    count and one page; neither reads the rest of the pool.
     """
-    wanted = np.unique(np.asarray(list(ids), dtype=np.int64))
-    match = np.asarray(matching_ids(db, model_id, grouping_id, group, min_conf, max_conf, status), dtype=np.int64)
-    hit = match[np.isin(match, wanted)]
-    pages = max(1, -(-len(hit) // per_page))
-    page = min(max(1, int(page or 1)), pages)
-    page_ids = [int(i) for i in hit[(page - 1) * per_page: page * per_page]]
-    join_on, _ = _filtered(model_id, grouping_id, None, None, None, "all")
+    wanted = np.unique(np.fromiter((int(i) for i in ids), dtype=np.int64)).tolist()
+    join_on, conds = _filtered(model_id, grouping_id, group, min_conf, max_conf, status)
     with db.session(read_only=True) as s:
-        rows = s.execute(select(Sample, Assignment).outerjoin(Assignment, join_on)
-                         .where(Sample.id.in_(page_ids)).order_by(Sample.id)).all()
-        out = [{"id": smp.id, "seed": smp.seed, "path": smp.path, "not_preferred": smp.not_preferred,
-                "group": a.group_name if a else None, "confidence": a.confidence if a else None,
-                "source": (a.source.value if hasattr(a.source, "value") else a.source) if a else None}
-               for smp, a in rows]
-    return GalleryPage(out, int(len(hit)), page, pages)
+        conn = s.connection()
+        where = [*conds, id_in(conn, Sample.id, wanted)]
+        total = int(conn.execute(select(func.count()).select_from(Sample).outerjoin(Assignment, join_on)
+                                 .where(*where)).scalar())
+        pages = max(1, -(-total // per_page))
+        page = min(max(1, int(page or 1)), pages)
+        rows = conn.execute(select(Sample.id, Sample.seed, Sample.path, Sample.not_preferred, Assignment.group_name,
+                                   Assignment.confidence, type_coerce(Assignment.source, String))
+                            .outerjoin(Assignment, join_on).where(*where).order_by(Sample.id)
+                            .limit(per_page).offset((page - 1) * per_page)).all()
+    out = [{"id": sid, "seed": seed, "path": path, "not_preferred": bool(flag), "group": grp, "confidence": conf,
+            "source": src} for sid, seed, path, flag, grp, conf, src in rows]
+    return GalleryPage(out, total, page, pages)
 
 
 # ----------------------------------------------------------------------------- bulk actions + undo

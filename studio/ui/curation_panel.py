@@ -9,6 +9,8 @@ highlighted on the map.
 """
 from __future__ import annotations
 
+import re
+
 import gradio as gr
 import numpy as np
 import plotly.graph_objects as go
@@ -66,10 +68,21 @@ def fmt_ranges(ids) -> str:
     return ", ".join(parts)
 
 
+_VALID_IDS = re.compile(r"[,\s]*(?:\d+(?:-\d+)?(?:[,\s]+|\Z))*")
+_ID_OR_RANGE = re.compile(r"(\d+)(?:-(\d+))?")
+
+
 def parse(text: str) -> list[int]:
-    """Selection text -> ids (the gallery's own parser)."""
-    from .generate_tab import parse_ids  # late: generate_tab imports this module
-    return parse_ids(text)
+    """Selection text -> ids, read as the gallery's parser reads it ('3, 5, 10-12'), in one regex pass
+    (a selection of a map box holds thousands of parts); text it cannot read goes to the gallery's
+    parser, which names the bad part."""
+    if not _VALID_IDS.fullmatch(text or ""):
+        from .generate_tab import parse_ids  # late: generate_tab imports this module
+        return parse_ids(text)
+    ids: list[int] = []
+    for a, b in _ID_OR_RANGE.findall(text):
+        ids.extend(range(int(a), int(b or a) + 1))
+    return ids
 
 
 def model_or_error(model_id) -> int:
