@@ -79,10 +79,69 @@ def _reconstruct_persistent_obj(meta):
     return PersistentRecord(meta["class_name"], state, meta.get("version"), src_hash)
 
 
+# Storage classes a legacy torch.save blob may name, with their element size in bytes.
+_STORAGE_ITEMSIZE = {"FloatStorage": 4, "DoubleStorage": 8, "HalfStorage": 2, "BFloat16Storage": 2,
+                     "LongStorage": 8, "IntStorage": 4, "ShortStorage": 2, "CharStorage": 1, "ByteStorage": 1,
+                     "BoolStorage": 1}
+
+
+class _NoGlobals(pickle.Unpickler):
+    """The plain-data header pickles of a storage blob (magic number, protocol, system info, storage keys)."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"storage header references {module}.{name}")
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("storage header uses persistent ids")
+
+
+class _StorageSizes(pickle.Unpickler):
+    """The blob's main pickle with nothing built: records each storage's declared size in bytes."""
+
+    def __init__(self, f):
+        super().__init__(f)
+        self.nbytes: dict[str, int] = {}
+
+    def find_class(self, module, name):
+        if module == "torch" and name in _STORAGE_ITEMSIZE:
+            return _STORAGE_ITEMSIZE[name]
+        raise pickle.UnpicklingError(f"storage blob references {module}.{name}")
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] in ("storage", b"storage")):
+            raise pickle.UnpicklingError("storage blob has an unexpected persistent id")
+        _, itemsize, key, _location, numel, _view = pid
+        if not (isinstance(itemsize, int) and isinstance(numel, int) and numel >= 0 and isinstance(key, (str, bytes))):
+            raise pickle.UnpicklingError("storage blob declares a malformed storage")
+        self.nbytes[key] = max(self.nbytes.get(key, 0), numel * itemsize)
+        return None
+
+
+def _check_storage_sizes(blob: bytes) -> None:
+    """Refuse a legacy torch.save blob whose storages declare more bytes than the blob holds.
+
+    torch's loader allocates each storage at its declared size before reading its data, so a damaged
+    size field (say 2**62 elements) would allocate gigabytes before the short data is noticed. Every
+    storage's data follows the pickles as an 8-byte count and the bytes, so together they cannot
+    exceed what remains of the blob; checking that first bounds what loading allocates by the blob's length."""
+    f = io.BytesIO(blob)
+    for _ in range(3):  # magic number, protocol version, system info
+        _NoGlobals(f).load()
+    sizes = _StorageSizes(f)
+    sizes.load()
+    _NoGlobals(f).load()  # the storage keys
+    declared, left = sum(sizes.nbytes.values()) + 8 * len(sizes.nbytes), len(blob) - f.tell()
+    if declared > left:
+        raise pickle.UnpicklingError(f"a tensor storage declares {declared:,} bytes of data but its blob holds "
+                                     f"{left:,}")
+
+
 def _load_storage(blob):
-    """torch.storage._load_from_bytes: a legacy torch.save blob of one storage, read with weights_only."""
+    """torch.storage._load_from_bytes: a legacy torch.save blob of one storage, read with weights_only
+    after its declared sizes were checked against its length."""
     if not isinstance(blob, (bytes, bytearray)):
         raise pickle.UnpicklingError("storage payload is not bytes")
+    _check_storage_sizes(bytes(blob))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TypedStorage deprecation chatter
         storage = torch.load(io.BytesIO(bytes(blob)), weights_only=True, map_location="cpu")
