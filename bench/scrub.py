@@ -12,7 +12,12 @@ Each is measured in the service (no network) and through the running Gradio app 
 talks to it (join the queue, read the event stream, then GET the image the event points to), the
 render cache cleared in between. gradio_client is not used for timing: its own polling adds
 about 140 ms per call that a browser does not wait for.
-Prints median and p95 of each, measured side by side in one run.
+Each ω is rendered in the service and through the app back to back (the app already running in
+both cases), so a shared machine's changing load hits both sides of a pair alike; prints median
+and p95 of each, the app/service ratio per pair (median and range), the process CPU time per
+uncached render on each side (extra work in the app shows there even on a loaded machine) and
+the load average at the start and the end. Target: app within 1.3x of the service, uncached full.
+    python bench/scrub.py --omegas 6      # a quicker run over 6 positions
 """
 from __future__ import annotations
 
@@ -66,7 +71,8 @@ def timed_stream(stream) -> tuple[float, float]:
     t0 = time.perf_counter()
     first = None
     for item in stream:
-        first = first if first is not None else time.perf_counter() - t0
+        if item[0] != "waiting":  # ("waiting", holders): the device slot is busy, nothing on screen yet
+            first = first if first is not None else time.perf_counter() - t0
     return first, time.perf_counter() - t0
 
 
@@ -77,6 +83,9 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, default=64, help="samples in the preview grid")
     p.add_argument("--steps", type=int, default=12, help="Heun steps of the preview")
     p.add_argument("--budget-kimg", type=float, default=0.128, help="auxiliary fine-tune budget")
+    p.add_argument("--omegas", type=int, default=0, help="measure this many slider positions, spread over the "
+                                                          "grid (default 0: all 16 besides ω = 0)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads of the process (default: torch's own)")
     p.add_argument("--no-http", action="store_true", help="skip the measurement through the Gradio app")
     p.add_argument("--device", default="auto", help="where previews render: auto (cuda if available), cpu, cuda")
     args = p.parse_args(argv)
@@ -94,33 +103,88 @@ def main(argv=None) -> int:
         return 2
     import torch
     from studio.services import guide
-    threads = torch.get_num_threads()  # what the web process uses (jobs run in their own processes)
+    threads = args.threads or torch.get_num_threads()  # what the web process uses (jobs run in their own processes)
     with tempfile.TemporaryDirectory(prefix="sims-scrub-") as tmp:
         t0 = time.perf_counter()
         st, ck = prepare(Path(tmp), model, pool_n=64, budget_kimg=args.budget_kimg)
         print(f"setup (pool, S, fine-tune) {time.perf_counter() - t0:.1f} s")
         torch.set_num_threads(threads)  # the in-process jobs above lowered it
-        print(f"model {model} on {device}, {args.seeds} seeds, {args.steps} Heun steps, "
-              f"torch threads {torch.get_num_threads()}, "
-              f"cpus {len(os.sched_getaffinity(0))}, load avg {os.getloadavg()[0]:.1f}")
         gs = guide.GuideSettings(preview_steps=args.steps, preview_count=args.seeds)
         omegas = [w for w in guide.omega_grid() if w != 0.0]  # omega 0 samples the base alone (half the work)
+        if args.omegas:
+            omegas = [omegas[round(i * (len(omegas) - 1) / max(args.omegas - 1, 1))] for i in range(args.omegas)]
+        load0 = os.getloadavg()
+        print(f"model {model} on {device}, {args.seeds} seeds, {args.steps} Heun steps, "
+              f"torch threads {torch.get_num_threads()}, cpus {len(os.sched_getaffinity(0))}, "
+              f"load avg {load0[0]:.1f} {load0[1]:.1f} {load0[2]:.1f}")
         guide.preview(st.db, st.settings, ck, 0.0, gs, device)  # warm-up: model loading, allocator
-        rows = {}
-        uncached = [timed_stream(guide.preview_stream(st.db, st.settings, ck, w, gs, device)) for w in omegas]
-        rows["uncached first"] = [u[0] for u in uncached]
-        rows["uncached full"] = [u[1] for u in uncached]
-        rows["cached"] = [timed_stream(guide.preview_stream(st.db, st.settings, ck, w, gs, device))[1]
-                          for w in omegas]
-        if not args.no_http:
-            clear_renders(st)
-            rows.update(http_latency(st, ck, omegas, gs, device))
+        rows = measure(st, ck, omegas, gs, device, http=not args.no_http)
         for name, values in rows.items():
-            print(summary(name, values))
+            if not name.startswith("cpu "):
+                print(summary(name, values))
+        for path in ("service", "http"):
+            if rows.get(f"cpu {path}"):
+                print(f"{path + ' uncached cpu':<20} n={len(rows[f'cpu {path}']):>3}  median "
+                      f"{statistics.median(rows[f'cpu {path}']):8.2f} s of process CPU per render (all threads)")
         print(f"uncached full / cached median ratio: "
               f"{statistics.median(rows['uncached full']) / statistics.median(rows['cached']):.0f}x")
+        if "http uncached full" in rows:
+            for what in ("first", "full"):
+                pairs = [h / s for h, s in zip(rows[f"http uncached {what}"], rows[f"uncached {what}"])]
+                print(f"app / service, uncached {what}: median {statistics.median(pairs):.2f}x "
+                      f"(range {min(pairs):.2f}-{max(pairs):.2f}x over {len(pairs)} ω, each pair measured back to "
+                      f"back); ratio of medians {statistics.median(rows[f'http uncached {what}']) / statistics.median(rows[f'uncached {what}']):.2f}x")
+        load1 = os.getloadavg()
+        print(f"load avg at the end {load1[0]:.1f} {load1[1]:.1f} {load1[2]:.1f}")
         st.close()
     return 0
+
+
+def measure(st, ck, omegas, gs, device: str, http: bool = True) -> dict[str, list[float]]:
+    """Uncached then cached latency per ω, in the service and (with `http`) through the app, interleaved:
+    each ω is rendered in the service and then through the app, back to back, so a change in the machine's
+    load affects both sides of a pair alike."""
+    from studio.services import guide
+    rows: dict[str, list[float]] = {}
+    add = lambda k, v: rows.setdefault(k, []).append(v)  # noqa: E731
+    app = open_app(st) if http else None
+    try:
+        if app is not None:
+            browser = app[1]
+            values = lambda w: [ck, w, device, gs.preview_steps, gs.preview_count, gs.steps, gs.n,  # noqa: E731
+                                gs.skip_steps, gs.shared_encoder]
+            browser.call("render_exact", values(0.0))  # warm-up (cached by the service's warm-up)
+        for w in omegas:
+            clear_renders(st)
+            c0 = time.process_time()
+            first, full = timed_stream(guide.preview_stream(st.db, st.settings, ck, w, gs, device))
+            add("cpu service", time.process_time() - c0)
+            add("uncached first", first)
+            add("uncached full", full)
+            add("cached", timed_stream(guide.preview_stream(st.db, st.settings, ck, w, gs, device))[1])
+            if app is not None:
+                clear_renders(st)
+                c0 = time.process_time()
+                frames = [t for t, _ in browser.call("render_exact", values(w))]
+                add("cpu http", time.process_time() - c0)
+                add("http uncached first", frames[0])
+                add("http uncached full", frames[-1])
+                add("http cached", browser.call("scrub", values(w))[-1][0])
+    finally:
+        if app is not None:
+            app[1].close()
+            app[0].close()
+    return rows
+
+
+def open_app(st):
+    """(the running Gradio app, a client speaking its queue protocol as a browser does)."""
+    from studio.testing import QueueClient
+    from studio.ui.app import build_ui, launch_kwargs
+    demo = build_ui(st)
+    demo.queue()
+    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **launch_kwargs(st))
+    return demo, QueueClient(url)
 
 
 def clear_renders(st) -> None:
@@ -131,27 +195,6 @@ def clear_renders(st) -> None:
     with st.db.session() as s:
         s.execute(delete(Render))
     shutil.rmtree(st.settings.abs("cache/renders"), ignore_errors=True)
-
-
-def http_latency(st, ck, omegas, gs, device: str = "cpu") -> dict[str, list[float]]:
-    """Uncached then cached omega changes through the Gradio app, as a browser makes them."""
-    from studio.testing import QueueClient
-    from studio.ui.app import build_ui, launch_kwargs
-    demo = build_ui(st)
-    demo.queue()
-    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **launch_kwargs(st))
-    try:
-        browser = QueueClient(url)
-        values = lambda w: [ck, w, device, gs.preview_steps, gs.preview_count, gs.steps, gs.n,  # noqa: E731
-                            gs.skip_steps, gs.shared_encoder]
-        browser.call("render_exact", values(0.0))  # warm-up
-        fresh = [[t for t, _ in browser.call("render_exact", values(w))] for w in omegas]
-        cached = [browser.call("scrub", values(w))[-1][0] for w in omegas]
-        browser.close()
-        return {"http uncached first": [f[0] for f in fresh], "http uncached full": [f[-1] for f in fresh],
-                "http cached": cached}
-    finally:
-        demo.close()
 
 
 if __name__ == "__main__":

@@ -69,15 +69,29 @@ def interval_from_skip(steps: int, skip: int, sampler_kwargs: dict | None = None
     return (0.0, float(t[skip]))
 
 
+def device_kind(device) -> str:
+    """'cpu', 'cuda', ... of a device string: the kind of hardware, which changes the float rounding
+    (two GPUs of one kind are taken to render alike)."""
+    return str(device or "cpu").split(":", 1)[0].strip().lower() or "cpu"
+
+
+def render_variant(precision: str = "fp32", device: str = "cpu") -> dict:
+    """The precision and device kind of a render, as stored in its key and settings: only values other than
+    fp32 and cpu appear (keys and rows written before either was recorded are fp32 CPU renders)."""
+    kind = device_kind(device)
+    return {**({"precision": precision} if precision != "fp32" else {}), **({"device": kind} if kind != "cpu" else {})}
+
+
 def render_key(base_hash: str, checkpoint_id: int, omega: float, interval, seeds, steps: int,
-               shared_encoder: bool, precision: str = "fp32", guide_hash: str | None = None) -> str:
-    """Cache key: everything that determines the rendered pixels (fp32 keys predate the precision; a guide
-    other than the checkpoint itself enters by its content hash, so renders of different guides never mix)."""
+               shared_encoder: bool, precision: str = "fp32", guide_hash: str | None = None,
+               device: str = "cpu") -> str:
+    """Cache key: everything that determines the rendered pixels, the precision and the device kind
+    included (CPU and CUDA round differently); a guide other than the checkpoint itself enters by its
+    content hash, so renders of different guides never mix."""
     blob = json.dumps({"base": base_hash, "ckpt": int(checkpoint_id), "omega": round(float(omega), 4),
                        "interval": [round(v, 6) for v in interval] if interval else None,
                        "seeds": [int(s) for s in seeds], "steps": int(steps), "shared": bool(shared_encoder),
-                       **({"precision": precision} if precision != "fp32" else {}),
-                       **({"guide": guide_hash} if guide_hash else {})},
+                       **render_variant(precision, device), **({"guide": guide_hash} if guide_hash else {})},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -103,12 +117,15 @@ def grid_image(images: np.ndarray, total: int | None = None) -> np.ndarray:
 
 
 def render_stream(db: Database, settings: Settings, checkpoint_id: int, omega: float, seeds, steps: int,
-                  interval=None, shared_encoder: bool = False, device: str = "cpu", guide: dict | None = None):
+                  interval=None, shared_encoder: bool = False, device: str = "cpu", guide: dict | None = None,
+                  slot=None):
     """Grid of `seeds` at `omega`, from the cache if there, else rendered now (chunk by chunk) and cached.
     `guide` ({"path", "sha256"}) replaces the checkpoint as the guiding model (autoguidance).
+    `slot` (a jobs.device_slot.DeviceSlot) is taken before rendering and given back after: the web
+    process's renders share the device with jobs; a job's own renders pass none (the job holds it).
 
-    Yields ("partial", grid image, done, total) after each chunk but the last of a fresh render, then
-    ("done", result dict); a cached grid yields only ("done", ...).
+    Yields ("waiting", holders) while the slot is busy, ("partial", grid image, done, total) after each
+    chunk but the last of a fresh render, then ("done", result dict); a cached grid yields only ("done", ...).
     """
     t0 = time.perf_counter()
     seeds = [int(x) for x in seeds]
@@ -116,22 +133,27 @@ def render_stream(db: Database, settings: Settings, checkpoint_id: int, omega: f
     if guide:
         aux_path = Path(guide["path"])
     key = render_key(base_row.content_hash, checkpoint_id, omega, interval, seeds, steps, shared_encoder,
-                     settings.precision, guide["sha256"] if guide else None)
-    with db.session(read_only=True) as s:
-        row = s.scalar(select(Render).where(Render.key == key))
-        hit = row is not None and settings.abs(row.path).exists()
-        path = row.path if hit else None
-    if hit:
-        yield "done", {"grid": str(settings.abs(path)), "npz": str(settings.abs(path).with_suffix(".npz")),
-                       "cached": True, "seconds": time.perf_counter() - t0, "key": key}
+                     settings.precision, guide["sha256"] if guide else None, device)
+    if (hit := _cached(db, settings, key, t0)) is not None:
+        yield "done", hit
         return
-    parts, done = [], 0
-    for size in preview_chunks(len(seeds)):
-        parts.append(render(base_path, aux_path, omega, seeds[done:done + size], steps, interval, shared_encoder,
-                            device, precision=settings.precision))
-        done += size
-        if done < len(seeds):
-            yield "partial", grid_image(np.concatenate(parts), total=len(seeds)), done, len(seeds)
+    if slot is not None:
+        for held in slot.acquire():
+            yield "waiting", held
+    try:
+        if slot is not None and (hit := _cached(db, settings, key, t0)) is not None:
+            yield "done", hit  # rendered by a job or another tab while this one waited
+            return
+        parts, done = [], 0
+        for size in preview_chunks(len(seeds)):
+            parts.append(render(base_path, aux_path, omega, seeds[done:done + size], steps, interval,
+                                shared_encoder, device, precision=settings.precision))
+            done += size
+            if done < len(seeds):
+                yield "partial", grid_image(np.concatenate(parts), total=len(seeds)), done, len(seeds)
+    finally:
+        if slot is not None:
+            slot.release()
     images = np.concatenate(parts)
     rel = f"cache/renders/{key[:2]}/{key}.png"
     out = settings.abs(rel)
@@ -143,11 +165,23 @@ def render_stream(db: Database, settings: Settings, checkpoint_id: int, omega: f
             s.add(Render(key=key, model_id=base_row.id, checkpoint_id=int(checkpoint_id), omega=float(omega),
                          settings={"interval": list(interval) if interval else None, "seeds": seeds,
                                    "steps": int(steps), "shared_encoder": bool(shared_encoder),
+                                   **render_variant(settings.precision, device),
                                    **({"guide": guide["sha256"]} if guide else {})}, path=rel))
     except IntegrityError:
         pass  # a job or another tab rendered the same key a moment ago: same pixels
     yield "done", {"grid": str(out), "npz": str(out.with_suffix(".npz")), "cached": False,
                    "seconds": time.perf_counter() - t0, "key": key}
+
+
+def _cached(db: Database, settings: Settings, key: str, t0: float) -> dict | None:
+    """The result dict of a cached render, or None."""
+    with db.session(read_only=True) as s:
+        row = s.scalar(select(Render).where(Render.key == key))
+        path = row.path if row is not None and settings.abs(row.path).exists() else None
+    if path is None:
+        return None
+    return {"grid": str(settings.abs(path)), "npz": str(settings.abs(path).with_suffix(".npz")),
+            "cached": True, "seconds": time.perf_counter() - t0, "key": key}
 
 
 def render_cached(db: Database, settings: Settings, checkpoint_id: int, omega: float, seeds, steps: int,

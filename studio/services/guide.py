@@ -77,22 +77,37 @@ def preview(db: Database, settings: Settings, checkpoint_id: int, omega: float, 
     return result
 
 
+RENDER_WAIT_S = 30.0  # a live render gives up after waiting this long for a device a job holds
+
+
+def render_slot(db: Database, settings: Settings, device: str, what: str, wait_s: float | None = RENDER_WAIT_S):
+    """The device slot a live (web-process) render takes before sampling, like any job on that device."""
+    from ..jobs.device_slot import DeviceSlot
+    return DeviceSlot(db, settings, device, title=f"Live render: {what}", wait_s=wait_s)
+
+
 def preview_stream(db: Database, settings: Settings, checkpoint_id: int, omega: float, gs: GuideSettings,
-                   device: str = "cpu"):
-    """Like `preview`, yielding the partially rendered grid first (see evaluate.render_stream)."""
+                   device: str = "cpu", slot_wait_s: float | None = RENDER_WAIT_S):
+    """Like `preview`, yielding the partially rendered grid first (see evaluate.render_stream); an uncached
+    grid waits for a free slot of the device first (yielding ("waiting", holders)), at most `slot_wait_s`."""
     from pipelines.guidance import parse_omega
     omega = parse_omega(omega)
     if not OMEGA_MIN <= omega <= OMEGA_MAX:
         raise UserError(f"omega must be between {OMEGA_MIN} and {OMEGA_MAX} (got {omega}).")
+    slot = render_slot(db, settings, device, f"preview at ω = {fmt_omega(omega)}", slot_wait_s)
     return render_stream(db, settings, checkpoint_id, omega, range(gs.preview_count), gs.preview_steps,
-                         gs.interval(gs.preview_steps), gs.shared_encoder, device)
+                         gs.interval(gs.preview_steps), gs.shared_encoder, device, slot=slot)
 
 
-def _cached_previews(db: Database, settings: Settings, checkpoint_id: int, gs: GuideSettings) -> dict[float, str]:
-    """{omega: grid path} of this checkpoint's previews rendered with exactly these preview settings."""
+def _cached_previews(db: Database, settings: Settings, checkpoint_id: int, gs: GuideSettings,
+                     device: str = "cpu") -> dict[float, str]:
+    """{omega: grid path} of this checkpoint's previews rendered with exactly these preview settings, at this
+    precision on this kind of device."""
     from ..models import Render
+    from .evaluate import render_variant
     want = {"interval": _as_list(gs.interval(gs.preview_steps)), "seeds": list(range(gs.preview_count)),
-            "steps": gs.preview_steps, "shared_encoder": gs.shared_encoder}
+            "steps": gs.preview_steps, "shared_encoder": gs.shared_encoder,
+            **render_variant(settings.precision, device)}
     with db.session(read_only=True) as s:
         rows = s.execute(select(Render.omega, Render.path, Render.settings).where(
             Render.checkpoint_id == int(checkpoint_id))).all()
@@ -100,9 +115,9 @@ def _cached_previews(db: Database, settings: Settings, checkpoint_id: int, gs: G
 
 
 def nearest_cached(db: Database, settings: Settings, checkpoint_id: int, omega: float,
-                   gs: GuideSettings) -> dict | None:
+                   gs: GuideSettings, device: str = "cpu") -> dict | None:
     """The cached preview with the same settings whose omega is closest (shown while an exact one renders)."""
-    have = _cached_previews(db, settings, checkpoint_id, gs)
+    have = _cached_previews(db, settings, checkpoint_id, gs, device)
     if not have:
         return None
     w = min(have, key=lambda v: (abs(v - float(omega)), v))
@@ -145,7 +160,7 @@ def ensure_previews(db: Database, settings: Settings, checkpoint_id: int, gs: Gu
                     device: str = "cpu") -> int | None:
     """Queue the preview grid of a checkpoint unless it is all cached or already on its way; returns the job id."""
     gs.check()
-    if set(omega_grid()) <= set(_cached_previews(db, settings, checkpoint_id, gs)):
+    if set(omega_grid()) <= set(_cached_previews(db, settings, checkpoint_id, gs, device)):
         return None
     wanted = _preview_params(checkpoint_id, gs)
     for job in jobs_service.list_jobs(db, kind="sweep", limit=50):

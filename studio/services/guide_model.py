@@ -16,7 +16,7 @@ from ..db import Database
 from ..models import Model
 from ..settings import Settings
 from .evaluate import load_cached, pair_paths, render_stream
-from .guide import OMEGA_MAX, OMEGA_MIN, GuideSettings
+from .guide import OMEGA_MAX, OMEGA_MIN, RENDER_WAIT_S, GuideSettings, render_slot
 
 AUX = "aux"            # the SIMS auxiliary: the picked checkpoint itself
 DEMO_EARLY = "demo-early"  # the bundled early checkpoint of the demo base
@@ -128,8 +128,9 @@ def is_default_key(settings_key: str | None) -> bool:
 
 
 def preview_stream(db: Database, settings: Settings, checkpoint_id: int, omega: float, gs: GuideSettings,
-                   choice: str | None, device: str = "cpu"):
-    """The Guide's fixed preview seeds at ω with the chosen guide (see evaluate.render_stream)."""
+                   choice: str | None, device: str = "cpu", slot_wait_s: float | None = RENDER_WAIT_S):
+    """The Guide's fixed preview seeds at ω with the chosen guide (see evaluate.render_stream); an uncached
+    grid takes the device's job slot first (guide.render_slot)."""
     from pipelines.guidance import parse_omega
     omega = parse_omega(omega)
     if not OMEGA_MIN <= omega <= OMEGA_MAX:
@@ -140,5 +141,6 @@ def preview_stream(db: Database, settings: Settings, checkpoint_id: int, omega: 
                         f"{guide['label']}.")
     if omega == 0:  # the base alone, whatever the guide: share the auxiliary's cached grid (same pixels)
         guide = None
+    slot = render_slot(db, settings, device, f"preview at ω = {omega:+g} with another guide", slot_wait_s)
     return render_stream(db, settings, checkpoint_id, omega, range(gs.preview_count), gs.preview_steps,
-                         gs.interval(gs.preview_steps), gs.shared_encoder, device, guide=guide)
+                         gs.interval(gs.preview_steps), gs.shared_encoder, device, guide=guide, slot=slot)

@@ -7,6 +7,7 @@ import plotly.graph_objects as go
 
 from pipelines.errors import UserError
 
+from ..jobs.device_slot import SlotBusy
 from ..services import attributes, fairness_view, guide, guide_model, sets
 from . import plots
 from .common import Page, as_int, user_errors
@@ -112,29 +113,62 @@ def build_guide(page: Page) -> None:
             return gr.Dropdown(choices=[], value=None)
         return gr.Dropdown(choices=opts, value=guide_model.AUX)
 
+    def label_of(ck_id, choice):
+        return dict((v, k) for k, v in guide_model.guide_choices(db, settings, as_int(ck_id))).get(
+            choice or guide_model.AUX, choice)
+
+    def same_as_main(choice, omega) -> bool:
+        """The SIMS auxiliary guides the main preview too (and at ω = 0 every guide gives the base alone)."""
+        return (choice or guide_model.AUX) == guide_model.AUX or float(omega or 0) == 0.0
+
     @user_errors
     def render(ck_id, omega, choice, device, *gs_vals):
         if as_int(ck_id) is None:
             yield None, "Pick an auxiliary checkpoint."
             return
-        for kind, *rest in guide_model.preview_stream(db, settings, as_int(ck_id), omega, settings_from(*gs_vals),
-                                                      choice, device):
-            if kind == "partial":
-                yield rest[0], f"rendering… {rest[1]} of {rest[2]} samples"
-            else:
-                out = rest[0]
-                label = dict((v, k) for k, v in guide_model.guide_choices(db, settings, as_int(ck_id))).get(
-                    choice or guide_model.AUX, choice)
-                yield out["grid"], (f"ω = **{guide.fmt_omega(omega)}** · guide: {label} · "
-                                    + ("cached" if out["cached"] else f"rendered now in {out['seconds']:.1f} s"))
+        try:
+            for kind, *rest in guide_model.preview_stream(db, settings, as_int(ck_id), omega,
+                                                          settings_from(*gs_vals), choice, device):
+                if kind == "waiting":
+                    yield gr.skip(), f"waiting for {device} (" + (", ".join(f"job #{i}: {k}" for i, k, _ in rest[0])
+                                                                  or "another render") + ")…"
+                elif kind == "partial":
+                    yield rest[0], f"rendering… {rest[1]} of {rest[2]} samples"
+                else:
+                    out = rest[0]
+                    yield out["grid"], (f"ω = **{guide.fmt_omega(omega)}** · guide: {label_of(ck_id, choice)} · "
+                                        + ("cached" if out["cached"] else f"rendered now in {out['seconds']:.1f} s"))
+        except SlotBusy as e:
+            yield gr.skip(), f"not rendered: {e}"
+
+    def on_omega(ck_id, omega, choice, device, *gs_vals):
+        """Another guide renders its own grid; the auxiliary's is the main preview's (shown by `after_main`)."""
+        if as_int(ck_id) is None or same_as_main(choice, omega):
+            yield gr.skip(), gr.skip()
+            return
+        yield from render(ck_id, omega, choice, device, *gs_vals)
+
+    def after_main(ck_id, omega, choice, device, *gs_vals):
+        """Once the main preview is done, the auxiliary's grid is that one: read from the cache, never
+        rendered a second time (two renders of one grid would halve the speed of both)."""
+        if as_int(ck_id) is None or not same_as_main(choice, omega):
+            return gr.skip(), gr.skip()
+        near = guide.nearest_cached(db, settings, as_int(ck_id), omega, settings_from(*gs_vals), device)
+        if near is None or abs(near["omega"] - float(omega or 0)) > 1e-9:
+            return gr.skip(), f"ω = **{guide.fmt_omega(omega)}** · the main preview has not rendered it yet"
+        return near["grid"], (f"ω = **{guide.fmt_omega(omega)}** · guide: {label_of(ck_id, choice)} · "
+                              "same grid as the main preview (cached)")
 
     fair_in = [ck, page.grouping, w, pick, page.model, page.target_groups, *gs_inputs, *page.target_sliders]
     r_in = [ck, w, pick, page.device, *gs_inputs]
     ck.change(choices, ck, pick)
     for comp in (pick, w):
         comp.change(fairness, fair_in, [fair_plot, fair_md], show_progress="hidden", trigger_mode="always_last")
-        comp.change(render, r_in, [grid, caption], show_progress="hidden", trigger_mode="always_last",
-                    concurrency_id="guide-model-render", concurrency_limit=1)
+    pick.change(render, r_in, [grid, caption], show_progress="hidden", trigger_mode="always_last",
+                concurrency_id="guide-model-render", concurrency_limit=1)
+    w.change(on_omega, r_in, [grid, caption], show_progress="hidden", trigger_mode="always_last",
+             concurrency_id="guide-model-render", concurrency_limit=1)
+    page.guide_rendered.then(after_main, r_in, [grid, caption], show_progress="hidden")
     page.target_groups.change(fairness, fair_in, [fair_plot, fair_md], show_progress="hidden")
     page.loaders.append((choices, [ck], [pick]))
     page.loaders.append((fairness, fair_in, [fair_plot, fair_md]))

@@ -7,6 +7,7 @@ from ..services import attributes, demo, guide, honesty, sets
 from ..services.evaluate import metric_name
 from . import plots
 from ..settings import DEFAULT_STEPS
+from ..jobs.device_slot import SlotBusy
 from .common import Page, as_int, user_errors
 from .target_tab import MAX_GROUPS
 
@@ -92,7 +93,7 @@ class GuideTab:
         """Fast path of an omega change: the exact cached grid, or the nearest cached one while it renders."""
         if as_int(ck) is None:
             return None, "Finish a fine-tune (Fine-tune tab) to guide with its checkpoints."
-        near = guide.nearest_cached(self.db, self.settings, as_int(ck), w, settings_from(*gs_vals))
+        near = guide.nearest_cached(self.db, self.settings, as_int(ck), w, settings_from(*gs_vals), device)
         if near is None:
             return gr.skip(), f"rendering ω = **{guide.fmt_omega(w)}**…"
         if abs(near["omega"] - float(w)) < 1e-9:
@@ -102,22 +103,36 @@ class GuideTab:
 
     @user_errors
     def render_exact(self, ck, w, device, *gs_vals):
-        """Slow path: render an uncached omega, streaming the first rows (a no-op when the fast path found it)."""
+        """Slow path: render an uncached omega, streaming the first rows (a no-op when the fast path found it).
+        The render takes the device's job slot first, so it waits while a job samples or trains there."""
         if as_int(ck) is None:
             yield gr.skip(), gr.skip()
             return
         gs = settings_from(*gs_vals)
-        near = guide.nearest_cached(self.db, self.settings, as_int(ck), w, gs)
+        near = guide.nearest_cached(self.db, self.settings, as_int(ck), w, gs, device)
         if near is not None and abs(near["omega"] - float(w)) < 1e-9:
             yield gr.skip(), gr.skip()
             return
+        try:
+            yield from self._stream(ck, w, device, gs)
+        except SlotBusy as e:
+            yield gr.skip(), f"ω = **{guide.fmt_omega(w)}** not rendered: {e}"
+
+    def _stream(self, ck, w, device, gs):
+        said = None
         for kind, *rest in guide.preview_stream(self.db, self.settings, as_int(ck), w, gs, device):
-            if kind == "partial":
+            if kind == "waiting":
+                who = ", ".join(f"job #{i} ({k})" for i, k, _ in rest[0]) or "another render"
+                if who != said:  # one message per change of holder, not one per poll
+                    said = who
+                    yield gr.skip(), f"ω = **{guide.fmt_omega(w)}** waits for {device}: {who} is using it…"
+            elif kind == "partial":
                 image, done, total = rest
                 yield image, f"ω = **{guide.fmt_omega(w)}** · rendering… {done} of {total} samples"
             else:
                 out = rest[0]
-                yield out["grid"], f"ω = **{guide.fmt_omega(w)}** · rendered now in {1000 * out['seconds']:.0f} ms"
+                how = "cached" if out["cached"] else f"rendered now in {1000 * out['seconds']:.0f} ms"
+                yield out["grid"], f"ω = **{guide.fmt_omega(w)}** · {how}"
 
     def _target(self, model_id, g: dict, groups, values) -> dict | None:
         """The Target tab's target when its sliders are loaded for this grouping, else the last S's plan."""
@@ -229,17 +244,19 @@ class GuideTab:
         scrub_in, scrub_out = [self.ckpt, self.omega_exact, page.device, *self.gs_inputs], [self.grid, self.caption]
         # a user moving the slider sets the exact ω; a program setting the slider (find ω) does not
         self.omega.input(lambda w: w, self.omega, self.omega_exact, show_progress="hidden", trigger_mode="always_last")
-        self.omega_exact.change(self.scrub, scrub_in, scrub_out, trigger_mode="always_last",
-                                show_progress="hidden").then(
+        # render_exact has no queue limit of its own: renders queue for the device's job slot inside it
+        # (guide.render_slot), so the no-op calls after a cached scrub never wait behind a rendering one.
+        self.rendered = self.omega_exact.change(self.scrub, scrub_in, scrub_out, trigger_mode="always_last",
+                                                show_progress="hidden").then(
             self.render_exact, scrub_in, scrub_out, show_progress="hidden", concurrency_id="render",
-            concurrency_limit=1, trigger_mode="always_last")
+            concurrency_limit=None, trigger_mode="always_last")
         self.omega.release(lambda w: w, self.omega, self.omega_exact, show_progress="hidden").then(
             self.figures, fig_in, fig_out, show_progress="hidden")
         self.omega_exact.submit(self.figures, fig_in, fig_out, show_progress="hidden")
         for comp in (self.ckpt, self.skip, self.shared, self.p_steps, self.p_count):
             comp.change(self.scrub, scrub_in, scrub_out, show_progress="hidden").then(
                 self.render_exact, scrub_in, scrub_out, show_progress="minimal", concurrency_id="render",
-                concurrency_limit=1)
+                concurrency_limit=None)
         self.ckpt.change(self.figures, fig_in, fig_out)
         self.ckpt.change(self.queue_previews, [self.ckpt, page.device, *self.gs_inputs], None,
                          show_progress="hidden")
@@ -268,6 +285,7 @@ class GuideTab:
         page.loaders.append((self.restore, [page.model, self.ckpt], restored))
         page.loaders.append((self.figures, fig_in, fig_out))
         page.guide_checkpoint, page.guide_omega, page.guide_settings = self.ckpt, self.omega_exact, self.gs_inputs
+        page.guide_rendered = self.rendered  # the ω change's grid is cached (or failed) once this event ends
 
 
 def build(page: Page) -> None:
