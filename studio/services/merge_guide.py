@@ -27,7 +27,7 @@ from ..db import Database
 from ..models import Render
 from ..settings import Settings
 from ..storage import write_png
-from .evaluate import grid_image, load_cached, pair_paths, render, render_key
+from .evaluate import grid_image, load_cached, pair_paths, render, render_key, render_variant
 from .guide import OMEGA_MAX, OMEGA_MIN, GuideSettings
 from .guide_model import AUX, MODES, check_mode, mode_settings, resolve_guide
 
@@ -96,13 +96,13 @@ def _check_omega(omega) -> float:
 
 
 def preview(db: Database, settings: Settings, checkpoint_id: int, omega: float, gs: GuideSettings, mode: str,
-            choice: str | None = AUX, device: str = "cpu") -> dict:
+            choice: str | None = AUX, device: str = "cpu", slot_wait_s: float | None = 30.0) -> dict:
     """The Guide's fixed preview seeds at ω in one mode with the chosen guide: cached grid, else rendered and
     cached under a key naming mode and guide (score space with the auxiliary shares the Guide's own cache)."""
     from .guide_model import preview_stream
     mode, omega = check_mode(mode), _check_omega(omega)
     if mode == "score" or omega == 0:
-        *_, (_, out) = preview_stream(db, settings, checkpoint_id, omega, gs, choice, device)
+        *_, (_, out) = preview_stream(db, settings, checkpoint_id, omega, gs, choice, device, slot_wait_s)
         return out | {"mode": mode}
     check_merged(gs)
     guide = resolve_guide(db, settings, checkpoint_id, choice, device)
@@ -110,14 +110,18 @@ def preview(db: Database, settings: Settings, checkpoint_id: int, omega: float, 
     seeds = list(range(gs.preview_count))
     tag = f"merged:{'aux' if guide is None else guide['sha256']}"
     key = render_key(base_row.content_hash, checkpoint_id, omega, None, seeds, gs.preview_steps, False,
-                     settings.precision, tag)
+                     settings.precision, tag, device=device)
     with db.session(read_only=True) as s:
         row = s.scalar(select(Render).where(Render.key == key))
         path = row.path if row is not None and settings.abs(row.path).exists() else None
     if path:
         return {"grid": str(settings.abs(path)), "cached": True, "key": key, "mode": mode}
-    images = render_mode(db, settings, checkpoint_id, omega, seeds, gs.preview_steps, None, False, device,
-                         mode, guide)
+    from ..jobs.device_slot import device_slot
+    from .guide import fmt_omega
+    # a live render takes one of the device's job slots, like the Guide's own previews
+    with device_slot(db, settings, device, f"merged preview at ω = {fmt_omega(omega)}", slot_wait_s):
+        images = render_mode(db, settings, checkpoint_id, omega, seeds, gs.preview_steps, None, False, device,
+                             mode, guide)
     rel = f"cache/renders/{key[:2]}/{key}.png"
     out = settings.abs(rel)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -126,7 +130,8 @@ def preview(db: Database, settings: Settings, checkpoint_id: int, omega: float, 
     try:  # the settings hold the mode, so the score-space preview lookups never take this grid
         with db.session() as s:
             s.add(Render(key=key, model_id=base_row.id, checkpoint_id=int(checkpoint_id), omega=float(omega),
-                         settings={"mode": mode, "guide": tag, "seeds": seeds, "steps": int(gs.preview_steps)},
+                         settings={"mode": mode, "guide": tag, "seeds": seeds, "steps": int(gs.preview_steps),
+                                   **render_variant(settings.precision, device)},
                          path=rel))
     except IntegrityError:
         pass  # rendered a moment ago elsewhere: same pixels
