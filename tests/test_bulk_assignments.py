@@ -153,3 +153,20 @@ def test_a_relabel_changes_only_the_groupings_whose_group_differs(world):
             expected.add(g.id)
     assert changed == expected and 0 < len(expected) < len(groupings)
     assert after == _reference(st)
+
+
+def test_refresh_rewrites_only_the_rows_that_differ(world):
+    st, mid = world
+    ids = _pool(st, mid)[24:28]
+    reference = _reference(st)
+    gid = next(g for (s, g) in reference if s == ids[0])
+    with st.db.session() as s:
+        assert labels.refresh_assignments(s, "digits", ids) == 0
+        s.execute(Assignment.__table__.update().where(Assignment.sample_id == ids[0], Assignment.grouping_id == gid)
+                  .values(group_name="stale"))
+        s.execute(delete(Assignment).where(Assignment.sample_id == ids[1], Assignment.grouping_id == gid))
+    with st.db.session() as s:
+        # one stale row rewritten; the sample missing a row gets all its rows afresh (deleted + inserted)
+        n_groupings = len({g for (_, g) in reference})
+        assert labels.refresh_assignments(s, "digits", ids) == 1 + (n_groupings - 1) + n_groupings
+    assert _assignments(st) == reference

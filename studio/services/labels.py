@@ -11,8 +11,8 @@ import re
 from typing import Iterable, Sequence
 
 import numpy as np
-from sqlalchemy import (BigInteger, Float, String, any_, bindparam, case, delete, exists, func, literal, literal_column,
-                        or_, select, text, true, type_coerce, update)
+from sqlalchemy import (BigInteger, Float, any_, bindparam, case, delete, exists, func, literal, literal_column, or_,
+                        select, text, true, update)
 from sqlalchemy.types import ARRAY
 
 from pipelines.errors import UserError
@@ -120,60 +120,60 @@ def _desired(conn, classifier: str, ids: list[int], groupings) -> dict[tuple[int
     return out
 
 
-def _current(conn, ids: list[int], gids: list[int]) -> dict[tuple[int, int], tuple]:
-    """The stored assignments of these samples under these groupings (source as its plain string)."""
-    out: dict[tuple[int, int], tuple] = {}
-    a = Assignment.__table__.c
-    for part in _chunks(ids):
-        rows = conn.execute(select(a.sample_id, a.grouping_id, a.group_name, a.confidence,
-                                   type_coerce(a.source, String))
-                            .where(id_in(conn, a.sample_id, part), a.grouping_id.in_(gids))).all()
-        out.update(((sid, gid), (grp, conf, src)) for sid, gid, grp, conf, src in rows)
-    return out
-
-
-def _executemany(conn, sql: str, rows: list[tuple]) -> None:
+def _executemany(conn, sql: str, rows: list[tuple]) -> int:
     """One statement with `?` placeholders for many rows of plain values, handed to the driver as
     tuples: SQLAlchemy's per-row parameter processing costs more than the database's work for
-    60,000 rows. Other placeholder styles than SQLite's and psycopg's go through SQLAlchemy."""
+    60,000 rows. Other placeholder styles than SQLite's and psycopg's go through SQLAlchemy.
+    Returns the rows the statements changed, summed."""
     style = conn.dialect.paramstyle
     if style == "qmark":
-        conn.exec_driver_sql(sql, rows)
-    elif style in ("format", "pyformat"):
-        conn.exec_driver_sql(sql.replace("?", "%s"), rows)
-    else:
-        names = [f"p{k}" for k in range(len(rows[0]))]
-        stmt = text(re.sub(r"\?", lambda _, it=iter(names): ":" + next(it), sql))
-        conn.execute(stmt, [dict(zip(names, r)) for r in rows])
+        return conn.exec_driver_sql(sql, rows).rowcount
+    if style in ("format", "pyformat"):
+        return conn.exec_driver_sql(sql.replace("?", "%s"), rows).rowcount
+    names = [f"p{k}" for k in range(len(rows[0]))]
+    stmt = text(re.sub(r"\?", lambda _, it=iter(names): ":" + next(it), sql))
+    return conn.execute(stmt, [dict(zip(names, r)) for r in rows]).rowcount
 
 
-def _write_changes(conn, desired: dict[tuple[int, int], tuple], current: dict[tuple[int, int], tuple]) -> int:
-    """Make the stored assignments of these (sample, grouping) keys equal `desired`, touching only the
-    rows that differ: one executemany UPDATE by primary key for rows that changed, one executemany
-    INSERT for rows that are new, one DELETE per grouping for rows no label supports any more;
-    returns the number of rows written."""
-    table = Assignment.__table__
-    changed = [(*desired[k], *k) for k in desired if k in current and current[k] != desired[k]]
-    new = [(*k, *v) for k, v in desired.items() if k not in current]
-    gone = [k for k in current if k not in desired]
-    if changed:
-        _executemany(conn, "UPDATE assignments SET group_name = ?, confidence = ?, source = ? "
-                           "WHERE sample_id = ? AND grouping_id = ?", changed)
-    if new:
-        _executemany(conn, "INSERT INTO assignments (sample_id, grouping_id, group_name, confidence, source) "
-                           "VALUES (?, ?, ?, ?, ?)", new)
-    by_grouping: dict[int, list[int]] = {}
-    for sid, gid in gone:
-        by_grouping.setdefault(gid, []).append(sid)
-    for gid, sids in by_grouping.items():
-        for part in _chunks(sids):
-            conn.execute(delete(table).where(table.c.grouping_id == gid, id_in(conn, table.c.sample_id, part)))
-    return len(changed) + len(new) + len(gone)
+def _write(conn, ids: list[int], gids: list[int], desired: dict[tuple[int, int], tuple]) -> int:
+    """Make the stored assignments of these samples under these groupings equal `desired`, writing only
+    rows whose value differs; returns how many rows were written.
+
+    No stored row is read back: one count per sample says which samples already have a row under
+    every grouping; their rows are UPDATEd in one executemany whose WHERE leaves equal rows alone.
+    The other samples' rows (none, or some groupings missing) are deleted and INSERTed afresh, and
+    samples no label supports any more lose theirs."""
+    a = Assignment.__table__
+    complete: set[int] = set()
+    stored: set[int] = set()
+    for part in _chunks(ids):
+        for sid, count in conn.execute(select(a.c.sample_id, func.count()).where(
+                id_in(conn, a.c.sample_id, part), a.c.grouping_id.in_(gids)).group_by(a.c.sample_id)):
+            stored.add(sid)
+            if count == len(gids):
+                complete.add(sid)
+    labelled = {sid for sid, _ in desired}
+    written = 0
+    drop = sorted(stored - (complete & labelled))  # rows to replace (partial) or remove (no label left)
+    for part in _chunks(drop):
+        written += conn.execute(delete(a).where(id_in(conn, a.c.sample_id, part), a.c.grouping_id.in_(gids))).rowcount
+    update_rows = [(grp, conf, src, sid, gid, grp, conf, src)
+                   for (sid, gid), (grp, conf, src) in desired.items() if sid in complete]
+    insert_rows = [(sid, gid, grp, conf, src) for (sid, gid), (grp, conf, src) in desired.items() if sid not in complete]
+    differs = "IS DISTINCT FROM" if conn.dialect.name == "postgresql" else "IS NOT"
+    if update_rows:
+        written += _executemany(conn, "UPDATE assignments SET group_name = ?, confidence = ?, source = ? "
+                                      f"WHERE sample_id = ? AND grouping_id = ? AND (group_name {differs} ? "
+                                      "OR confidence <> ? OR source <> ?)", update_rows)
+    if insert_rows:
+        written += _executemany(conn, "INSERT INTO assignments (sample_id, grouping_id, group_name, confidence, "
+                                      "source) VALUES (?, ?, ?, ?, ?)", insert_rows)
+    return written
 
 
 def refresh_assignments(s, classifier: str, sample_ids: Iterable[int]) -> int:
     """Recompute the effective group of these samples under every grouping of `classifier`, rewriting
-    only the assignment rows whose value changed; returns how many rows were rewritten."""
+    only the assignment rows whose value changed; returns how many rows were written."""
     ids = sorted({int(i) for i in sample_ids})
     if not ids:
         return 0
@@ -182,7 +182,7 @@ def refresh_assignments(s, classifier: str, sample_ids: Iterable[int]) -> int:
     groupings = _groupings(conn, classifier)
     if not groupings:
         return 0
-    return _write_changes(conn, _desired(conn, classifier, ids, groupings), _current(conn, ids, [g.id for g in groupings]))
+    return _write(conn, ids, [g.id for g in groupings], _desired(conn, classifier, ids, groupings))
 
 
 def _assign_manual_class(conn, classifier: str, ids: list[int], class_name: str) -> int:
