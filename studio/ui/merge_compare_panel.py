@@ -43,7 +43,7 @@ def fraction_figure(by_mode: dict, group: str, target: float | None, omega: floa
         if not ws:
             continue
         color = plots.PALETTE[i]
-        fig.add_scatter(x=ws + ws[::-1], y=[pts[w][2] for w in ws] + [pts[w][1] for w in ws[::-1]], fill="toself",
+        fig.add_scatter(x=ws + ws[::-1], y=[pts[w][2] for w in ws] + [pts[w][1] for w in ws[::-1]], fill="toself", mode="lines",
                         line=dict(width=0), fillcolor=color, opacity=0.15, hoverinfo="skip", showlegend=False)
         fig.add_scatter(x=ws, y=[pts[w][0] for w in ws], mode="lines+markers", name=merge_guide.MODE_LABELS[mode],
                         line=dict(color=color, dash=DASH[mode]))
@@ -77,7 +77,11 @@ def fd_figure(by_mode: dict, metric: str, omega: float | None) -> go.Figure:
     if omega is not None:
         fig.add_vline(x=float(omega), line_dash="dot", line_color="#64748b")
     fig.update_xaxes(title="ω (each mode on its own scale)")
-    fig.update_yaxes(title=f"{metric} (lower = closer to real)", rangemode="tozero")
+    values = [v for c in by_mode.values() for pts in c["fd_group"].values() for v in pts.values() if v > 0]
+    if values and max(values) > 20 * min(values):  # a broken merge reads 100x the score space: log keeps both readable
+        fig.update_yaxes(title=f"{metric} (log; lower = closer to real)", type="log")
+    else:
+        fig.update_yaxes(title=f"{metric} (lower = closer to real)", rangemode="tozero")
     return fig
 
 
