@@ -92,6 +92,8 @@ def guide_measurement(db: Database, checkpoint_id: int, omega: float, gs: GuideS
         elif kind == "fd_group" and g not in fd:
             fd[g] = v
     grouping = get_grouping(db, gid)
+    order = [g for g in grouping["groups"] if g in fractions]  # the grouping's order, not the rows'
+    fractions, counts = {g: fractions[g] for g in order}, {g: counts[g] for g in order}
     metric = metric_name(grouping["classifier"])
     assigned = sum(counts.values())
     out = {"what": "this merged model (base and SIMS auxiliary merged at this ω with the same rule, in memory), "
