@@ -85,7 +85,8 @@ def main(argv=None) -> int:
     p.add_argument("--budget-kimg", type=float, default=0.128, help="auxiliary fine-tune budget")
     p.add_argument("--omegas", type=int, default=0, help="measure this many slider positions, spread over the "
                                                           "grid (default 0: all 16 besides ω = 0)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads of the process (default: torch's own)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads of a live render (SIMS_RENDER_THREADS; "
+                                                          "default: the studio's, one core fewer than the machine)")
     p.add_argument("--no-http", action="store_true", help="skip the measurement through the Gradio app")
     p.add_argument("--device", default="auto", help="where previews render: auto (cuda if available), cpu, cuda")
     args = p.parse_args(argv)
@@ -103,7 +104,10 @@ def main(argv=None) -> int:
         return 2
     import torch
     from studio.services import guide
-    threads = args.threads or torch.get_num_threads()  # what the web process uses (jobs run in their own processes)
+    from studio.services.evaluate import render_threads
+    if args.threads:
+        os.environ["SIMS_RENDER_THREADS"] = str(args.threads)
+    threads = render_threads()  # what a live render in the web process uses (jobs run in their own processes)
     with tempfile.TemporaryDirectory(prefix="sims-scrub-") as tmp:
         t0 = time.perf_counter()
         st, ck = prepare(Path(tmp), model, pool_n=64, budget_kimg=args.budget_kimg)

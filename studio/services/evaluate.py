@@ -140,6 +140,7 @@ def render_stream(db: Database, settings: Settings, checkpoint_id: int, omega: f
     if slot is not None:
         for held in slot.acquire():
             yield "waiting", held
+        use_render_threads()
     try:
         if slot is not None and (hit := _cached(db, settings, key, t0)) is not None:
             yield "done", hit  # rendered by a job or another tab while this one waited
@@ -171,6 +172,24 @@ def render_stream(db: Database, settings: Settings, checkpoint_id: int, omega: f
         pass  # a job or another tab rendered the same key a moment ago: same pixels
     yield "done", {"grid": str(out), "npz": str(out.with_suffix(".npz")), "cached": False,
                    "seconds": time.perf_counter() - t0, "key": key}
+
+
+def render_threads() -> int:
+    """Torch threads of a live render in the web process: one core fewer than the process may use (at least
+    one), so that the web server's own threads (the queue, image encoding, other tabs) run beside the
+    sampler instead of preempting it; SIMS_RENDER_THREADS overrides. With every core sampling, a preempted
+    thread stalls its team at each parallel region (measured with bench/scrub.py on a loaded 2-core machine:
+    the app 1.8x slower than the same render alone with two threads, 1.07x with one)."""
+    import os
+    return max(1, int(os.environ.get("SIMS_RENDER_THREADS") or len(os.sched_getaffinity(0)) - 1))
+
+
+def use_render_threads() -> None:
+    """Set the process's torch threads to render_threads() (a live render; jobs set their own)."""
+    import torch
+    n = render_threads()
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
 
 
 def _cached(db: Database, settings: Settings, key: str, t0: float) -> dict | None:

@@ -141,34 +141,35 @@ def build_guide(page: Page) -> None:
         except SlotBusy as e:
             yield gr.skip(), f"not rendered: {e}"
 
-    def on_omega(ck_id, omega, choice, device, *gs_vals):
-        """Another guide renders its own grid; the auxiliary's is the main preview's (shown by `after_main`)."""
-        if as_int(ck_id) is None or same_as_main(choice, omega):
+    def after_main(ck_id, omega, choice, device, *gs_vals):
+        """The picked guide's grid at the ω the main preview has just shown. With the SIMS auxiliary that is
+        the main grid itself: read from the cache, never rendered a second time (two renders of one grid
+        would halve the speed of both). Another guide renders its own, after the main one."""
+        if as_int(ck_id) is None:
             yield gr.skip(), gr.skip()
             return
-        yield from render(ck_id, omega, choice, device, *gs_vals)
-
-    def after_main(ck_id, omega, choice, device, *gs_vals):
-        """Once the main preview is done, the auxiliary's grid is that one: read from the cache, never
-        rendered a second time (two renders of one grid would halve the speed of both)."""
-        if as_int(ck_id) is None or not same_as_main(choice, omega):
-            return gr.skip(), gr.skip()
+        if not same_as_main(choice, omega):
+            yield from render(ck_id, omega, choice, device, *gs_vals)
+            return
         near = guide.nearest_cached(db, settings, as_int(ck_id), omega, settings_from(*gs_vals), device)
         if near is None or abs(near["omega"] - float(omega or 0)) > 1e-9:
-            return gr.skip(), f"ω = **{guide.fmt_omega(omega)}** · the main preview has not rendered it yet"
-        return near["grid"], (f"ω = **{guide.fmt_omega(omega)}** · guide: {label_of(ck_id, choice)} · "
-                              "same grid as the main preview (cached)")
+            yield gr.skip(), f"ω = **{guide.fmt_omega(omega)}** · the main preview has not rendered it yet"
+            return
+        yield near["grid"], (f"ω = **{guide.fmt_omega(omega)}** · guide: {label_of(ck_id, choice)} · "
+                             "same grid as the main preview (cached)")
 
     fair_in = [ck, page.grouping, w, pick, page.model, page.target_groups, *gs_inputs, *page.target_sliders]
     r_in = [ck, w, pick, page.device, *gs_inputs]
     ck.change(choices, ck, pick)
-    for comp in (pick, w):
-        comp.change(fairness, fair_in, [fair_plot, fair_md], show_progress="hidden", trigger_mode="always_last")
+    for comp in (pick, w):  # a database read and a figure: no queue (see guide_tab's scrub)
+        comp.change(fairness, fair_in, [fair_plot, fair_md], show_progress="hidden", trigger_mode="always_last",
+                    queue=False)
+    # renders wait for the device's job slot inside (guide.render_slot), not in a queue lane
     pick.change(render, r_in, [grid, caption], show_progress="hidden", trigger_mode="always_last",
-                concurrency_id="guide-model-render", concurrency_limit=1)
-    w.change(on_omega, r_in, [grid, caption], show_progress="hidden", trigger_mode="always_last",
-             concurrency_id="guide-model-render", concurrency_limit=1)
-    page.guide_rendered.then(after_main, r_in, [grid, caption], show_progress="hidden")
+                concurrency_id="guide-model-render", concurrency_limit=None)
+    # one event per ω move, after the main preview's: its cached grid, or another guide's render
+    page.guide_rendered.then(after_main, r_in, [grid, caption], show_progress="hidden", trigger_mode="always_last",
+                             concurrency_id="guide-model-render", concurrency_limit=None)
     page.target_groups.change(fairness, fair_in, [fair_plot, fair_md], show_progress="hidden")
     page.loaders.append((choices, [ck], [pick]))
     page.loaders.append((fairness, fair_in, [fair_plot, fair_md]))

@@ -244,17 +244,19 @@ class GuideTab:
         scrub_in, scrub_out = [self.ckpt, self.omega_exact, page.device, *self.gs_inputs], [self.grid, self.caption]
         # a user moving the slider sets the exact ω; a program setting the slider (find ω) does not
         self.omega.input(lambda w: w, self.omega, self.omega_exact, show_progress="hidden", trigger_mode="always_last")
-        # render_exact has no queue limit of its own: renders queue for the device's job slot inside it
-        # (guide.render_slot), so the no-op calls after a cached scrub never wait behind a rendering one.
+        # The scrub is a few milliseconds of database lookup: it skips the queue (one HTTP request, no event
+        # stream, no concurrency lane shared with other tabs). render_exact has no queue limit of its own:
+        # renders queue for the device's job slot inside it (guide.render_slot), so the no-op calls after a
+        # cached scrub never wait behind a rendering one.
         self.rendered = self.omega_exact.change(self.scrub, scrub_in, scrub_out, trigger_mode="always_last",
-                                                show_progress="hidden").then(
+                                                show_progress="hidden", queue=False).then(
             self.render_exact, scrub_in, scrub_out, show_progress="hidden", concurrency_id="render",
             concurrency_limit=None, trigger_mode="always_last")
         self.omega.release(lambda w: w, self.omega, self.omega_exact, show_progress="hidden").then(
             self.figures, fig_in, fig_out, show_progress="hidden")
         self.omega_exact.submit(self.figures, fig_in, fig_out, show_progress="hidden")
         for comp in (self.ckpt, self.skip, self.shared, self.p_steps, self.p_count):
-            comp.change(self.scrub, scrub_in, scrub_out, show_progress="hidden").then(
+            comp.change(self.scrub, scrub_in, scrub_out, show_progress="hidden", queue=False).then(
                 self.render_exact, scrub_in, scrub_out, show_progress="minimal", concurrency_id="render",
                 concurrency_limit=None)
         self.ckpt.change(self.figures, fig_in, fig_out)
