@@ -56,12 +56,27 @@ def _load_npz(path: Path) -> dict | None:
         return {k: z[k] for k in z.files}
 
 
+def _driver_rows(conn, stmt) -> list[tuple]:
+    """The rows of a Core SELECT whose parameters are integers only, as the driver's plain tuples.
+
+    For the 50,000 rows of a pool, SQLAlchemy's Row objects and result processing cost several
+    times the query. The integers are rendered into the SQL; values come back as the driver returns
+    them (SQLite: booleans as 0/1)."""
+    sql = str(stmt.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+    cur = conn.connection.driver_connection.cursor()
+    try:
+        cur.execute(sql)
+        return cur.fetchall()
+    finally:
+        cur.close()
+
+
 def pool_ids(db: Database, model_id: int) -> np.ndarray:
     """Sorted sample ids of the pool."""
-    with db.session(read_only=True) as s:  # Core, fetched in one call (no ORM object or fetch per row)
-        rows = s.connection().execute(select(Sample.id).where(Sample.model_id == int(model_id))
-                                      .order_by(Sample.id)).scalars().all()
-    return np.asarray(rows, dtype=np.int64)
+    with db.session(read_only=True) as s:
+        rows = _driver_rows(s.connection(), select(Sample.id).where(Sample.model_id == int(model_id))
+                            .order_by(Sample.id))
+    return np.asarray([r[0] for r in rows], dtype=np.int64)
 
 
 # ----------------------------------------------------------------------------- features + projection
@@ -140,11 +155,12 @@ def load_map(db: Database, settings: Settings, model_id: int, classifier: str) -
 
 def point_attributes(db: Database, model_id: int, grouping_id: int | None, ids: np.ndarray) -> dict:
     """Per map point: group (None: unlabelled), confidence (nan: unlabelled), not-preferred flag."""
-    join_on = and_(Assignment.sample_id == Sample.id, Assignment.grouping_id == (grouping_id or -1))
-    with db.session(read_only=True) as s:  # one Core query over the pool (no ORM rows), then numpy lookups
-        rows = s.connection().execute(select(Sample.id, Sample.not_preferred, Assignment.group_name, Assignment.confidence,
-                                Assignment.sample_id).outerjoin(Assignment, join_on)
-                         .where(Sample.model_id == int(model_id)).order_by(Sample.id)).all()
+    join_on = and_(Assignment.sample_id == Sample.id, Assignment.grouping_id == int(grouping_id or -1))
+    with db.session(read_only=True) as s:  # one query over the pool, then numpy lookups
+        rows = _driver_rows(s.connection(), select(Sample.id, Sample.not_preferred, Assignment.group_name,
+                                                   Assignment.confidence, Assignment.sample_id)
+                            .outerjoin(Assignment, join_on).where(Sample.model_id == int(model_id))
+                            .order_by(Sample.id))
     group = np.full(len(ids), None, dtype=object)
     conf = np.full(len(ids), np.nan)
     np_flag = np.zeros(len(ids), dtype=bool)
