@@ -11,7 +11,7 @@ from pipelines.errors import UserError
 from ..services import attributes, guide, guide_model, merge_guide
 from ..services.evaluate import metric_name
 from . import plots
-from .common import Page, as_int, user_errors
+from .common import Page, as_int, hidden_value, user_errors
 
 DASH = {"score": "solid", "merged": "dash"}
 SHORT = {"score": "score space", "merged": "merged"}
@@ -130,7 +130,7 @@ class ComparePanel:
                 self.frac_plot = gr.Plot(show_label=False, elem_id="plot-compare-fraction")
                 self.fd_plot = gr.Plot(show_label=False, elem_id="plot-compare-fd")
             self.found = gr.Markdown(elem_id="compare-found")
-        self.acc, self.opened = acc, gr.State(False)
+        self.acc, self.opened = acc, hidden_value(False)  # not gr.State: it holds a heartbeat open
 
     # -- handlers ------------------------------------------------------------------------------------
     def choices(self, ck, grouping_id):
