@@ -11,8 +11,7 @@ import re
 from typing import Iterable, Sequence
 
 import numpy as np
-from sqlalchemy import (BigInteger, Float, any_, bindparam, case, delete, exists, func, literal, literal_column, or_,
-                        select, text, true, update)
+from sqlalchemy import BigInteger, any_, bindparam, delete, func, literal_column, select, text, update
 from sqlalchemy.types import ARRAY
 
 from pipelines.errors import UserError
@@ -46,10 +45,11 @@ def store_classifier_labels(s, classifier: str, classes: Sequence[str], sample_i
 def lock_classifier(s, classifier: str) -> None:
     """Serialise writers of one classifier's labels and assignments until the transaction ends.
 
-    Assignments are rewritten from a read of the current rows; two PostgreSQL transactions doing that
-    at once could both insert the same row. Locking the classifier's row first makes the second wait
-    for the first to commit (SQLite writers are already serialised by BEGIN IMMEDIATE; the lock is
-    a no-op there)."""
+    Assignments are written after counting the stored rows, and a bulk action finds its label rows as
+    the ones newer than the newest before it; two PostgreSQL transactions doing that at once could
+    both insert the same assignment or take each other's labels. Locking the classifier's row first
+    makes the second wait for the first to commit (SQLite writers are already serialised by BEGIN
+    IMMEDIATE; the lock is a no-op there)."""
     s.connection().execute(select(Classifier.id).where(Classifier.name == classifier).with_for_update())
 
 
@@ -185,34 +185,6 @@ def refresh_assignments(s, classifier: str, sample_ids: Iterable[int]) -> int:
     return _write(conn, ids, [g.id for g in groupings], _desired(conn, classifier, ids, groupings))
 
 
-def _assign_manual_class(conn, classifier: str, ids: list[int], class_name: str) -> int:
-    """Every grouping's assignment of these samples becomes the group of `class_name` (manual, confidence
-    1), in SQL: per chunk of ids one UPDATE of the rows that differ (the new group is a CASE over the
-    grouping) and one INSERT ... SELECT of the rows missing (samples the classifier never labelled);
-    returns the number of rows written."""
-    groupings = _groupings(conn, classifier)
-    if not groupings:
-        return 0
-    written = 0
-    a, gt = Assignment.__table__, Grouping.__table__
-    names = {g.id: _class_to_group(g).get(class_name, "uncertain") for g in groupings}
-    gids = list(names)
-    manual = literal(LabelSource.manual, a.c.source.type)
-    for part in _chunks(ids):
-        new_group = case(names, value=a.c.grouping_id)
-        written += conn.execute(
-            update(a).where(id_in(conn, a.c.sample_id, part), a.c.grouping_id.in_(gids),
-                            or_(a.c.group_name.is_distinct_from(new_group), a.c.confidence != 1.0, a.c.source != manual))
-            .values(group_name=new_group, confidence=1.0, source=LabelSource.manual)).rowcount
-        missing = ~exists().where(a.c.sample_id == Sample.__table__.c.id, a.c.grouping_id == gt.c.id)
-        rows = (select(Sample.__table__.c.id, gt.c.id, case(names, value=gt.c.id), literal(1.0, Float), manual)
-                .select_from(Sample.__table__.join(gt, true()))
-                .where(id_in(conn, Sample.__table__.c.id, part), gt.c.id.in_(gids), missing))
-        written += conn.execute(a.insert().from_select(
-            ["sample_id", "grouping_id", "group_name", "confidence", "source"], rows)).rowcount
-    return written
-
-
 def add_manual_labels(s, sample_ids: Sequence[int], classifier: str, class_name: str | None,
                       author: str = "") -> list[int]:
     """Append a manual label row per sample (one batched INSERT) and update their assignments;
@@ -220,14 +192,27 @@ def add_manual_labels(s, sample_ids: Sequence[int], classifier: str, class_name:
     ids = sorted({int(i) for i in sample_ids})
     lock_classifier(s, classifier)  # before the insert: the newest label is also the last one applied
     conn = s.connection()
-    now = utcnow()
-    label_ids = [r[0] for r in conn.execute(Label.__table__.insert().returning(Label.__table__.c.id), [
-        dict(sample_id=i, classifier=classifier, source=LabelSource.manual, class_name=class_name, confidence=1.0,
-             author=author or "user", created_at=now) for i in ids])]
+    to_db = Label.__table__.c.created_at.type.bind_processor(conn.dialect)  # the column's own storage format
+    now = to_db(utcnow()) if to_db else utcnow()
+    before = conn.execute(select(func.coalesce(func.max(Label.id), 0))).scalar()
+    _executemany(conn, "INSERT INTO labels (sample_id, classifier, source, class_name, confidence, author, created_at) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                 [(i, classifier, LabelSource.manual.value, class_name, 1.0, author or "user", now) for i in ids])
+    # Ours are exactly the newer manual rows of this classifier: its writers wait for the lock above.
+    label_ids = conn.execute(select(Label.id).where(Label.id > before, Label.classifier == classifier,
+                                                    Label.source == LabelSource.manual,
+                                                    id_in(conn, Label.sample_id, ids))).scalars().all()
+    if len(label_ids) != len(ids):
+        raise RuntimeError(f"stored {len(ids)} manual labels but found {len(label_ids)} new rows; nothing was saved")
     if class_name is None:  # withdrawn: the previous manual label or the classifier's counts again
         refresh_assignments(s, classifier, ids)
     else:  # the new row is the newest manual label of each sample: it decides every grouping
-        _assign_manual_class(conn, classifier, ids, class_name)
+        groupings = _groupings(conn, classifier)
+        rows = {}
+        for g in groupings:
+            row = (_class_to_group(g).get(class_name, "uncertain"), 1.0, "manual")
+            rows.update(dict.fromkeys(zip(ids, [g.id] * len(ids)), row))
+        _write(conn, ids, [g.id for g in groupings], rows)
     return label_ids
 
 
