@@ -54,6 +54,17 @@ def _no_guidance(omega) -> bool:
         isinstance(omega, torch.Tensor) and not bool(omega.any()))
 
 
+def _start(base, aux, omega, rows: int, dim: int, generator: torch.Generator, repeat: int):
+    """A sampler's first draw (one block's noise, tiled, on the models' device) and the network
+    it steps: (1 + w) * base - w * aux, or base alone when every w is 0 (bitwise standard sampling)."""
+    x = _tile(torch.randn(rows, dim, generator=generator, device=generator.device), repeat)
+    x = x.to(next(base.parameters()).device)
+    w = omega_rows(omega, rows, x.device)
+    if _no_guidance(w):
+        return x, base
+    return x, lambda x, t: combine(base(x, t), aux(x, t), w)
+
+
 def _mlp(runs, dim, recipe, generator) -> BatchedMLP:
     return BatchedMLP(runs, dim, recipe.hidden, recipe.depth, recipe.activation, generator=generator)
 
@@ -106,14 +117,10 @@ class EDMRecipe:
     def sample(self, base, aux, omega, rows: int, dim: int, generator: torch.Generator,
                repeat: int = 1) -> torch.Tensor:
         """`rows` Heun samples per block ([repeat * rows, dim]), D = (1 + w) D_base - w D_aux."""
-        device = generator.device
-        latents = _tile(torch.randn(rows, dim, generator=generator, device=device), repeat)
-        latents = latents.to(next(base.parameters()).device)
-        w = omega_rows(omega, rows, latents.device)
-        guided = not _no_guidance(w)
+        latents, net = _start(base, aux, omega, rows, dim, generator, repeat)
 
         def denoiser(x, sigma, class_labels=None):
-            return combine(base(x, sigma), aux(x, sigma), w) if guided else base(x, sigma)
+            return net(x, sigma)
         x, _ = heun_sample(denoiser, latents, self.sampler())
         return x
 
@@ -169,18 +176,14 @@ class DDPMRecipe:
     def sample(self, base, aux, omega, rows: int, dim: int, generator: torch.Generator,
                repeat: int = 1) -> torch.Tensor:
         """Ancestral DDPM (Ho et al. Alg. 2, sigma_t^2 = beta_t), eps = (1 + w) eps_base - w eps_aux."""
-        device = generator.device
-        x = _tile(torch.randn(rows, dim, generator=generator, device=device), repeat)
-        x = x.to(next(base.parameters()).device)
-        w = omega_rows(omega, rows, x.device)
-        guided = not _no_guidance(w)
+        x, net = _start(base, aux, omega, rows, dim, generator, repeat)
         alphas, abar, betas = (v.to(x.device) for v in (self._alphas, self._abar, self._betas))
         for t in range(self.steps - 1, 0, -1):
             tt = torch.full((x.shape[0],), float(t), device=x.device)
-            eps = combine(base(x, tt), aux(x, tt), w) if guided else base(x, tt)
+            eps = net(x, tt)
             x = 1 / alphas[t] ** 0.5 * (x - (1 - alphas[t]) / (1 - abar[t]) ** 0.5 * eps)
             if t > 1:
-                z = _tile(torch.randn(rows, dim, generator=generator, device=device), repeat)
+                z = _tile(torch.randn(rows, dim, generator=generator, device=generator.device), repeat)
                 x = x + betas[t] ** 0.5 * z.to(x.device)
         return x
 
