@@ -1,9 +1,11 @@
 """Our checkpoint format and the SIMS bundle: save -> load -> same outputs; bad files -> clear errors."""
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from pipelines.checkpoints.bundle import load_bundle, save_bundle
 from pipelines.checkpoints.native import load_model, read_metadata, save_model
+from pipelines.demo.aux import read_diff_header
 from pipelines.errors import UserError
 from pipelines.models import ModelConfig
 from pipelines.sampler import SamplerConfig
@@ -63,6 +65,29 @@ def test_wrong_file_type(tmp_path, name, match):
     f.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
     with pytest.raises(UserError, match=match):
         read_metadata(f)
+
+
+@pytest.mark.parametrize("meta,match", [({"sims": "{not json"}, "not valid JSON"),
+                                        ({"sims": "[1, 2]"}, "holds no model config"),
+                                        ({"other": "{}"}, "no SIMS metadata")])
+def test_bad_metadata_is_named(tmp_path, meta, match):
+    f = tmp_path / "m.safetensors"
+    save_file({"w": torch.zeros(2)}, str(f), metadata=meta)
+    with pytest.raises(UserError, match=match):
+        read_metadata(f)
+
+
+@pytest.mark.parametrize("meta,match", [({"sims_diff": "{not json"}, "not valid JSON.*build-demo-aux"),
+                                        ({"sims_diff": "[1]"}, "not a sims-model-diff/1 file.*build-demo-aux"),
+                                        ({"sims": "{}"}, "not a sims-model-diff/1 file")])
+def test_bad_difference_header_is_named(tmp_path, meta, match):
+    f = tmp_path / "d.safetensors"
+    save_file({"w": torch.zeros(2)}, str(f), metadata=meta)
+    with pytest.raises(UserError, match=match):
+        read_diff_header(f)
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 40)
+    with pytest.raises(UserError, match="not a readable difference file.*build-demo-aux"):
+        read_diff_header(tmp_path / "junk.safetensors")
 
 
 def test_unknown_config_key_is_named():

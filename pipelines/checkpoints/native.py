@@ -50,23 +50,31 @@ def save_model(path, model: Precond, config: ModelConfig, dataset: dict | None =
     return path
 
 
+def metadata_json(path, key: str, what: str, fix: str) -> Any:
+    """The JSON value stored under `key` in a .safetensors file's metadata (None where the key is
+    absent), read without the tensors. A file that cannot be read, or a value that is not JSON,
+    raises a UserError naming the file as a `what` and ending in `fix`."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get(key)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"{path} is not a readable {what} ({e}). {fix}") from None
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError as e:
+        raise UserError(f"{path}: its {key!r} metadata is not valid JSON ({e}); the file is corrupt. {fix}") from None
+
+
 def read_metadata(path) -> dict[str, Any]:
     """The JSON metadata of a checkpoint, without loading the weights."""
     path = _check_path(path)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get("sims")
-    except (SafetensorError, OSError, ValueError) as e:
-        raise UserError(f"{path} is not a readable .safetensors checkpoint ({e}). "
-                        "Re-export it, or import an EDM pickle with `python -m pipelines import-edm`.") from None
-    if raw is None:
+    meta = metadata_json(path, "sims", ".safetensors checkpoint",
+                         "Re-download or re-export it; import an EDM pickle with `python -m pipelines import-edm`.")
+    if meta is None:
         raise UserError(f"{path} has no SIMS metadata: it is a safetensors file but not one of ours. "
                         "Save models with `pipelines.checkpoints.native.save_model`.")
-    try:
-        meta = json.loads(raw)
-    except ValueError as e:
-        raise UserError(f"{path}: its SIMS metadata is not valid JSON ({e}); the file is corrupt. "
-                        "Re-download or re-export it.") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
         raise UserError(f"{path}: its SIMS metadata holds no model config; the file is corrupt. "
                         "Re-download or re-export it.")

@@ -23,11 +23,10 @@ from typing import Callable
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ..checkpoints.download import sha256_file
-from ..checkpoints.native import load_model, read_metadata, save_model
+from ..checkpoints.native import load_model, metadata_json, read_metadata, save_model
 from ..data import TensorImageDataset
 from ..errors import UserError
 from ..generate import generate_images, generate_sims
@@ -110,15 +109,10 @@ def save_diff(aux_path, base_path, out) -> dict:
 
 def read_diff_header(path) -> dict:
     """The header of a difference file (format, base hash, the aux's own metadata)."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get("sims_diff")
-    except (SafetensorError, OSError, ValueError) as e:
-        raise UserError(f"{path} is not a readable difference file ({e}); rebuild it with "
-                        "`python -m pipelines build-demo-aux`.") from None
-    header = json.loads(raw) if raw else {}
-    if header.get("format") != DIFF_FORMAT:
-        raise UserError(f"{path} is not a {DIFF_FORMAT} file; rebuild it with `python -m pipelines build-demo-aux`.")
+    rebuild = "Rebuild it with `python -m pipelines build-demo-aux`."
+    header = metadata_json(path, "sims_diff", "difference file", rebuild)
+    if not isinstance(header, dict) or header.get("format") != DIFF_FORMAT:
+        raise UserError(f"{path} is not a {DIFF_FORMAT} file. {rebuild}")
     return header
 
 
