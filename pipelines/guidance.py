@@ -31,6 +31,17 @@ def parse_omega(value) -> float:
     return omega
 
 
+def parse_interval(spec) -> tuple[float, float] | None:
+    """The guidance interval from user input 'sigma_lo,sigma_hi' (None or empty: guide at every step)."""
+    if spec is None or not str(spec).strip():
+        return None
+    try:
+        lo, hi = (float(v) for v in str(spec).split(","))
+    except ValueError:
+        raise UserError(f"--interval takes 'sigma_lo,sigma_hi' such as 0.28,1.61 (got {spec!r}).") from None
+    return (lo, hi)
+
+
 def denoiser_signature(model) -> dict | None:
     """What a guide must share with the base: sample shape, preconditioning, label dim (None if unknown)."""
     net = getattr(model, "model", None)

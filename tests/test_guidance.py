@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from pipelines.errors import UserError
-from pipelines.guidance import SIMSDenoiser, parse_omega
+from pipelines.guidance import SIMSDenoiser, parse_interval, parse_omega
 from pipelines.sampler import SamplerConfig, sample_from_seeds, sigma_steps
 
 SEEDS = [0, 1, 2, 3, 11]
@@ -110,6 +110,14 @@ def test_shared_encoder_equals_full_guidance_when_encoders_match(mlp_pair):
 def test_non_numeric_omega_is_refused(bad):
     with pytest.raises(UserError, match="omega"):
         parse_omega(bad)
+
+
+def test_interval_parsing():
+    assert parse_interval(None) is None and parse_interval(" ") is None
+    assert parse_interval("0.28, 1.61") == (0.28, 1.61)
+    for bad in ["1", "a,b", "1,2,3"]:
+        with pytest.raises(UserError, match="--interval takes 'sigma_lo,sigma_hi'"):
+            parse_interval(bad)
 
 
 def test_nonzero_omega_needs_aux(mlp_pair):

@@ -25,26 +25,16 @@ def _writable(out: Path) -> None:
         raise UserError(f"{out} exists; pick a new name (nothing was overwritten).")
 
 
-def _interval(spec):
-    if not spec:
-        return None
-    try:
-        lo, hi = (float(v) for v in spec.split(","))
-    except ValueError:
-        raise UserError(f"--interval must be 'lo,hi' in sigma, e.g. 0.28,1.61 (got {spec!r})") from None
-    return (lo, hi)
-
-
 def run_bundle(args) -> int:
     from ..checkpoints.bundle import save_bundle
-    from ..guidance import parse_omega
+    from ..guidance import parse_interval, parse_omega
     from ..sampler import SamplerConfig
     out = Path(args.out)
     _writable(out)
     card = json.loads(Path(args.card).read_text()) if args.card else {}
     if not isinstance(card, dict):
         raise UserError(f"{args.card} must hold a JSON object (the model card's fields).")
-    save_bundle(out, args.base, args.aux, parse_omega(args.omega), _interval(args.interval),
+    save_bundle(out, args.base, args.aux, parse_omega(args.omega), parse_interval(args.interval),
                 SamplerConfig(num_steps=args.steps), card=card)
     print(f"wrote {out} and {out.with_suffix('.md')} (omega {args.omega}, {args.steps} steps); "
           f"sample it with: python -m pipelines sample-sims --bundle {out} --seeds 0-63 --out samples.npz")
@@ -54,7 +44,7 @@ def run_bundle(args) -> int:
 def run_dataset(args) -> int:
     from ..checkpoints.native import load_model
     from ..generate import generate_images, generate_sims
-    from ..guidance import parse_omega
+    from ..guidance import parse_interval, parse_omega
     from ..imageio import write_image_zip
     from ..sampler import SamplerConfig
     from .attributes import _classifier
@@ -67,7 +57,7 @@ def run_dataset(args) -> int:
         raise UserError(f"--n must be a positive number of images (got {args.n}).")
     base, _ = load_model(args.base, device=device)
     aux = load_model(args.aux, device=device)[0] if omega != 0 else None
-    sampler, interval = SamplerConfig(num_steps=args.steps), _interval(args.interval)
+    sampler, interval = SamplerConfig(num_steps=args.steps), parse_interval(args.interval)
     seeds = list(range(args.seed0, args.seed0 + args.n))
     if aux is None:
         images = generate_images(base, seeds, sampler, batch_size=args.batch_size, device=device)

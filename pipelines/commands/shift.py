@@ -282,13 +282,8 @@ class Measure:
 
 
 def _interval(args):
-    if not getattr(args, "interval", None):
-        return None
-    try:
-        lo, hi = (float(v) for v in args.interval.split(","))
-    except ValueError:
-        raise UserError(f"--interval must be 'lo,hi' in sigma, e.g. 0.28,1.61 (got {args.interval!r})") from None
-    return (lo, hi)
+    from ..guidance import parse_interval
+    return parse_interval(getattr(args, "interval", None))  # not every verb has --interval
 
 
 def _target_of(args, groups) -> float:
