@@ -30,6 +30,18 @@ SMALL_SAMPLE = 100  # below this many assigned images the output warns that inte
 KL_EMPTY_NOTE = "groups with no samples contribute 0 to KL (0 log 0 = 0)"
 
 
+def parse_share(text, what: str) -> float:
+    """'0.7' or '70%' -> 0.7; not a number, or outside 0..1, is a UserError that names `what`."""
+    text = str(text).strip()
+    try:
+        share = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise UserError(f"{what} must be a number such as 0.7 or 70% (got {text!r})") from None
+    if not 0 <= share <= 1:
+        raise UserError(f"{what} must be between 0 and 1, or 0% and 100% (got {text!r})")
+    return share
+
+
 def parse_target(spec: str, groups: list[str]) -> dict[str, float]:
     """'5-9=0.7' or 'female=70%;male=30%' -> {group: share}; unnamed groups share the remainder equally."""
     named: dict[str, float] = {}
@@ -39,13 +51,7 @@ def parse_target(spec: str, groups: list[str]) -> dict[str, float]:
         g, v = (s.strip() for s in part.rsplit("=", 1))
         if g not in groups:
             raise UserError(f"target names group {g!r}, which the grouping lacks (its groups: {groups})")
-        try:
-            share = float(v[:-1]) / 100 if v.endswith("%") else float(v)
-        except ValueError:
-            raise UserError(f"target share {v!r} of group {g!r} is not a number (use 0.7 or 70%)") from None
-        if not 0 <= share <= 1:
-            raise UserError(f"target share of {g!r} must be between 0 and 1 (got {share})")
-        named[g] = share
+        named[g] = parse_share(v, f"target share of group {g!r}")
     if not named:
         raise UserError(f"empty target {spec!r}; give shares like 5-9=0.7")
     rest = [g for g in groups if g not in named]

@@ -7,7 +7,7 @@ import pytest
 from pipelines.errors import UserError
 from pipelines.fairness import (Confusion, KL_EMPTY_NOTE, confusion_from_labels, corrected_fractions,
                                 fairness_discrepancy, fairness_report, format_report, kl_divergence,
-                                parse_target, total_variation)
+                                parse_share, parse_target, total_variation)
 
 
 def test_point_metrics_by_hand():
@@ -64,6 +64,17 @@ def test_parse_target():
         parse_target("a=0.8,b=0.5", ["a", "b"])
     with pytest.raises(UserError, match="sum"):
         parse_target("a=0.5,b=0.2", ["a", "b"])
+    with pytest.raises(UserError, match="target share of group 'a' must be a number"):
+        parse_target("a=lots", ["a", "b"])
+    with pytest.raises(UserError, match="target share of group 'a' must be between 0 and 1"):
+        parse_target("a=120%", ["a", "b"])
+
+
+def test_parse_share():
+    assert parse_share(" 70% ", "x") == pytest.approx(0.7) and parse_share("0.25", "x") == 0.25
+    for bad, match in [("70", "between 0 and 1"), ("-0.1", "between"), ("nan", "between"), ("7o%", "a number")]:
+        with pytest.raises(UserError, match=f"--target must be {match}"):
+            parse_share(bad, "--target")
 
 
 def test_correction_inverts_a_known_confusion():

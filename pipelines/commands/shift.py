@@ -289,14 +289,8 @@ def _interval(args):
 def _target_of(args, groups) -> float:
     if args.group not in groups:
         raise UserError(f"'{args.group}' is not a group of this grouping (its groups: {groups}).")
-    text = str(args.target).strip()
-    try:
-        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
-    except ValueError:
-        raise UserError(f"--target must be a fraction like 0.7 or 70% (got {text!r})") from None
-    if not 0 <= value <= 100:
-        raise UserError(f"--target must be between 0 and 1 (or 0% and 100%), got {text!r}")
-    return value / 100 if value > 1 else value
+    from ..fairness import parse_share
+    return parse_share(args.target, "--target")
 
 
 # -- find-omega -------------------------------------------------------------------------------------
