@@ -8,8 +8,10 @@ slider position of the ω grid rendered and cached, as bench/scrub.py), starts t
 (N = each of --clients). Each client plays one browser tab: it moves ω to a random cached slider
 position, waits 0-100 ms (a hand on a slider), and moves again, --scrubs times. A move fires what a
 browser fires: every event the page listens to on the exact-ω box (read from the app's /config:
-the scrub, the Guide panels, the stored view), each followed by its `.then` events, with the page's
-own input values; the image of the grid is fetched as a browser does.
+the scrub, the Guide panels, the stored view, the Export tab's plan), each followed by its `.then`
+events, with the page's own input values, in one session per client with one event stream (as a
+browser tab: a new session per event would rebuild the session's state every time); the image of
+the grid is fetched as a browser does.
   scrub   — seconds from the move to the cached grid fetched (what the user waits for);
   chain   — seconds until every event of the move, follow-ups included, has finished.
 Prints p50 / p95 of both and the errors per N, with the machine's load average. Target: scrub p95
@@ -50,7 +52,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_app(data_dir: Path, port: int, log: Path, timeout_s: float = 300) -> subprocess.Popen:
+def start_app(data_dir: Path, log: Path, tries: int = 3) -> tuple[subprocess.Popen, int]:
+    """(the studio in its own process, its port), once it answers and has outlived Gradio's start-up check
+    of localhost (which a loaded machine can fail: the app then exits and is started again)."""
+    for attempt in range(tries):
+        port = free_port()
+        proc = _start_app(data_dir, port, log)
+        deadline = time.monotonic() + 15  # the check retries for a few seconds after the page answers
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+        if proc.poll() is None:
+            return proc, port
+        print(f"the app exited during start-up (attempt {attempt + 1}): {log.read_text()[-300:]!r}")
+    raise SystemExit("the app did not start")
+
+
+def _start_app(data_dir: Path, port: int, log: Path, timeout_s: float = 300) -> subprocess.Popen:
     """The studio in its own process; returns once its page answers (or raises with the log's tail)."""
     import httpx
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
@@ -95,45 +112,94 @@ class Page:
 
 
 class Client:
-    """One browser tab: its own HTTP connection and component values."""
+    """One browser tab: one session (a browser's page keeps one: its state is built once, not per event),
+    its own HTTP connections, its component values and one event stream for all its queued events."""
 
     def __init__(self, page: Page, rng: random.Random):
         import httpx
         self.page, self.rng = page, rng
         self.value = dict(page.value)
+        self.session = uuid.uuid4().hex
         self.http = httpx.Client(timeout=120)
+        self.lock = threading.Lock()
+        self.waiting: dict[str, dict] = {}   # event id -> {"done": Event, "msgs": [...]}
+        self.early: dict[str, list] = {}     # messages of an event whose join has not answered yet
+        self.reader: threading.Thread | None = None
+
+    def _read(self) -> None:
+        """The session's event stream, open while events wait (reopened if the server closes it early)."""
+        import httpx
+        with httpx.Client(timeout=120) as http:
+            try:
+                self._stream(http)
+            except httpx.HTTPError as e:  # the app went away (end of the run): waiting events fail
+                with self.lock:
+                    self.reader = None
+                    for w in self.waiting.values():
+                        w["msgs"].append({"msg": "process_completed", "success": False, "error": str(e)})
+                        w["done"].set()
+
+    def _stream(self, http) -> None:
+        while True:
+            with self.lock:
+                if not self.waiting:
+                    self.reader = None
+                    return
+            with http.stream("GET", self.page.url + f"gradio_api/queue/data?session_hash={self.session}") as ev:
+                for line in ev.iter_lines():
+                    msg = json.loads(line[5:]) if line.startswith("data:") else {}
+                    if msg.get("msg") == "close_stream":
+                        break
+                    eid = msg.get("event_id")
+                    if eid is None:
+                        continue
+                    with self.lock:
+                        w = self.waiting.get(eid)
+                        if w is None:
+                            self.early.setdefault(eid, []).append(msg)
+                        else:
+                            self._take(w, msg)
+
+    @staticmethod
+    def _take(w: dict, msg: dict) -> None:
+        if msg.get("msg") in ("process_generating", "process_completed"):
+            w["msgs"].append(msg)
+        if msg.get("msg") == "process_completed":
+            w["done"].set()
+
+    def _fetch_grid(self, dep: dict, values) -> bool:
+        for cid, v in zip(dep["outputs"], values or []):
+            if isinstance(v, dict) and v.get("url") and cid == self.page.grid:
+                self.http.get(v["url"]).raise_for_status()
+                return True
+        return False
 
     def run_event(self, dep: dict) -> tuple[bool, bool]:
         """Run one event as the browser does; (succeeded, the grid image was fetched)."""
-        session = uuid.uuid4().hex
-        data = [self.value.get(i) for i in dep["inputs"]]
+        body = {"data": [self.value.get(i) for i in dep["inputs"]], "fn_index": dep["id"],
+                "session_hash": self.session, "event_data": None, "trigger_id": None}
         if dep.get("queue") is False:  # an event that skips the queue: one POST answers it, as in the browser
-            r = self.http.post(self.page.url + "gradio_api/run/predict", json={
-                "data": data, "fn_index": dep["id"], "session_hash": session, "event_data": None,
-                "trigger_id": None})
-            fetched = False
-            for cid, v in zip(dep["outputs"], r.json().get("data") or [] if r.status_code == 200 else []):
-                if isinstance(v, dict) and v.get("url") and cid == self.page.grid:
-                    self.http.get(v["url"]).raise_for_status()
-                    fetched = True
-            return r.status_code == 200, fetched
-        self.http.post(self.page.url + "gradio_api/queue/join", json={
-            "data": data, "fn_index": dep["id"], "session_hash": session, "event_data": None,
-            "trigger_id": None}).raise_for_status()
-        fetched = False
-        with self.http.stream("GET", self.page.url + f"gradio_api/queue/data?session_hash={session}") as events:
-            for line in events.iter_lines():
-                msg = json.loads(line[5:]) if line.startswith("data:") else {}
-                if msg.get("msg") not in ("process_completed", "process_generating"):
-                    continue
-                out = (msg.get("output") or {}).get("data") or []
-                for cid, v in zip(dep["outputs"], out):
-                    if isinstance(v, dict) and v.get("url") and cid == self.page.grid:
-                        self.http.get(v["url"]).raise_for_status()
-                        fetched = True
-                if msg["msg"] == "process_completed":
-                    return bool(msg.get("success", True)), fetched
-        return False, fetched
+            r = self.http.post(self.page.url + "gradio_api/run/predict", json=body)
+            if r.status_code != 200:
+                raise RuntimeError(f"HTTP {r.status_code}: {r.text[:300]}")
+            return True, self._fetch_grid(dep, r.json().get("data"))
+        r = self.http.post(self.page.url + "gradio_api/queue/join", json=body)
+        r.raise_for_status()
+        eid, w = r.json()["event_id"], {"done": threading.Event(), "msgs": []}
+        with self.lock:
+            self.waiting[eid] = w
+            for msg in self.early.pop(eid, []):
+                self._take(w, msg)
+            if self.reader is None:
+                self.reader = threading.Thread(target=self._read, daemon=True)
+                self.reader.start()
+        finished = w["done"].wait(300)
+        with self.lock:
+            self.waiting.pop(eid, None)
+        if not finished:
+            return False, False
+        last = w["msgs"][-1]
+        return bool(last.get("success", True)), self._fetch_grid(dep, (last.get("output") or {}).get("data"))
 
     def move(self, omega: float) -> dict:
         """Set ω and run every event it fires (and their follow-ups) concurrently, as a page does."""
@@ -212,19 +278,23 @@ def main(argv=None) -> int:
         data_dir = st.settings.data_dir
         st.close()
         print(f"setup (pool, S, fine-tune, {len(omegas)} cached previews) {time.perf_counter() - t0:.1f} s")
-        port = free_port()
-        proc = start_app(data_dir, port, Path(tmp) / "app.log")
+        log = Path(tmp) / "app.log"
+        proc, port = start_app(data_dir, log)
         try:
             url = f"http://127.0.0.1:{port}/"
             page = Page(url, {"guide-ckpt": ck, "omega-exact": 0.0, "guide-psteps": gs.preview_steps,
                               "guide-pcount": gs.preview_count, "pick-device": "cpu"})
+            follow, todo = [], list(page.on_omega)
+            while todo:
+                follow += (nxt := [d for dep in todo for d in page.after.get(dep["id"], [])])
+                todo = nxt
             print(f"events on an ω move: {', '.join(page.names[d['id']] for d in page.on_omega)}; follow-ups: "
-                  f"{', '.join(page.names[d['id']] for ds in page.after.values() for d in ds)}")
+                  f"{', '.join(page.names[d['id']] for d in follow)}")
             Client(page, random.Random(0)).move(omegas[1])  # warm-up
             for n in counts:
                 load = os.getloadavg()[0]
                 r = run_clients(page, omegas, n, args.scrubs, args.seed)
-                s, c = r["scrub"], r["chain"]
+                s, c = r["scrub"] or [float("nan")], r["chain"]
                 print(f"clients {n:>3}: scrub p50 {1000 * statistics.median(s):7.0f} ms  p95 {1000 * pct(s, 95):7.0f} ms"
                       f" | chain p50 {1000 * statistics.median(c):7.0f} ms  p95 {1000 * pct(c, 95):7.0f} ms"
                       f" | moves {r['moves']}, errors {len(r['errors'])}, no grid {r['no_grid']}"
@@ -237,6 +307,8 @@ def main(argv=None) -> int:
                         per.items(), key=lambda kv: -statistics.median(kv[1]))))
                 for e in sorted(set(r["errors"]))[:5]:
                     print(f"    error: {e}")
+                if proc.poll() is not None:
+                    raise SystemExit(f"the app exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
         finally:
             proc.terminate()
             try:

@@ -138,3 +138,37 @@ def test_slot_acquire_yields_holders_until_free(world):
     finally:
         slot.release()
     assert holders(st.db, "cpu") == []
+
+
+def test_a_waiting_render_takes_the_grid_a_job_renders_meanwhile(world):
+    """The job holding the device (e.g. the preview job after a fine-tune) renders the grid: the waiting
+    render returns it from the cache instead of rendering it again."""
+    st, ck = world
+    job = hold_slot_with_job(st)
+    waited, items, errors = threading.Event(), [], []
+
+    def scrub():
+        try:
+            for item in guide.preview_stream(st.db, st.settings, ck, 1.75, GS, "cpu", slot_wait_s=DEADLINE_S):
+                items.append(item[0])
+                if item[0] == "waiting":
+                    waited.set()
+                else:
+                    items.append(item[1])
+        except Exception as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+
+    t = threading.Thread(target=scrub)
+    t.start()
+    try:
+        assert waited.wait(DEADLINE_S)
+        # the job's own render (no slot: the job holds it), as tasks/sweep.py renders previews
+        evaluate.render_cached(st.db, st.settings, ck, 1.75, range(GS.preview_count), GS.preview_steps,
+                               GS.interval(GS.preview_steps), GS.shared_encoder, "cpu")
+        t.join(DEADLINE_S)
+    finally:
+        end_job(st, job)
+        t.join(DEADLINE_S)
+    assert not t.is_alive() and not errors, errors
+    assert items[-2] == "done" and items[-1]["cached"] is True  # taken from the cache, not rendered again
+    assert holders(st.db, "cpu") == []

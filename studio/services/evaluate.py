@@ -138,7 +138,12 @@ def render_stream(db: Database, settings: Settings, checkpoint_id: int, omega: f
         yield "done", hit
         return
     if slot is not None:
-        for held in slot.acquire():
+        waits = slot.acquire()
+        for held in waits:
+            if (hit := _cached(db, settings, key, t0)) is not None:  # e.g. the preview job holding the device
+                waits.close()
+                yield "done", hit
+                return
             yield "waiting", held
         use_render_threads()
     try:

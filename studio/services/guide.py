@@ -77,7 +77,9 @@ def preview(db: Database, settings: Settings, checkpoint_id: int, omega: float, 
     return result
 
 
-RENDER_WAIT_S = 30.0  # a live render gives up after waiting this long for a device a job holds
+# A live render gives up after waiting this long for a device a job holds (the nearest cached grid stays
+# on screen and the caption names the job): a page must not hang on a fine-tune that takes minutes.
+RENDER_WAIT_S = 5.0
 
 
 def render_slot(db: Database, settings: Settings, device: str, what: str, wait_s: float | None = RENDER_WAIT_S):
