@@ -84,10 +84,14 @@ def submit_once(db: Database, spec: JobSpec, title: str = "", device: str | None
 def get(db: Database, job_id: int) -> JobView:
     """One job, or a UserError if it does not exist."""
     with db.session(read_only=True) as s:
-        job = s.get(Job, job_id)
-        if job is None:
-            raise UserError(f"No job #{job_id}.")
-        return _view(job)
+        return _view(_job(s, job_id))
+
+
+def _job(s, job_id: int) -> Job:
+    job = s.get(Job, job_id)
+    if job is None:
+        raise UserError(f"No job #{job_id}.")
+    return job
 
 
 def list_jobs(db: Database, kind: str | None = None, limit: int = 200) -> list[JobView]:
@@ -109,9 +113,7 @@ def events(db: Database, job_id: int) -> list[tuple[str, str, str]]:
 def cancel(db: Database, job_id: int) -> str:
     """Cancel a queued/interrupted job at once, or ask a running one to stop."""
     with db.session() as s:
-        job = s.get(Job, job_id)
-        if job is None:
-            raise UserError(f"No job #{job_id}.")
+        job = _job(s, job_id)
         state = JobState(job.state)
         if state in (JobState.queued, JobState.interrupted):
             transition(s, job, JobState.cancelled, "cancelled by the user")
@@ -125,9 +127,7 @@ def cancel(db: Database, job_id: int) -> str:
 def resume(db: Database, job_id: int) -> str:
     """Queue an interrupted (or failed/cancelled) job again; fine-tunes continue from their last checkpoint."""
     with db.session() as s:
-        job = s.get(Job, job_id)
-        if job is None:
-            raise UserError(f"No job #{job_id}.")
+        job = _job(s, job_id)
         state = JobState(job.state)
         if state not in (JobState.interrupted, JobState.failed, JobState.cancelled):
             raise UserError(f"Job #{job_id} is {state.value}; only interrupted, failed or cancelled jobs resume.")
