@@ -12,12 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Sequence
 
-import numpy as np
 import torch
 
 from ...errors import UserError
-from .distance import fitted_moments
-from .loops import LoopConfig, LoopRunner
+from .distance import fitted_moments, mean_se
+from .loops import LoopConfig, LoopRunner, sims_sweep
 
 
 @dataclass
@@ -28,15 +27,9 @@ class BudgetConfig:
 
     def __post_init__(self):
         self.base_epochs = sorted({int(e) for e in self.base_epochs})
-        self.omegas = sorted({float(o) for o in self.omegas} | {0.0})
         if self.base_epochs[0] < 1:
             raise UserError(f"base epochs must be >= 1 (got {self.base_epochs}).")
-        self.loop = replace(self.loop, training="sims", omega=0.0)
-
-
-def _stats(values: np.ndarray) -> dict:
-    se = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else None
-    return {"mean": float(values.mean()), "se": se}
+        self.loop, self.omegas = sims_sweep(self.loop, self.omegas)
 
 
 def run_budget(cfg: BudgetConfig, world) -> dict:
@@ -51,7 +44,7 @@ def run_budget(cfg: BudgetConfig, world) -> dict:
             out = runner.draw(1, base, aux, omega)
             d_ot, d_g = runner.distances(out)
             mean, cov = fitted_moments(out.cpu())  # what the error is: offset, spread, correlation
-            per_omega.append({"omega": omega, "w2_ot": _stats(d_ot), "w2_gauss": _stats(d_g),
+            per_omega.append({"omega": omega, "w2_ot": mean_se(d_ot), "w2_gauss": mean_se(d_g),
                               "w2_ot_runs": d_ot.tolist(), "w2_gauss_runs": d_g.tolist(),
                               "moments": {"mean_norm": float(mean.norm(dim=1).mean()), "cov": cov.mean(0).tolist(),
                                           "var_per_axis": float(torch.diagonal(cov, dim1=1, dim2=2).mean())}})

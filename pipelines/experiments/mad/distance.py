@@ -124,3 +124,10 @@ def gaussian_w2_runs(gen: torch.Tensor, true_mean: torch.Tensor, true_cov: torch
     """Per-run closed-form W2 between a Gaussian fitted to gen[r] and p_r's true moments."""
     mean, cov = fitted_moments(gen)
     return gaussian_w2(mean, cov, true_mean.expand_as(mean), true_cov.expand_as(cov)).numpy()
+
+
+def mean_se(values) -> dict:
+    """{'mean', 'se'} of per-run values; se = sample std / sqrt(runs), None for a single run."""
+    values = np.asarray(values)
+    se = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else None
+    return {"mean": float(values.mean()), "se": se}

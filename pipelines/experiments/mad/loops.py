@@ -87,6 +87,12 @@ class LoopConfig:
         return max(self.n_syn, self.n_eval)
 
 
+def sims_sweep(loop: LoopConfig, omegas) -> tuple[LoopConfig, list[float]]:
+    """For a study that draws one loop's models at several omegas: the loop trains an auxiliary
+    (SIMS; omega is chosen per draw), and the omegas, sorted, include 0 (the standard reference)."""
+    return replace(loop, training="sims", omega=0.0), sorted({float(o) for o in omegas} | {0.0})
+
+
 @dataclass
 class Generation:
     """What generation t produced: its models and its output points [B*R, n_out, d]."""

@@ -11,14 +11,14 @@ over |D_p| compares like with like.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Sequence
 
-import numpy as np
 import torch
 
 from ...errors import UserError
-from .loops import LoopConfig, LoopRunner, stream
+from .distance import mean_se
+from .loops import LoopConfig, LoopRunner, sims_sweep, stream
 from .training import sample_runs
 
 POLLUTE = 20  # random-stream purpose: drawing D_p from G_ST-I^1
@@ -32,16 +32,15 @@ class PollutionConfig:
 
     def __post_init__(self):
         self.pollution = sorted({int(p) for p in self.pollution})
-        self.omegas = sorted({float(o) for o in self.omegas} | {0.0})
         if self.pollution[0] < 0:
             raise UserError(f"|D_p| values must be >= 0 (got {self.pollution}).")
-        self.loop = replace(self.loop, training="sims", omega=0.0)
+        self.loop, self.omegas = sims_sweep(self.loop, self.omegas)
 
 
 def _both(runner: LoopRunner, out: torch.Tensor) -> dict:
     d_ot, d_g = runner.distances(out)
-    return {"w2_ot": float(d_ot.mean()), "w2_gauss": float(d_g.mean()),
-            "w2_ot_se": float(d_ot.std(ddof=1) / np.sqrt(len(d_ot))) if len(d_ot) > 1 else None}
+    ot = mean_se(d_ot)
+    return {"w2_ot": ot["mean"], "w2_gauss": float(d_g.mean()), "w2_ot_se": ot["se"]}
 
 
 def _sims_rows(runner: LoopRunner, t: int, base, aux, omegas) -> dict:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import UserError
+from .distance import mean_se
 from .fig4 import METRICS, SweepResult, summarize
 
 # SIMS paper, Sec. 4.2.1: E[dist(G^inf)]/E[dist(G^1)] (standard training, SIMS at its best omega)
@@ -50,9 +51,7 @@ def build_report(result: SweepResult, world, seconds: float | None = None) -> di
             cell = s["cells"][(size, omega)]
             loops.append({"n_syn": size, "omega": omega, "mean": dist.mean(1), "std": dist.std(1),
                           "ratio_curve": cell["curve"], "converged_ratio": cell["ratio"], "converged_se": cell["se"]})
-        gen1 = [{"omega": o, "mean": float(v[metric].mean()),
-                 "se": float(v[metric].std(ddof=1) / np.sqrt(len(v[metric]))) if len(v[metric]) > 1 else None}
-                for o, v in sorted(result.gen1.items())]
+        gen1 = [{"omega": o, **mean_se(v[metric])} for o, v in sorted(result.gen1.items())]
         out["metrics"][metric] = {"table": s["table"], "loops": loops, "gen1": gen1}
     return _jsonable(out)
 

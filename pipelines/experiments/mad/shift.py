@@ -9,7 +9,7 @@ would move a whole-distribution distance.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -17,7 +17,7 @@ import torch
 
 from ...errors import UserError
 from .distance import fitted_moments, gaussian_w2
-from .loops import AUX_TRAIN, LoopConfig, LoopRunner, stream
+from .loops import AUX_TRAIN, LoopConfig, LoopRunner, sims_sweep, stream
 from .training import finetune_copy, sample_runs
 from .worlds import MixtureWorld
 
@@ -35,8 +35,7 @@ class ShiftConfig:
         mix = np.asarray(self.aux_mix, dtype=float)
         if (mix < 0).any() or abs(mix.sum() - 1) > 1e-6:
             raise UserError(f"aux_mix must be shares >= 0 summing to 1 (got {list(self.aux_mix)}).")
-        self.omegas = sorted({float(o) for o in self.omegas} | {0.0})
-        self.loop = replace(self.loop, training="sims", omega=0.0)
+        self.loop, self.omegas = sims_sweep(self.loop, self.omegas)
 
 
 def select_mix(points: torch.Tensor, labels: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
