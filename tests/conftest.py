@@ -11,8 +11,10 @@ directory, just as SQLite keeps one file per data directory. The server is $SIMS
 session starts itself; without either the PostgreSQL variants are skipped, saying why.
 """
 import hashlib
+import http.server
 import os
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -122,3 +124,22 @@ def pg_url(pg_server, request):
     dbs = PgDatabases(pg_server, prefix=f"t{os.getpid()}_fn")
     yield dbs.url_for(request.node.nodeid)
     dbs.drop_all()
+
+
+@pytest.fixture
+def serve_http():
+    """start(handler, **attrs) -> (server, base URL): a threaded HTTP server on a free loopback port whose
+    `attrs` the handler reads as self.server.<name>; every server started is shut down after the test."""
+    servers = []
+
+    def start(handler, **attrs):
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        for name, value in attrs.items():
+            setattr(srv, name, value)
+        servers.append(srv)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        return srv, f"http://127.0.0.1:{srv.server_address[1]}"
+    yield start
+    for srv in servers:
+        srv.shutdown()
+        srv.server_close()

@@ -12,7 +12,6 @@ import os
 import pickle
 import socket
 import sys
-import threading
 import types
 
 import numpy as np
@@ -363,14 +362,8 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def http_server():
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RangeHandler)
-    srv.files, srv.requests, srv.cut_after, srv.ignore_range = {}, [], None, False
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv, f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-    srv.server_close()
+def http_server(serve_http):
+    return serve_http(RangeHandler, files={}, requests=[], cut_after=None, ignore_range=False)
 
 
 PAYLOAD = os.urandom(300_000)

@@ -4,7 +4,6 @@ A local HTTP server counts the requests it receives: a refused import must not r
 """
 import http.server
 import socket
-import threading
 
 import pytest
 
@@ -39,13 +38,8 @@ class CountingHandler(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def server():
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), CountingHandler)
-    srv.hits, srv.redirect_to = [], ""
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield srv, f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-    srv.server_close()
+def server(serve_http):
+    return serve_http(CountingHandler, hits=[], redirect_to="")
 
 
 @pytest.mark.parametrize("ip,why", [
