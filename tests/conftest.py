@@ -34,6 +34,20 @@ def make_mlp(seed: int, precond: str = "edm"):
     return build_model(cfg).eval(), cfg
 
 
+def scaled_demo_pair(scale: float = 1.02):
+    """The bundled demo model and a distinct auxiliary: the same network with every weight times `scale`."""
+    import copy
+
+    from pipelines.checkpoints.native import load_model
+    from pipelines.demo.assets import DEMO_MODEL
+    base, _ = load_model(DEMO_MODEL)
+    aux = copy.deepcopy(base)
+    with torch.no_grad():
+        for p in aux.parameters():
+            p.mul_(scale)
+    return base, aux
+
+
 @pytest.fixture
 def mlp_pair():
     base, cfg = make_mlp(0)

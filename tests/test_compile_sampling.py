@@ -10,6 +10,7 @@ import torch
 
 from pipelines import compiling
 from pipelines.errors import UserError
+from tests.conftest import scaled_demo_pair
 
 
 def test_mode_is_cuda_graphs_on_cuda_only():
@@ -91,21 +92,10 @@ def test_paired_call_of_compiled_models_uses_both_weight_sets():
     assert hasattr(pair._run, "_torchdynamo_orig_callable")  # the paired call is compiled instead
     assert not hasattr(next(iter(pair.params.values())), "_dynamo_static_input_type")
     # Under CUDA graphs the stacked weights are marked static: not copied into the graph per replay.
-    b2, a2 = _demo_pair()
+    b2, a2 = scaled_demo_pair()
     compile_backbone(b2, "reduce-overhead"), compile_backbone(a2, "reduce-overhead")
     graphs = PairedNetworks(b2, a2)
     assert all(hasattr(t, "_dynamo_static_input_type") for t in graphs.params.values())
-
-
-def _demo_pair():
-    from pipelines.checkpoints.native import load_model
-    from pipelines.demo.assets import DEMO_MODEL
-    base, _ = load_model(DEMO_MODEL)
-    aux = copy.deepcopy(base)
-    with torch.no_grad():
-        for p in aux.parameters():
-            p.mul_(1.02)
-    return base, aux
 
 
 @pytest.mark.slow
@@ -120,7 +110,7 @@ def test_compiled_sampling_equals_eager(tmp_path, capsys):
     from pipelines.sampler import SamplerConfig
     sampler = SamplerConfig(**{**DEMO_SAMPLER.__dict__, "num_steps": 4})
     seeds = range(4)
-    base, aux = _demo_pair()
+    base, aux = scaled_demo_pair()
     eager_base = generate_batches(base, base, seeds, sampler, 2)[0]
     eager_sims = generate_batches(SIMSDenoiser(base, aux, 1.5), base, seeds, sampler, 2)[0]
     c_base, c_aux = copy.deepcopy(base), copy.deepcopy(aux)

@@ -42,23 +42,17 @@ def test_different_seeds_give_different_samples(mlp_pair):
 def test_paired_call_equals_two_calls_to_float_rounding(tmp_path):
     """Full SIMS with base and auxiliary in one vmapped call: the same samples as two calls to
     float32 rounding (not bit for bit, hence an option), the same pass counts."""
-    import copy
 
     import pytest
 
-    from pipelines.checkpoints.native import load_model
-    from pipelines.demo.assets import DEMO_MODEL, DEMO_SAMPLER
+    from pipelines.demo.assets import DEMO_SAMPLER
     from pipelines.errors import UserError
     from pipelines.generate import generate_batches
     from pipelines.guidance import SIMSDenoiser
     from pipelines.paired import PairedSIMSDenoiser
-    from tests.conftest import make_mlp
+    from tests.conftest import make_mlp, scaled_demo_pair
 
-    base, _ = load_model(DEMO_MODEL)
-    aux = copy.deepcopy(base)
-    with torch.no_grad():
-        for p in aux.parameters():
-            p.mul_(1.02)
+    base, aux = scaled_demo_pair()
     for kw in ({}, {"interval": (0.28, 1.61)}):
         two, paired = SIMSDenoiser(base, aux, 1.5, **kw), PairedSIMSDenoiser(base, aux, 1.5, **kw)
         a, _ = generate_batches(two, base, range(6), DEMO_SAMPLER, 3)

@@ -1,28 +1,18 @@
 """Full SIMS with base and auxiliary in one vmapped call (--paired / paired=True) against the
 sequential two calls, beyond tests/test_sampler.py's fp32 check: bf16, the paths that fall back
 to the sequential code, and the API option."""
-import copy
 
 import numpy as np
 import torch
 
-from pipelines.checkpoints.native import load_model
 from pipelines.demo.assets import DEMO_MODEL, DEMO_SAMPLER
 from pipelines.generate import generate_batches, generate_sims
 from pipelines.guidance import SIMSDenoiser
 from pipelines.paired import PairedSIMSDenoiser
 from pipelines.sampler import SamplerConfig
+from tests.conftest import scaled_demo_pair
 
 SAMPLER = SamplerConfig(**{**DEMO_SAMPLER.__dict__, "num_steps": 4})
-
-
-def _pair():
-    base, _ = load_model(DEMO_MODEL)
-    aux = copy.deepcopy(base)
-    with torch.no_grad():
-        for p in aux.parameters():
-            p.mul_(1.02)
-    return base, aux
 
 
 def test_bf16_is_refused_with_the_reason():
@@ -32,7 +22,7 @@ def test_bf16_is_refused_with_the_reason():
 
     from pipelines.cli import main
     from pipelines.errors import UserError
-    base, aux = _pair()
+    base, aux = scaled_demo_pair()
     with pytest.raises(UserError, match="fp32 only"):
         generate_sims(base, aux, 1.5, range(2), SAMPLER, batch_size=2, paired=True, precision="bf16")
     with pytest.raises(UserError, match="fp32 only"):
@@ -54,7 +44,7 @@ def test_the_refusal_s_cause_still_holds():
 def test_fallbacks_take_the_sequential_path_bit_for_bit():
     """omega = 0, omega = -1, shared encoder and steps outside the interval run SIMSDenoiser's
     own code: bit-identical to it."""
-    base, aux = _pair()
+    base, aux = scaled_demo_pair()
     for kw in ({"omega": 0.0}, {"omega": -1.0}, {"omega": 1.5, "shared_encoder": True}):
         seq = generate_batches(SIMSDenoiser(base, aux, **kw), base, range(3), SAMPLER, 3)[0]
         par_d = PairedSIMSDenoiser(base, aux, **kw)
@@ -67,7 +57,7 @@ def test_fallbacks_take_the_sequential_path_bit_for_bit():
 
 
 def test_api_option_gives_the_same_images_and_pass_count():
-    base, aux = _pair()
+    base, aux = scaled_demo_pair()
     a, nfe_a = generate_sims(base, aux, 1.5, range(4), SAMPLER, batch_size=2)
     b, nfe_b = generate_sims(base, aux, 1.5, range(4), SAMPLER, batch_size=2, paired=True)
     assert nfe_a == nfe_b == 2 * SAMPLER.nfe
