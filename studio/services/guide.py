@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -241,16 +242,21 @@ VIEW_KEYS = ("checkpoint_id", "omega", "preview_steps", "preview_count", "steps"
              "all_budgets", "find_group", "find_target")
 
 
+_VIEWS_LOCK = threading.Lock()  # one read-modify-write of the views file at a time in this process
+
+
 def save_view(settings: Settings, model_id: int, view: dict) -> None:
-    """Remember the Guide's picks for a model (checkpoint, ω, measurement settings) so a reload restores them."""
+    """Remember the Guide's picks for a model (checkpoint, ω, measurement settings) so a reload restores them.
+    Calls are applied in the order they take the lock (the order the browser's requests arrive)."""
     import os
     path = settings.path("ui", "guide.json")
     path.parent.mkdir(parents=True, exist_ok=True)
-    views = load_views(settings)
-    views[str(int(model_id))] = {k: view[k] for k in VIEW_KEYS if k in view}
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(views, indent=1))
-    os.replace(tmp, path)  # atomic: a reload never reads half a file
+    with _VIEWS_LOCK:
+        views = load_views(settings)
+        views[str(int(model_id))] = {k: view[k] for k in VIEW_KEYS if k in view}
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(views, indent=1))
+        os.replace(tmp, path)  # atomic: a reload never reads half a file
 
 
 def load_views(settings: Settings) -> dict:

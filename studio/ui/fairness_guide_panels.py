@@ -161,9 +161,12 @@ def build_guide(page: Page) -> None:
     fair_in = [ck, page.grouping, w, pick, page.model, page.target_groups, *gs_inputs, *page.target_sliders]
     r_in = [ck, w, pick, page.device, *gs_inputs]
     ck.change(choices, ck, pick)
-    for comp in (pick, w):  # a database read and a figure: no queue (see guide_tab's scrub)
-        comp.change(fairness, fair_in, [fair_plot, fair_md], show_progress="hidden", trigger_mode="always_last",
-                    queue=False)
+    # a database read and a figure: no queue (see guide_tab's scrub); on a ω move it runs once the main grid
+    # is on screen, so that it does not compete with the scrub for the web process
+    pick.change(fairness, fair_in, [fair_plot, fair_md], show_progress="hidden", trigger_mode="always_last",
+                queue=False)
+    page.guide_rendered.then(fairness, fair_in, [fair_plot, fair_md], show_progress="hidden",
+                             trigger_mode="always_last", queue=False)
     # renders wait for the device's job slot inside (guide.render_slot), not in a queue lane
     pick.change(render, r_in, [grid, caption], show_progress="hidden", trigger_mode="always_last",
                 concurrency_id="guide-model-render", concurrency_limit=None)
