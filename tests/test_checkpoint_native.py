@@ -67,24 +67,22 @@ def test_wrong_file_type(tmp_path, name, match):
         read_metadata(f)
 
 
-@pytest.mark.parametrize("meta,match", [({"sims": "{not json"}, "not valid JSON"),
-                                        ({"sims": "[1, 2]"}, "holds no model config"),
-                                        ({"other": "{}"}, "no SIMS metadata")])
-def test_bad_metadata_is_named(tmp_path, meta, match):
+@pytest.mark.parametrize("read,meta,match", [
+    (read_metadata, {"sims": "{not json"}, "not valid JSON"),
+    (read_metadata, {"sims": "[1, 2]"}, "holds no model config"),
+    (read_metadata, {"other": "{}"}, "no SIMS metadata"),
+    (read_diff_header, {"sims_diff": "{not json"}, "not valid JSON.*build-demo-aux"),
+    (read_diff_header, {"sims_diff": "[1]"}, "not a sims-model-diff/1 file.*build-demo-aux"),
+    (read_diff_header, {"sims": "{}"}, "not a sims-model-diff/1 file"),
+])
+def test_bad_metadata_is_named(tmp_path, read, meta, match):
     f = tmp_path / "m.safetensors"
     save_file({"w": torch.zeros(2)}, str(f), metadata=meta)
     with pytest.raises(UserError, match=match):
-        read_metadata(f)
+        read(f)
 
 
-@pytest.mark.parametrize("meta,match", [({"sims_diff": "{not json"}, "not valid JSON.*build-demo-aux"),
-                                        ({"sims_diff": "[1]"}, "not a sims-model-diff/1 file.*build-demo-aux"),
-                                        ({"sims": "{}"}, "not a sims-model-diff/1 file")])
-def test_bad_difference_header_is_named(tmp_path, meta, match):
-    f = tmp_path / "d.safetensors"
-    save_file({"w": torch.zeros(2)}, str(f), metadata=meta)
-    with pytest.raises(UserError, match=match):
-        read_diff_header(f)
+def test_unreadable_difference_file_says_how_to_rebuild(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 40)
     with pytest.raises(UserError, match="not a readable difference file.*build-demo-aux"):
         read_diff_header(tmp_path / "junk.safetensors")
