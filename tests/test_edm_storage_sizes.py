@@ -70,3 +70,21 @@ def test_a_file_with_an_oversized_storage_is_a_user_error(tmp_path, fake_persist
     with pytest.raises(UserError, match=r"oversized.pkl could not be read.*declares [\d,]+ bytes of data but its "
                                         r"blob holds [\d,]+.*download it again"):
         edm_pickle.load_edm_pickle(path)
+
+
+def test_a_bytes_argument_longer_than_the_file_is_refused_before_unpickling(tmp_path, fake_persistence,
+                                                                            monkeypatch):
+    """The C unpickler allocates a BINBYTES object at its declared length before reading it."""
+    import pickletools
+    from test_edm_import import write_edm_pickle
+    model, cfg = tiny_model()
+    data = bytearray(write_edm_pickle(tmp_path / "ok.pkl", fake_persistence, model, cfg).read_bytes())
+    op, _, pos = next(o for o in pickletools.genops(bytes(data)) if o[0].name in ("BINBYTES", "BINBYTES8"))
+    width = 8 if op.name == "BINBYTES8" else 4
+    data[pos + 1:pos + 1 + width] = (2 ** (8 * width - 2)).to_bytes(width, "little")
+    path = tmp_path / "long.pkl"
+    path.write_bytes(bytes(data))
+    monkeypatch.setattr(edm_pickle, "_RestrictedUnpickler", None)  # calling it would raise TypeError, not this
+    with pytest.raises(UserError, match=r"long.pkl could not be read as an EDM pickle \(ValueError: expected "
+                                        r"\d+ bytes in a bytes"):
+        edm_pickle.load_edm_pickle(path)

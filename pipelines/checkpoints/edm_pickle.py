@@ -282,10 +282,21 @@ def disallowed_globals(counts: dict[str, int]) -> list[str]:
     return sorted(g for g in counts if g not in allowed)
 
 
+def _check_declared_lengths(data: bytes) -> None:
+    """Walk the opcodes once, refusing any length-prefixed argument longer than what is left of the file.
+
+    The C unpickler allocates a BINBYTES/BINBYTES8/BYTEARRAY8 object at its declared length before
+    reading it, so a damaged length (2**40) costs that much memory first. pickletools reads each
+    argument from a BytesIO, which never returns more than is there, and raises when it is short."""
+    for _ in pickletools.genops(data):
+        pass
+
+
 def read_edm_pickle(path) -> Any:
     """Unpickle `path` with the restricted unpickler; returns plain containers, tensors and records."""
     data = _read_pickle_bytes(path)
     try:
+        _check_declared_lengths(data)
         return _RestrictedUnpickler(io.BytesIO(data)).load()
     except _Refused as e:
         raise UserError(f"Refused {path}: it references the Python global {e}, which an EDM checkpoint does "
