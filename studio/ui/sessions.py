@@ -1,13 +1,14 @@
 """Bounded per-browser session state: a cap on live sessions and expiry of idle ones.
 
-Gradio keeps one SessionState per browser session (a copy of the page's block configuration plus
-every component update sent to that page, about 0.4 MB for the studio) in `app.state_holder`. It
-drops one only when more than `state_session_capacity` sessions exist (default 10,000, i.e. ~4 GB),
-and it cannot notice a closed tab unless the page holds gr.State (the studio does not, see
-common.hidden_value). So the studio caps the count at launch and a reaper thread removes sessions
-idle for longer than a time to live. A page left open past that time reloads itself before the
-next click acts (IDLE_RELOAD_JS): its server-side state is gone, and a dropdown whose choices were
-updated would otherwise reject its own value.
+Gradio keeps one SessionState per browser session in `app.state_holder`: a copy of the page's block
+configuration plus every component update sent to that page, about 0.9 MB for the studio (measured by
+bench/sessions_soak.py). It drops one only when more than `state_session_capacity` sessions exist
+(default 10,000, i.e. ~9 GB for the studio's page), and it notices a closed tab only through the
+heartbeat of a page holding gr.State (which the studio avoids, see common.hidden_value), and even then
+it frees only the State values, not the session. So the studio caps the count at launch and a reaper
+thread removes sessions idle for longer than a time to live. A page left open past that time reloads
+itself before the next click acts (idle_reload_js): its server-side state is gone, and a dropdown whose
+choices were updated would otherwise reject its own value.
 """
 from __future__ import annotations
 
