@@ -31,7 +31,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="let model import by URL reach loopback, private and link-local addresses (refused by "
                         "default, so that a studio serving a team cannot be used to probe its network)")
     p.add_argument("--max-sessions", type=int, default=256,
-                   help="browser sessions whose state is kept (about 0.4 MB each; the least recently used goes first)")
+                   help="browser sessions whose state is kept (about 0.9 MB each; the least recently used goes first)")
     p.add_argument("--session-idle-minutes", type=float, default=60.0,
                    help="drop a browser session unused this long; its page reloads on the next click")
     p.add_argument("--no-demo", action="store_true", help="do not register the bundled digits demo")
