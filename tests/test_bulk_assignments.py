@@ -170,3 +170,29 @@ def test_refresh_rewrites_only_the_rows_that_differ(world):
         n_groupings = len({g for (_, g) in reference})
         assert labels.refresh_assignments(s, "digits", ids) == 1 + (n_groupings - 1) + n_groupings
     assert _assignments(st) == reference
+
+
+def test_selection_queries_agree_with_the_assignments(world):
+    st, mid = world
+    ids = _pool(st, mid)
+    with st.db.session(read_only=True) as s:
+        assert ids == sorted(s.scalars(select(Sample.id).where(Sample.model_id == mid)))
+    g = next(g for g in attributes.list_groupings(st.db, "digits") if g["name"] == "digits 0-4 vs 5-9")
+    stored = {sid: v for (sid, gid), v in _assignments(st).items() if gid == g["id"]}
+    labels.set_not_preferred(st.db, ids[1:3], True)
+    attrs = curation.point_attributes(st.db, mid, g["id"], np.asarray(ids))
+    assert [attrs["group"][k] for k in range(len(ids))] == [stored[i][0] if i in stored else None for i in ids]
+    assert [bool(f) for f in attrs["not_preferred"]] == [i in ids[1:3] for i in ids]
+    low = [i for i in ids if i in stored and stored[i][0] == "0-4"]
+    assert curation.matching_ids(st.db, mid, g["id"], group="0-4") == low
+    selection = ids[::2] + [10 ** 6]  # every other sample, and one that is not in the pool
+    want = [i for i in low if i in selection]
+    first = curation.selection_page(st.db, mid, selection, g["id"], group="0-4", per_page=2)
+    assert len(want) >= 3 and first.total == len(want) and first.pages == -(-len(want) // 2)
+    rows = [r for p in range(1, first.pages + 1)
+            for r in curation.selection_page(st.db, mid, selection, g["id"], group="0-4", page=p, per_page=2).rows]
+    assert [r["id"] for r in rows] == want
+    assert all(r["group"] == "0-4" and r["source"] in ("classifier", "manual") for r in rows)
+    empty = curation.selection_page(st.db, mid, [], g["id"])
+    assert (empty.total, empty.pages, empty.rows) == (0, 1, [])
+    labels.set_not_preferred(st.db, ids[1:3], False)
