@@ -9,6 +9,7 @@ from studio.models import Job, JobState, utcnow
 from studio.services import evaluate, guide
 from studio.testing import tiny_finetuned_world
 
+pytestmark = pytest.mark.usefixtures("db_backend")  # the lease's count-and-insert on SQLite and PostgreSQL
 GS = guide.GuideSettings(preview_steps=2, preview_count=4, steps=2, n=16)
 DEADLINE_S = 120  # generous: the machine may be loaded; a pass never waits this long
 
@@ -29,8 +30,8 @@ def test_render_key_holds_device_kind_and_precision():
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    st, mid, g, cks = tiny_finetuned_world(tmp_path_factory.mktemp("slot") / "data", total_kimg=0.016)
+def world(tmp_path_factory, db_backend):
+    st, mid, g, cks = tiny_finetuned_world(tmp_path_factory.mktemp(f"slot-{db_backend}") / "data", total_kimg=0.016)
     yield st, cks[-1]["id"]
     st.close()
 
