@@ -173,3 +173,22 @@ def test_a_waiting_render_takes_the_grid_a_job_renders_meanwhile(world):
     assert not t.is_alive() and not errors, errors
     assert items[-2] == "done" and items[-1]["cached"] is True  # taken from the cache, not rendered again
     assert holders(st.db, "cpu") == []
+
+
+def test_cancelling_a_lease_never_signals_the_studio(world, monkeypatch):
+    """The runner SIGTERMs the process group of a cancelled job that does not stop; a lease names no pid,
+    so a Cancel on it can never reach the web process itself."""
+    from datetime import timedelta
+
+    from studio.jobs import runner as runner_module
+    st, _ = world
+    signals = []
+    monkeypatch.setattr(runner_module.os, "killpg", lambda pid, sig: signals.append((pid, sig)))
+    with device_slot(st.db, st.settings, "cpu") as lease:
+        with st.db.session() as s:
+            job = s.get(Job, lease)
+            assert job.pid is None
+            job.cancel_requested = True
+            job.updated_at = utcnow() - timedelta(seconds=runner_module.CANCEL_GRACE_S + 60)
+        runner_module.JobRunner(st.db, st.settings).tick_cancel()
+    assert signals == []

@@ -5,8 +5,8 @@ jobs starting or running. A live render takes one of those slots the same way: i
 (kind "render", state running, this host and pid) in one write transaction that first counts the
 device's busy slots, so neither a job start nor another render can fill the same slot; the runner
 sees the row as busy and waits. The row is deleted when the render ends. If the process dies while
-holding it, the runner's stale check marks it interrupted (pid gone, or no heartbeat), which frees
-the slot; the next acquire removes such leftovers.
+holding it, the runner's stale check marks it interrupted once its heartbeat is older than
+`Settings.stale_after_s`, which frees the slot; the next release removes such leftovers.
 """
 from __future__ import annotations
 
@@ -58,8 +58,10 @@ def _try_take(db: Database, settings: Settings, device: str, title: str) -> int 
         if busy >= settings.jobs_per_device:
             return None
         now = utcnow()
-        job = Job(kind=KIND, title=title, params={}, device=device, state=JobState.running,
-                  message="live render in the web process", log_tail="", progress=0.0, pid=os.getpid(),
+        # no pid: the runner would SIGTERM a cancelled job's process group, here the studio itself; a lease
+        # of a dead studio is found by its heartbeat instead (stale after Settings.stale_after_s)
+        job = Job(kind=KIND, title=title, params={"web_pid": os.getpid()}, device=device, state=JobState.running,
+                  message="live render in the web process", log_tail="", progress=0.0, pid=None,
                   host=socket.gethostname(), heartbeat_at=now, attempts=1)
         s.add(job)
         s.flush()
