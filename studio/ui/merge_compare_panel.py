@@ -228,13 +228,16 @@ class ComparePanel:
         fig_out = [self.frac_plot, self.fd_plot, self.found]
         for ev in (ck.change, page.grouping.change):
             ev(self.choices, [ck, page.grouping], [self.guide, self.group], show_progress="hidden")
-        for ev in (self.opened.change, w.change, self.guide.change):
+        for ev in (self.opened.change, self.guide.change):
             ev(self.grids, grid_in, grid_out, show_progress="hidden", trigger_mode="always_last",
                concurrency_id="compare-render", concurrency_limit=1)
+        # every ω move fires these: off the queue, so a closed panel never waits behind other browsers' events
+        # (an open one renders under the device slot, which already limits concurrent renders)
+        w.change(self.grids, grid_in, grid_out, show_progress="hidden", trigger_mode="always_last", queue=False)
         for ev in (self.opened.change, self.guide.change, self.group.change, self.target.submit,
                    self.follow.done.change):
             ev(self.figures, fig_in, fig_out, show_progress="hidden", trigger_mode="always_last")
-        w.change(self.figures, fig_in, fig_out, show_progress="hidden", trigger_mode="always_last")
+        w.change(self.figures, fig_in, fig_out, show_progress="hidden", trigger_mode="always_last", queue=False)
         dev = [page.device, *gs_inputs]
         self.sweep_btn.click(self.do_sweep, [ck, page.grouping, self.guide, *dev], self.follow.job)
         find_in = [ck, page.grouping, self.guide, self.group, self.target, *dev]
