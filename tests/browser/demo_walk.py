@@ -24,7 +24,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from playwright.sync_api import sync_playwright  # noqa: E402
 
-from walk import ARGS, CHROMIUM, DOC_SHOTS, fill, fill_slider, run_job, shot, tab, wait_text  # noqa: E402
+from walk import ARGS, CHROMIUM, DOC_SHOTS, fill, fill_slider, open_page, run_job, settle, shot, tab, wait_text  # noqa: E402
 
 
 def start_studio(data_dir: Path):
@@ -66,7 +66,7 @@ def walk(pg, args, out: Path) -> None:
     fill_slider(pg, "target-1", 70)
     wait_text(pg, "target-sum", "Target sum: 100.0%")
     pg.locator("#mix-suggest").click()
-    pg.wait_for_timeout(2500)
+    settle(pg)
     shot(pg, "demo-03-target.png", out)
     step("target set")
     tab(pg, "Build set")
@@ -76,20 +76,18 @@ def walk(pg, args, out: Path) -> None:
     wait_text(pg, "plan-md", "needed")
     assert run_job(pg, "build-btn", "build_set", timeout=1800)[0] == "succeeded"
     wait_text(pg, "sets-table", "ready")
-    pg.wait_for_timeout(2000)
+    settle(pg)
     shot(pg, "demo-04-build-set.png", out)
     step("S built")
     tab(pg, "Fine-tune")
-    pg.wait_for_timeout(1500)
     fill(pg, "ft-budget", args.budget_kimg)
     fill(pg, "ft-every", args.budget_kimg / 4)
     state, text = run_job(pg, "ft-start", "finetune", timeout=7200)
     assert state == "succeeded", text
-    pg.wait_for_timeout(2000)
+    pg.locator("#ft-loss .js-plotly-plot").wait_for(timeout=60_000)
     shot(pg, "demo-05-finetune.png", out)
     step("fine-tuned")
     tab(pg, "Guide")
-    pg.wait_for_timeout(2000)
     pg.get_by_text("Sampling and measurement").click()
     fill(pg, "guide-psteps", 12)
     fill(pg, "guide-msteps", 12)
@@ -98,7 +96,7 @@ def walk(pg, args, out: Path) -> None:
     fill(pg, "find-target", 70)
     assert run_job(pg, "find-btn", "sweep", timeout=3600)[0] == "succeeded"
     wait_text(pg, "find-result", "omega =")
-    pg.wait_for_timeout(4000)  # the slider moves to the found omega and its grid loads
+    settle(pg)  # the slider moves to the found omega and its grid loads
     shot(pg, "demo-06-guide.png", out)
     step("guided: " + pg.locator("#find-result").inner_text())
     tab(pg, "Export")
@@ -109,7 +107,6 @@ def walk(pg, args, out: Path) -> None:
     pg.locator("#dataset-file a").first.wait_for(timeout=60_000)
     shot(pg, "demo-07-export.png", out)
     tab(pg, "Jobs")
-    pg.wait_for_timeout(1500)
     shot(pg, "demo-08-jobs.png", out)
     step("exported")
 
@@ -130,7 +127,7 @@ def main(argv=None) -> int:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             pg = browser.new_page(viewport={"width": 1440, "height": 1000})
-            pg.goto(url, wait_until="networkidle", timeout=120_000)
+            open_page(pg, url)
             walk(pg, args, Path(args.out))
             browser.close()
     finally:

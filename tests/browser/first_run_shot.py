@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from demo_walk import start_studio  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
-from walk import ARGS, CHROMIUM, DOC_SHOTS, fill_slider, shot, tab, wait_text  # noqa: E402
+from walk import ARGS, CHROMIUM, DOC_SHOTS, fill_slider, open_page, settle, shot, tab, wait_text  # noqa: E402
 
 
 def main() -> int:
@@ -33,16 +33,16 @@ def main() -> int:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             pg = browser.new_page(viewport={"width": 1400, "height": 1000})
             t1 = time.perf_counter()
-            pg.goto(url, wait_until="networkidle", timeout=120_000)
+            open_page(pg, url)
             tab(pg, "Guide")
             wait_text(pg, "guide-banner", "Bundled example")
             for w in (0.5, 2.5, 1.5):
                 t = time.perf_counter()
-                fill_slider(pg, "omega", w)
+                fill_slider(pg, "omega", w, wait=False)
                 wait_text(pg, "guide-caption", f"ω = {w:+.2f} · cached")
                 print(f"ω = {w:+.2f}: cached grid shown {1000 * (time.perf_counter() - t):.0f} ms after the move")
             print(f"page load to the third scrubbed grid: {time.perf_counter() - t1:.1f} s")
-            pg.wait_for_timeout(1500)  # let the curves redraw after the release
+            settle(pg)  # the curves redrawn after the release
             shot(pg, "first-run-guide.png", Path(args.out))
             print(f"wrote {Path(args.out) / 'first-run-guide.png'}")
             browser.close()

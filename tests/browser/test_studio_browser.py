@@ -14,7 +14,8 @@ if not Path("/usr/bin/chromium").exists():
     pytest.skip("chromium is not installed (apt-get install -y chromium)", allow_module_level=True)
 playwright = pytest.importorskip("playwright.sync_api")
 
-from walk import browser_page, serving, fill, fill_slider, pick, run_job, shot, tab, toast_text, wait_text  # noqa: E402
+from walk import (browser_page, serving, fill, fill_slider, pick, run_job, settle, shot, tab, toast_text,  # noqa: E402
+                  wait_text)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,7 @@ def test_1_models(page, server):
     bad.write_text("not an image")
     pg.get_by_text("Real reference images").click()
     pg.locator("#ref-upload input[type=file]").set_input_files(str(bad))
-    pg.wait_for_timeout(800)
+    settle(pg)  # the upload has landed
     pg.locator("#ref-btn").click()
     assert "not an image file" in toast_text(pg, "not an image")
     shot(pg, "01-models.png")
@@ -82,8 +83,7 @@ def test_2_generate_and_label(page):
     pg.locator("#bulk-np").click()
     toast_text(pg, "2 samples marked not preferred")
     pick(pg, "filter-status", "manual")
-    pg.wait_for_timeout(1200)
-    assert "3" in pg.locator("#page-info").inner_text().split("samples")[0]
+    wait_text(pg, "page-info", "3 samples match")
     pick(pg, "filter-status", "all")
     pg.locator("#select-mode input").uncheck()
     shot(pg, "02-generate-label.png")
@@ -131,7 +131,6 @@ def test_4_build_set(page):
 def test_5_finetune(page):
     pg = page
     tab(pg, "Fine-tune")
-    pg.wait_for_timeout(800)
     fill(pg, "ft-budget", 0.096)
     fill(pg, "ft-every", 0.032)
     fill(pg, "ft-batch", 8)
@@ -145,7 +144,6 @@ def test_5_finetune(page):
 def test_6_guide(page):
     pg = page
     tab(pg, "Guide")
-    pg.wait_for_timeout(1000)
     pg.get_by_text("Sampling and measurement").click()
     fill(pg, "guide-psteps", 4)
     fill(pg, "guide-pcount", 16)

@@ -14,7 +14,8 @@ if not Path("/usr/bin/chromium").exists():
     pytest.skip("chromium is not installed (apt-get install -y chromium)", allow_module_level=True)
 playwright = pytest.importorskip("playwright.sync_api")
 
-from walk import browser_page, serving, fill, job_card, pick, run_job, tab, toast_text, wait_text  # noqa: E402
+from walk import (browser_page, serving, fill, job_card, open_page, pick, run_job, settle, tab, toast_text,  # noqa: E402
+                  wait_text)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,7 @@ def reopen(pg, url):
     """The studio opened again in a new tab, as after a reload (reloading the shared page left Playwright
     waiting on a navigation for its later clicks); close it when done."""
     fresh = pg.context.browser.new_page(viewport={"width": 1440, "height": 1000})
-    fresh.goto(url, wait_until="networkidle", timeout=120_000)
+    open_page(fresh, url)
     return fresh
 
 
@@ -114,7 +115,7 @@ def test_reload_keeps_the_guide_settings_omega_and_plots(page, world):
     assert run_job(pg, "guide-sweep", "sweep", timeout=400)[0] == "succeeded"
     pg.locator("#plot-fraction .js-plotly-plot").wait_for(timeout=30_000)
     wait_text(pg, "plot-fraction", "0-4")
-    pg.reload(wait_until="networkidle", timeout=120_000)
+    open_page(pg)
     tab(pg, "Guide")
     wait_text(pg, "guide-caption", "+0.625")  # the grid at the remembered ω
     wait_value(pg, "omega-exact", "0.625")
@@ -140,7 +141,7 @@ def test_double_start_gives_one_job_and_reload_keeps_its_form(page, world):
     pg.locator("#ft-start").dblclick()
     pg.wait_for_function("old => (document.querySelector('#job-finetune .job-card')?.dataset.job ?? null) !== old",
                          arg=shown, timeout=60_000)
-    pg.wait_for_timeout(3000)  # both clicks have been answered
+    settle(pg)  # both clicks have been answered
     new = [r for r in finetune.list_runs(st.db) if r["id"] not in before]
     assert len(new) == 1, new
     job = new[0]["id"]
@@ -169,7 +170,7 @@ def test_typing_150_in_a_target_box_clamps_and_rescales(page):
                          timeout=60_000)  # the other share makes room: the column still sums to 100%
     assert pg.locator("#target-1 input[type=number]").input_value() == "100"
     wait_text(pg, "target-sum", "Target sum: 100.0%")
-    pg.wait_for_timeout(1000)
+    settle(pg)  # any error toast of the change would be up by now
     assert not [t for t in pg.locator(".toast-body").all_inner_texts() if "maximum" in t or "Error" in t]
 
 
@@ -212,7 +213,7 @@ def test_size_zero_set_is_refused_and_the_table_survives(page):
         assert "n_s (size of S) must be a positive number" in toast_text(pg, "n_s")
     except Exception:
         raise AssertionError(f"toasts: {pg.locator('.toast-body').all_inner_texts()}")
-    pg.wait_for_timeout(1000)
+    settle(pg)  # the refused click's outputs (if any) have landed
     assert "Error" not in pg.locator("#sets-table").inner_text()
     assert "ready" in pg.locator("#sets-table").inner_text()
 

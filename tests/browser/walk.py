@@ -44,12 +44,82 @@ def browser_page(url):
         pg = browser.new_page(viewport={"width": 1440, "height": 1000})
         errors = []
         pg.on("pageerror", lambda e: errors.append(str(e)))
-        pg.goto(url, wait_until="networkidle", timeout=120_000)
+        open_page(pg, url)
         pg.page_errors = errors
         try:
             yield pg
         finally:
             browser.close()
+
+
+def _is_api(url: str) -> bool:
+    """A Gradio request that ends when its work is done (a page with gr.State also holds a heartbeat open for
+    its whole life: not one of these)."""
+    return "/gradio_api/" in url and "/heartbeat/" not in url
+
+
+def track_requests(pg) -> None:
+    """Keep count of the page's Gradio requests in flight and when the last one started or ended (for settle)."""
+    if hasattr(pg, "api_inflight"):
+        return
+    pg.api_inflight, pg.api_changed = set(), time.monotonic()
+
+    def started(req):
+        if _is_api(req.url):
+            pg.api_inflight.add(req)
+            pg.api_changed = time.monotonic()
+
+    def ended(req):
+        if req in pg.api_inflight:
+            pg.api_inflight.discard(req)
+            pg.api_changed = time.monotonic()
+
+    def navigated(frame):
+        if frame == pg.main_frame:  # a reload: the old document's requests may never report an end
+            pg.api_inflight.clear()
+            pg.api_changed = time.monotonic()
+
+    pg.on("request", started)
+    pg.on("requestfinished", ended)
+    pg.on("requestfailed", ended)
+    pg.on("framenavigated", navigated)
+
+
+def settle(pg, quiet_s: float = 0.4, timeout: float = 60.0, required: bool = True) -> None:
+    """Wait until every Gradio request of the page has been answered and none started for `quiet_s`
+    (an event fired by a click, a fill or a tab change has run and its outputs are on the page).
+
+    Event-driven: it waits for the next request to end (or start) rather than for a fixed time; the
+    deadline raises, naming what was still in flight. Job panels tick every second while a job runs,
+    so there is a quiet gap between ticks. required=False: at the deadline, go on (the caller then waits for
+    what it needs; a long render streaming in the background need not end first)."""
+    track_requests(pg)  # a page opened without browser_page() is tracked from now on
+    end = time.monotonic() + timeout
+    while True:
+        now = time.monotonic()
+        if not pg.api_inflight and now - pg.api_changed >= quiet_s:
+            return
+        if now >= end:
+            if not required:
+                return
+            raise AssertionError(f"the page did not settle in {timeout} s: "
+                                 f"{[r.url for r in pg.api_inflight][:5]} still in flight")
+        wait_ms = 1000 * (min(end, pg.api_changed + quiet_s) - now if not pg.api_inflight else end - now)
+        try:
+            pg.wait_for_event("requestfinished" if pg.api_inflight else "request", timeout=max(1.0, wait_ms))
+        except PlaywrightTimeout:
+            pass  # quiet for long enough (or the deadline: checked above)
+
+
+def open_page(pg, url: str | None = None) -> None:
+    """Go to `url` (None: reload) and wait until its load events are answered: Playwright's networkidle minus a
+    gr.State heartbeat, which would keep the page from ever being idle."""
+    track_requests(pg)
+    if url is None:
+        pg.reload(wait_until="load", timeout=120_000)
+    else:
+        pg.goto(url, wait_until="load", timeout=120_000)
+    settle(pg, quiet_s=0.5, timeout=120)
 
 
 def wait_text(pg, elem_id, text, timeout=60_000):
@@ -66,7 +136,8 @@ def wait_text(pg, elem_id, text, timeout=60_000):
 def tab(pg, name):
     """Open a tab by its label."""
     pg.get_by_role("tab", name=name).click()
-    pg.wait_for_timeout(700)
+    pg.get_by_role("tab", name=name, selected=True).wait_for(timeout=30_000)
+    settle(pg, timeout=20, required=False)  # the tab's loaders have filled it (a streaming render may go on)
 
 
 def fill(pg, elem_id, value):
@@ -74,20 +145,23 @@ def fill(pg, elem_id, value):
     box = pg.locator(f"#{elem_id}").locator("input, textarea").first
     box.fill(str(value))
     box.press("Enter")
-    pg.wait_for_timeout(300)
+    settle(pg)
 
 
-def fill_slider(pg, elem_id, value):
-    """Move a slider like a user dragging it (fires its input and change events)."""
+def fill_slider(pg, elem_id, value, wait: bool = True):
+    """Move a slider like a user dragging it (fires its input and change events); `wait`: until the page settles
+    (False when the caller times what the move shows)."""
     pg.locator(f"#{elem_id} input[type=range]").first.fill(str(value))
-    pg.wait_for_timeout(500)
+    if wait:
+        settle(pg)
 
 
 def pick(pg, elem_id, option):
     """Choose a dropdown option by its label."""
     pg.locator(f"#{elem_id} input").first.click()
     pg.get_by_role("option", name=option, exact=False).first.click()
-    pg.wait_for_timeout(400)
+    pg.get_by_role("option").first.wait_for(state="detached", timeout=30_000)  # the list closed on the choice
+    settle(pg)
 
 
 def job_card(pg, kind):
@@ -101,14 +175,14 @@ def run_job(pg, button_id, kind, timeout=240):
     """Click a button that submits a job and wait until the panel shows a new job finished."""
     before = job_card(pg, kind)[0]
     pg.locator(f"#{button_id}").click()
-    end = time.time() + timeout
-    while time.time() < end:
-        job, state = job_card(pg, kind)
-        if job is not None and job != before and state in TERMINAL:
-            return state, pg.locator(f"#job-{kind}").inner_text()
-        pg.wait_for_timeout(500)
-    raise AssertionError(f"job from #{button_id} did not finish in {timeout} s: "
-                         f"{pg.locator(f'#job-{kind}').inner_text()}")
+    try:
+        pg.wait_for_function("([k, before, terminal]) => { const c = document.querySelector(`#job-${k} .job-card`);"
+                             " return !!c && c.dataset.job !== before && terminal.includes(c.dataset.state); }",
+                             arg=[kind, before, list(TERMINAL)], timeout=1000 * timeout)
+    except PlaywrightTimeout:
+        raise AssertionError(f"job from #{button_id} did not finish in {timeout} s: "
+                             f"{pg.locator(f'#job-{kind}').inner_text()}") from None
+    return job_card(pg, kind)[1], pg.locator(f"#job-{kind}").inner_text()
 
 
 def toast_text(pg, pattern, timeout=20_000):
@@ -126,6 +200,7 @@ def toast_text(pg, pattern, timeout=20_000):
 
 def shot(pg, name, folder: Path = SHOTS):
     """Full-page screenshot into out/screenshots or $SIMS_SCREENSHOTS (or `folder`)."""
-    pg.wait_for_timeout(600)
+    settle(pg)
+    pg.evaluate("() => document.fonts.ready")  # text laid out in its final font
     folder.mkdir(parents=True, exist_ok=True)
     pg.screenshot(path=str(folder / name), full_page=True)
