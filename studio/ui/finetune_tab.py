@@ -59,7 +59,8 @@ def build(page: Page) -> None:
 
     follow.live, follow.live_outputs = live, [stats, curve, runs, ckpts]
 
-    def refresh(model_id):
+    def refresh(model_id, current=None):
+        """Sets and runs of the model; the picked set stays picked while it is still a ready set."""
         mid = as_int(model_id)
         ready = [s for s in sets.list_sets(db, mid) if s["state"] == "ready"] if mid is not None else []
         choices = [(f"S #{s['id']} · {s['name']} · {s['n_s']} samples", s["id"]) for s in ready]
@@ -67,6 +68,9 @@ def build(page: Page) -> None:
                 for r in finetune.list_runs(db, mid)]
         if not choices:
             return gr.Dropdown(choices=[], value=None), rows, gr.skip(), gr.skip()
+        ids = [c[1] for c in choices]
+        if as_int(current) in ids:
+            return gr.Dropdown(choices=choices, value=as_int(current)), rows, gr.skip(), gr.skip()
         return (gr.Dropdown(choices=choices, value=choices[0][1]), rows, *prefill(choices[0][1]))
 
     def form_from_job(job_id):
@@ -118,7 +122,7 @@ def build(page: Page) -> None:
     follow.job.change(live, follow.job, [stats, curve, runs, ckpts])
     refresh_out = [set_pick, runs, lr, batch]
     follow.done.change(live, follow.job, [stats, curve, runs, ckpts]).then(
-        lambda m: refresh(m)[:2], page.model, [set_pick, runs])
+        lambda m, cur: refresh(m, cur)[:2], [page.model, set_pick], [set_pick, runs])  # a run's end keeps its set
     page.model.change(refresh, page.model, refresh_out)
     form = [set_pick, budget, every, lr, batch, decoder_only, device, gpus, seed]
     page.loaders.append((refresh, [page.model], refresh_out))

@@ -8,7 +8,7 @@ from ..services.evaluate import metric_name
 from . import plots
 from ..settings import DEFAULT_STEPS
 from ..jobs.device_slot import SlotBusy
-from .common import Page, as_int, user_errors
+from .common import Page, as_int, hidden_id, user_errors
 from .target_tab import MAX_GROUPS
 
 
@@ -207,9 +207,10 @@ class GuideTab:
         return (f"**Found:** {j.message}\n\nω = **{guide.fmt_omega(found)}** is now the ω used by the previews "
                 "and both exports.", found, gr.Slider(value=snapped))
 
-    def remember(self, model_id, ck, w, p_steps, p_count, m_steps, m_n, skip, shared, every, grp, tgt):
-        """Store the picks of this model's Guide (a reload restores them, see `restore`)."""
-        if as_int(model_id) is None or as_int(ck) is None:
+    def remember(self, restored, model_id, ck, w, p_steps, p_count, m_steps, m_n, skip, shared, every, grp, tgt):
+        """Store the picks of this model's Guide (a reload restores them, see `restore`). Nothing is stored
+        before this page has restored them: the defaults a fresh page starts with would overwrite them."""
+        if not restored or as_int(model_id) is None or as_int(ck) is None:
             return
         guide.save_view(self.settings, as_int(model_id), {
             "checkpoint_id": as_int(ck), "omega": float(w or 0), "preview_steps": p_steps, "preview_count": p_count,
@@ -221,13 +222,13 @@ class GuideTab:
         v = guide.load_views(self.settings).get(str(as_int(model_id)))
         ids = [c for _, c in guide.run_checkpoints(self.db, as_int(model_id))] if as_int(model_id) else []
         if not v or v.get("checkpoint_id") not in ids:
-            return (gr.skip(),) * 12
+            return (*(gr.skip(),) * 12, 1)
         w = float(v.get("omega", 0.0))
         snapped = min(max(round(w / guide.OMEGA_STEP) * guide.OMEGA_STEP, guide.OMEGA_MIN), guide.OMEGA_MAX)
         get = lambda k: v[k] if v.get(k) is not None else gr.skip()  # noqa: E731
         return (gr.Dropdown(value=v["checkpoint_id"]), w, snapped, get("preview_steps"), get("preview_count"),
                 get("steps"), get("n"), get("skip_steps"), get("shared_encoder"), get("all_budgets"),
-                gr.Dropdown(value=v["find_group"]) if v.get("find_group") else gr.skip(), get("find_target"))
+                gr.Dropdown(value=v["find_group"]) if v.get("find_group") else gr.skip(), get("find_target"), 1)
 
     @staticmethod
     def skip_limit(preview_steps, steps):
@@ -274,14 +275,15 @@ class GuideTab:
                                 [self.find_md, self.omega_exact, self.omega]).then(self.figures, fig_in, fig_out)
         remembered = [page.model, self.ckpt, self.omega_exact, *self.gs_inputs, self.all_budgets, self.f_group,
                       self.f_target]
+        self.restored = hidden_id()  # 1 once this page has restored the remembered picks
         for comp in remembered[1:]:
             # no queue: a file write under a lock (guide.save_view), applied in the order the requests arrive,
             # so the last pick made is the one remembered; a queue lane of one served every browser in turn
             # (20 scrubbing clients waited 5 s in it)
-            comp.change(self.remember, remembered, None, show_progress="hidden", trigger_mode="always_last",
+            comp.change(self.remember, [self.restored, *remembered], None, show_progress="hidden", trigger_mode="always_last",
                         queue=False)
         restored = [self.ckpt, self.omega_exact, self.omega, *self.gs_inputs, self.all_budgets, self.f_group,
-                    self.f_target]
+                    self.f_target, self.restored]
         for ev in (page.model.change, page.grouping.change):
             ev(self.refresh, [page.model, page.grouping], [self.ckpt, self.f_group, self.f_target]).then(
                 self.restore, [page.model, self.ckpt], restored)

@@ -11,7 +11,7 @@ from pipelines.errors import UserError
 from ..services import attributes, guide, guide_model, merge_guide
 from ..services.evaluate import metric_name
 from . import plots
-from .common import Page, as_int, hidden_value, user_errors
+from .common import Page, as_int, hidden_id, user_errors
 
 DASH = {"score": "solid", "merged": "dash"}
 SHORT = {"score": "score space", "merged": "merged"}
@@ -130,7 +130,7 @@ class ComparePanel:
                 self.frac_plot = gr.Plot(show_label=False, elem_id="plot-compare-fraction")
                 self.fd_plot = gr.Plot(show_label=False, elem_id="plot-compare-fd")
             self.found = gr.Markdown(elem_id="compare-found")
-        self.acc, self.opened = acc, hidden_value(False)  # not gr.State: it holds a heartbeat open
+        self.acc, self.opened = acc, hidden_id()  # 1 while open; not gr.State: it holds a heartbeat open
 
     # -- handlers ------------------------------------------------------------------------------------
     def choices(self, ck, grouping_id):
@@ -220,8 +220,8 @@ class ComparePanel:
     def wire(self) -> None:
         page = self.page
         ck, w, gs_inputs = page.guide_checkpoint, page.guide_omega, page.guide_settings
-        self.acc.expand(lambda: True, None, self.opened)
-        self.acc.collapse(lambda: False, None, self.opened)
+        self.acc.expand(lambda: 1, None, self.opened)
+        self.acc.collapse(lambda: 0, None, self.opened)
         grid_in = [self.opened, ck, w, self.guide, page.device, *gs_inputs]
         grid_out = [self.grid_score, self.grid_merged, self.caption]
         fig_in = [self.opened, ck, page.grouping, w, self.guide, self.group, self.target, *gs_inputs]
