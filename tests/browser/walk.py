@@ -145,7 +145,7 @@ def fill(pg, elem_id, value):
     box = pg.locator(f"#{elem_id}").locator("input, textarea").first
     box.fill(str(value))
     box.press("Enter")
-    settle(pg)
+    settle(pg, required=False)  # the callers then wait for the outcome they check (a render may stream on)
 
 
 def fill_slider(pg, elem_id, value, wait: bool = True):
