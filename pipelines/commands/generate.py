@@ -17,7 +17,7 @@ from ..checkpoints.bundle import load_bundle
 from ..checkpoints.native import load_model
 from ..errors import UserError
 from ..generate import compile_and_warm_up, generate_batches, parse_seeds
-from ..guidance import SIMSDenoiser, parse_omega
+from ..guidance import SIMSDenoiser, parse_interval, parse_omega
 from ..paired import PairedSIMSDenoiser, check_paired_precision
 from ..precision import PRECISIONS
 from ..sampler import SamplerConfig, to_uint8
@@ -135,21 +135,11 @@ def run_generate(args) -> int:
     return 0
 
 
-def _interval(spec):
-    if spec is None:
-        return None
-    try:
-        lo, hi = (float(v) for v in spec.split(","))
-    except ValueError:
-        raise UserError(f"--interval takes 'sigma_lo,sigma_hi' such as 0.28,1.61 (got {spec!r}).") from None
-    return (lo, hi)
-
-
 def run_sample_sims(args) -> int:
     seeds = _seeds(args.seeds)
     if not args.bundle and not (args.base and args.aux):
         raise UserError("Give --bundle FILE, or both --base CKPT and --aux CKPT.")
-    interval_arg = _interval(args.interval)
+    interval_arg = parse_interval(args.interval)
     omega_arg = None if args.omega is None else parse_omega(args.omega)
     if args.paired:
         check_paired_precision(args.precision)
