@@ -347,7 +347,11 @@ def train(model_cfg: ModelConfig | dict | None, dataset, cfg: TrainConfig | dict
             run.ddp = nn.parallel.DistributedDataParallel(
                 run.net, device_ids=[env.device] if env.device.type == "cuda" else None)
         run.staged = _stage(run.dataset, env.device, cfg.num_workers)
-        return _loop(run, progress, should_stop)
+        result = _loop(run, progress, should_stop)
+        # All ranks reach the teardown together: gloo aborts a rank ("terminate called without an active
+        # exception") whose peer destroys the group while it still uses it. Not on an error: it would hang.
+        env.barrier()
+        return result
     finally:
         env.close()
 
