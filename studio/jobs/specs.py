@@ -134,8 +134,24 @@ class VerifyPoolSpec(JobSpec):
 
 # ------------------------------------------------------------------------------------------ guide
 
-@dataclass(frozen=True)
-class SweepSpec(JobSpec):
+@dataclass(frozen=True, kw_only=True)
+class GuidedSpec(JobSpec):
+    """Base of the jobs that measure the guided model over omegas (sweep, find_omega): how it guides."""
+    interval: tuple[float, float] | None = None
+    shared_encoder: bool = False
+    mode: str = "score"                 # score: two networks | merged: one network, weights merged at each omega
+    guide: str = "aux"                  # aux (the checkpoint) | demo-early | model:<id> (services.guide_model)
+
+    def check(self) -> None:
+        """The guidance mode is score or merged; a merged model is one network: no interval, no shared encoder."""
+        if self.mode not in ("score", "merged"):
+            raise UserError(f"{self.kind} job parameters: mode must be 'score' or 'merged' (got {self.mode!r}).")
+        if self.mode == "merged" and (self.interval or self.shared_encoder):
+            raise UserError(f"{self.kind} job parameters: a merged model has no guidance interval or shared encoder.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepSpec(GuidedSpec):
     """The omega grid of previews for one checkpoint, then measurements over every (checkpoint, omega).
 
     A previews-only job has no checkpoint_ids; measuring needs grouping_id, n, steps and metric_seed0."""
@@ -146,24 +162,20 @@ class SweepSpec(JobSpec):
     settings_key: str                   # hash of the measurement settings (GuideSettings.key)
     preview_omegas: tuple[float, ...] = ()
     preview_interval: tuple[float, float] | None = None
-    shared_encoder: bool = False
     checkpoint_ids: tuple[int, ...] = ()
     metric_omegas: tuple[float, ...] = ()
     grouping_id: int | None = None
     n: int | None = None
     steps: int | None = None
     metric_seed0: int | None = None
-    interval: tuple[float, float] | None = None
     guide_settings: dict[str, Any] | None = None  # the GuideSettings it was queued with (a record)
-    mode: str = "score"                 # score: two networks | merged: one network, weights merged at each omega
-    guide: str = "aux"                  # aux (the checkpoint) | demo-early | model:<id> (services.guide_model)
 
     def check(self) -> None:
         if self.checkpoint_ids and self.metric_omegas:
             missing = [k for k in ("grouping_id", "n", "steps", "metric_seed0") if getattr(self, k) is None]
             if missing:
                 raise UserError(f"sweep job parameters: measuring needs {', '.join(missing)}.")
-        _check_mode(self)
+        super().check()
 
     @classmethod
     def upgrade(cls, data: dict) -> dict:
@@ -178,8 +190,8 @@ class SweepSpec(JobSpec):
         return data
 
 
-@dataclass(frozen=True)
-class FindOmegaSpec(JobSpec):
+@dataclass(frozen=True, kw_only=True)
+class FindOmegaSpec(GuidedSpec):
     """Search the omega at which `group`'s fraction is closest to `target` (measurements reused by settings_key)."""
     kind: ClassVar[str] = "find_omega"
     checkpoint_id: int
@@ -191,21 +203,6 @@ class FindOmegaSpec(JobSpec):
     steps: int
     metric_seed0: int
     settings_key: str
-    interval: tuple[float, float] | None = None
-    shared_encoder: bool = False
-    mode: str = "score"                 # as in SweepSpec
-    guide: str = "aux"
-
-    def check(self) -> None:
-        _check_mode(self)
-
-
-def _check_mode(spec) -> None:
-    """The guidance mode is score or merged; a merged model is one network: no interval, no shared encoder."""
-    if spec.mode not in ("score", "merged"):
-        raise UserError(f"{spec.kind} job parameters: mode must be 'score' or 'merged' (got {spec.mode!r}).")
-    if spec.mode == "merged" and (spec.interval or spec.shared_encoder):
-        raise UserError(f"{spec.kind} job parameters: a merged model has no guidance interval or shared encoder.")
 
 
 @dataclass(frozen=True)
