@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
 from sqlalchemy import (JSON, Boolean, DateTime, Enum, Float, ForeignKey, Index, Integer, String, Text,
                         UniqueConstraint)
@@ -17,6 +17,12 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 def utcnow() -> datetime:
     """Timezone-aware now (stored as UTC)."""
     return datetime.now(timezone.utc)
+
+
+# The two columns most tables share, declared once (SQLAlchemy's Annotated column types; the
+# column stays where each class names it, so the tables are the same as written out in full).
+IntId = Annotated[int, mapped_column(primary_key=True)]
+CreatedAt = Annotated[datetime, mapped_column(DateTime(timezone=True), default=utcnow)]
 
 
 class Base(DeclarativeBase):
@@ -47,7 +53,7 @@ class LabelSource(str, enum.Enum):
 class Model(Base):
     """A registered base model (demo, imported EDM checkpoint, upload, path)."""
     __tablename__ = "models"
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[IntId]
     name: Mapped[str] = mapped_column(String(200), unique=True)
     path: Mapped[str] = mapped_column(String(1000))          # relative to the data dir
     content_hash: Mapped[str] = mapped_column(String(64))
@@ -57,38 +63,38 @@ class Model(Base):
     meta: Mapped[dict[str, Any]] = mapped_column(JSON)        # dataset / training / provenance
     resolution: Mapped[int] = mapped_column(Integer)
     channels: Mapped[int] = mapped_column(Integer)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[CreatedAt]
 
 
 class Classifier(Base):
     """An attribute classifier plug-in known to the studio."""
     __tablename__ = "classifiers"
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[IntId]
     name: Mapped[str] = mapped_column(String(100), unique=True)
     classes: Mapped[list[Any]] = mapped_column(JSON)
     description: Mapped[str] = mapped_column(Text, default="")
     options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # factory kwargs, e.g. weights
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[CreatedAt]
 
 
 class Grouping(Base):
     """Named partition of a classifier's classes into groups ({group: [class, ...]})."""
     __tablename__ = "groupings"
     __table_args__ = (UniqueConstraint("classifier", "name"),)
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[IntId]
     classifier: Mapped[str] = mapped_column(String(100))
     name: Mapped[str] = mapped_column(String(200))
     groups: Mapped[dict[str, Any]] = mapped_column(JSON)
     threshold: Mapped[float] = mapped_column(Float, default=0.5)
     builtin: Mapped[bool] = mapped_column(Boolean, default=False)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[CreatedAt]
 
 
 class Sample(Base):
     """One generated image of a base model's pool: seed + file + content hash."""
     __tablename__ = "samples"
     __table_args__ = (UniqueConstraint("model_id", "seed"),)
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[IntId]
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), index=True)
     seed: Mapped[int] = mapped_column(Integer)
     steps: Mapped[int] = mapped_column(Integer)
@@ -96,7 +102,7 @@ class Sample(Base):
     content_hash: Mapped[str] = mapped_column(String(64))
     not_preferred: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
     job_id: Mapped[Optional[int]] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[CreatedAt]
 
 
 class Label(Base):
@@ -106,7 +112,7 @@ class Label(Base):
     """
     __tablename__ = "labels"
     __table_args__ = (Index("ix_labels_sample_clf_src", "sample_id", "classifier", "source"),)
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[IntId]
     sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id", ondelete="CASCADE"))
     classifier: Mapped[str] = mapped_column(String(100))
     source: Mapped[LabelSource] = mapped_column(Enum(LabelSource, native_enum=False, length=20))
@@ -114,7 +120,7 @@ class Label(Base):
     class_name: Mapped[Optional[str]] = mapped_column(String(100))  # argmax (classifier) or chosen (manual)
     confidence: Mapped[float] = mapped_column(Float)
     author: Mapped[str] = mapped_column(String(100), default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[CreatedAt]
 
 
 class Assignment(Base):
@@ -131,7 +137,7 @@ class Assignment(Base):
 class SyntheticSet(Base):
     """The auxiliary training set S: a mix of groups, or the user's not-preferred samples."""
     __tablename__ = "synthetic_sets"
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[IntId]
     name: Mapped[str] = mapped_column(String(200))
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
     grouping_id: Mapped[Optional[int]] = mapped_column(ForeignKey("groupings.id", ondelete="SET NULL"))
@@ -143,7 +149,7 @@ class SyntheticSet(Base):
     counts: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON)  # achieved composition
     state: Mapped[str] = mapped_column(String(20), default="building")  # building | ready | failed
     job_id: Mapped[Optional[int]] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[CreatedAt]
     members: Mapped[list["SetMember"]] = relationship(cascade="all, delete-orphan", passive_deletes=True)
 
 
@@ -159,7 +165,7 @@ class SetMember(Base):
 class Job(Base):
     """Background work run by a worker process; progress and state live here."""
     __tablename__ = "jobs"
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[IntId]
     kind: Mapped[str] = mapped_column(String(50), index=True)
     title: Mapped[str] = mapped_column(String(300), default="")
     state: Mapped[JobState] = mapped_column(Enum(JobState, native_enum=False, length=20), index=True,
@@ -176,7 +182,7 @@ class Job(Base):
     traceback: Mapped[Optional[str]] = mapped_column(Text)
     result: Mapped[Optional[dict[str, Any]]] = mapped_column(JSON)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[CreatedAt]
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
     events: Mapped[list["JobEvent"]] = relationship(order_by="JobEvent.id", cascade="all, delete-orphan",
                                                     passive_deletes=True)
@@ -185,31 +191,31 @@ class Job(Base):
 class JobEvent(Base):
     """One state transition of a job, with its time."""
     __tablename__ = "job_events"
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[IntId]
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     state: Mapped[str] = mapped_column(String(20))
     message: Mapped[str] = mapped_column(Text, default="")
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    at: Mapped[CreatedAt]
 
 
 class Checkpoint(Base):
     """A saved auxiliary-model checkpoint of a fine-tune run, at a budget (kimg)."""
     __tablename__ = "checkpoints"
     __table_args__ = (UniqueConstraint("job_id", "kimg"),)
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[IntId]
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     base_model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
     set_id: Mapped[Optional[int]] = mapped_column(ForeignKey("synthetic_sets.id", ondelete="SET NULL"))
     kimg: Mapped[float] = mapped_column(Float)
     path: Mapped[str] = mapped_column(String(1000))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[CreatedAt]
 
 
 class Metric(Base):
     """A measured number: loss, group fraction, FD, per group/omega/checkpoint."""
     __tablename__ = "metrics"
     __table_args__ = (Index("ix_metrics_lookup", "kind", "job_id", "checkpoint_id"),)
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[IntId]
     kind: Mapped[str] = mapped_column(String(50))   # loss | fraction | fd | fd_group | images_per_s
     job_id: Mapped[Optional[int]] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     model_id: Mapped[Optional[int]] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
@@ -223,17 +229,17 @@ class Metric(Base):
     n: Mapped[Optional[int]] = mapped_column(Integer)
     ci_lo: Mapped[Optional[float]] = mapped_column(Float)
     ci_hi: Mapped[Optional[float]] = mapped_column(Float)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[CreatedAt]
 
 
 class Render(Base):
     """Cached guided render of fixed seeds, keyed by everything that determines the pixels."""
     __tablename__ = "renders"
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[IntId]
     key: Mapped[str] = mapped_column(String(64), unique=True)
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
     checkpoint_id: Mapped[Optional[int]] = mapped_column(ForeignKey("checkpoints.id", ondelete="CASCADE"))
     omega: Mapped[float] = mapped_column(Float)
     settings: Mapped[dict[str, Any]] = mapped_column(JSON)   # interval, seeds, steps
     path: Mapped[str] = mapped_column(String(1000))          # .npz with images (+ grid png beside)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[CreatedAt]
