@@ -132,6 +132,20 @@ def _sqlite_only(request):
         pytest.skip("checks a SQLite-only property")
 
 
+def pooled_studio(n_pool: int):
+    """A module-scoped fixture for a database-facing test module: (studio, model_id) of studio.testing.tiny_studio
+    with a labelled pool of n_pool samples, closed after the module. It takes `db_backend`, so it is built
+    again on each database. Use: `world = pooled_studio(30)` at the module's top level."""
+    @pytest.fixture(scope="module", name="world")
+    def world(request, tmp_path_factory, db_backend):
+        from studio.testing import tiny_studio
+        folder = tmp_path_factory.mktemp(f"{request.module.__name__.rpartition('.')[2]}-{db_backend}")
+        st, mid = tiny_studio(folder / "data", n_pool=n_pool)
+        yield st, mid
+        st.close()
+    return world
+
+
 @pytest.fixture
 def pg_url(pg_server, request):
     """URL of a fresh, empty PostgreSQL database for this test (dropped afterwards)."""

@@ -12,16 +12,11 @@ from sqlalchemy import delete, select
 
 from studio.models import Assignment, Classifier, Grouping, Label, LabelSource, Sample
 from studio.services import attributes, curation, labels
-from studio.testing import tiny_studio
+
+from conftest import pooled_studio
 
 pytestmark = pytest.mark.usefixtures("db_backend")
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory, db_backend):
-    st, mid = tiny_studio(tmp_path_factory.mktemp("bulk") / "data", n_pool=30)
-    yield st, mid
-    st.close()
+world = pooled_studio(n_pool=30)
 
 
 def _assignments(st) -> dict:

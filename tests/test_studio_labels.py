@@ -7,15 +7,11 @@ from pipelines.errors import UserError
 from studio.services import attributes, labels, pool
 from studio.testing import run_now, tiny_studio
 
+from conftest import pooled_studio
+
 # every test here runs on SQLite and on PostgreSQL (tests/conftest.py)
 pytestmark = pytest.mark.usefixtures("db_backend")
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory, db_backend):
-    st, mid = tiny_studio(tmp_path_factory.mktemp("labels") / "data", n_pool=60)
-    yield st, mid
-    st.close()
+world = pooled_studio(n_pool=60)
 
 
 def _grouping(st, name):
