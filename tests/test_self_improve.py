@@ -76,6 +76,8 @@ def test_settings_refuse_a_grid_without_omega_zero(tmp_path):
     with pytest.raises(UserError, match="not found"):
         SelfImproveSettings(bases={"x": str(tmp_path / "none.safetensors")})
     assert main(["self-improve", "--base", "nonsense", "--out", str(tmp_path)]) == 2
+    assert main(["self-improve", "--augment-p", "1.5", "--out", str(tmp_path)]) == 2
+    assert main(["self-improve", "--augment-p", "on", "--out", str(tmp_path)]) == 2
 
 
 @pytest.mark.slow
@@ -109,3 +111,27 @@ def test_demo_shift_measure_warns_on_small_samples():
     assert any(w.startswith("FD-digits overall: 60 samples < 128") for w in small["warnings"])
     assert sum("group" in w for w in small["warnings"]) == 2
     assert world.measure(real[:600])["warnings"] == []  # ~300 a group: no warning
+
+
+def test_finetune_augmentation_follows_the_base_recipe_unless_set_and_is_passed_explicitly(tmp_path):
+    from pipelines.checkpoints.native import read_metadata
+    from pipelines.data import TensorImageDataset
+    from pipelines.experiments.self_improve import SelfImproveSettings, _finetune, finetune_augment_ps
+    from pipelines.training import TrainConfig, train
+
+    torch.manual_seed(0)
+    net = ModelConfig(backbone="songunet", network=songunet_config("tiny", img_resolution=8, img_channels=1,
+                                                                    augment_dim=9))
+    images = np.random.default_rng(0).integers(0, 256, size=(16, 8, 8, 1), dtype=np.uint8)
+    small = dict(batch_size=16, total_kimg=0.032, lr_rampup_kimg=0, device="cpu")
+    ckpt = train(net, TensorImageDataset(images), TrainConfig(**small, augment_p=0.3), tmp_path / "base")["final_checkpoint"]
+    settings = SelfImproveSettings(bases={"b": str(ckpt)}, budgets_kimg=[0.016], augment_p=[None, 0.0, 0.3])
+    # on/off: the base's recipe (0.3) and 0; an explicit 0.3 is the same run, kept once
+    augs = finetune_augment_ps(settings, ckpt)
+    assert augs == [(0.3, "the base checkpoint's training config"), (0.0, "set explicitly")]
+    np.savez(tmp_path / "S16.npz", images=images)  # S already drawn: no sampling in this test
+    for name, (p, _) in zip(("on", "off"), augs):
+        _finetune(None, ckpt, 16, settings, tmp_path, tmp_path / name, lambda m: None, "b", 0.016, p)
+        tuned = sorted((tmp_path / name).glob("checkpoint-*.safetensors"))[-1]
+        # off stays off even though the base's recipe used augmentation (the loop would inherit an unset p)
+        assert read_metadata(tuned)["training"]["config"]["augment_p"] == p

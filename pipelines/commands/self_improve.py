@@ -29,6 +29,20 @@ def _bases(items) -> dict:
     return out
 
 
+def _augment_ps(text: str) -> list:
+    """--augment-p: comma-separated numbers in [0, 1] or 'base' (None: the base's recorded recipe)."""
+    out = []
+    for item in [v.strip() for v in str(text).split(",") if v.strip()] or ["base"]:
+        if item == "base":
+            out.append(None)
+            continue
+        value = _floats(item, "--augment-p")[0]
+        if not 0 <= value <= 1:
+            raise UserError(f"--augment-p values must be in [0, 1] or 'base' (got {item!r})")
+        out.append(value)
+    return out
+
+
 def run_self_improve(args) -> int:
     from ..demo.assets import DEMO_MODEL
     from ..experiments.mad.report import write_figures
@@ -41,7 +55,7 @@ def run_self_improve(args) -> int:
     settings = SelfImproveSettings(
         bases=_bases(args.base) or {"demo": str(DEMO_MODEL)}, s_sizes=[int(v) for v in _floats(args.s_sizes, "--s-sizes")],
         budgets_kimg=_floats(args.budgets, "--budgets"), omegas=_floats(args.omegas, "--omegas"),
-        eval_samples=args.eval_samples, num_steps=args.steps, interval=interval, augment_p=args.augment_p,
+        eval_samples=args.eval_samples, num_steps=args.steps, interval=interval, augment_p=_augment_ps(args.augment_p),
         bootstrap=args.bootstrap, floor_repeats=args.floor_repeats, batch_size=args.batch_size, seed=args.seed,
         time_limit_min=args.time_limit_min)
     grid = run(settings, args.out)
@@ -86,7 +100,9 @@ def register(sub) -> None:
     p.add_argument("--eval-samples", type=int, default=2000, help="fixed seeds per point (default 2000)")
     p.add_argument("--steps", type=int, default=12, help="Heun steps (default 12, the demo sampler)")
     p.add_argument("--interval", default=None, metavar="LO,HI", help="guidance sigma interval (default: every step)")
-    p.add_argument("--augment-p", type=float, default=0.0, help="augmentation probability of the fine-tune")
+    p.add_argument("--augment-p", default="base",
+                   help="augmentation probability of the fine-tune: a number (0 = off) or 'base' (the base's "
+                        "recorded recipe, the default); comma-separated runs each, e.g. base,0 for on/off")
     p.add_argument("--bootstrap", type=int, default=50, help="bootstrap draws per interval")
     p.add_argument("--floor-repeats", type=int, default=20, help="draws of the real-vs-real floor")
     p.add_argument("--batch-size", type=int, default=500)

@@ -38,6 +38,7 @@ from ..metrics.floor import fd_bootstrap, fd_floor, small_sample_warning
 from ..metrics.frechet import feature_stats, frechet_distance
 from ..sampler import SamplerConfig
 from ..training import TrainConfig, list_checkpoints, train
+from ..training.augment import resolve_augment_p
 
 FEATURE_DIMS = 128           # FD-digits features
 EVAL_SEED0 = 10_000_000      # evaluation seeds start here; S uses seeds 0..n_s-1 (disjoint)
@@ -54,7 +55,8 @@ class SelfImproveSettings:
     eval_samples: int = 2000
     num_steps: int = 12                               # Heun steps (the demo sampler)
     interval: list | None = None                      # guidance sigma interval; None = every step
-    augment_p: float = 0.0                            # augmentation probability of the fine-tune
+    # Fine-tune augmentation p: None = the base's recorded recipe; a list runs each (augmentation on/off).
+    augment_p: float | None | list = None
     finetune_lr: float = 2e-3                         # the demo base recipe's stage-1 lr
     bootstrap: int = 50
     floor_repeats: int = 20
@@ -253,14 +255,15 @@ def run_self_improve(settings: SelfImproveSettings, work_dir, log: Callable[[str
     sampler, seeds = settings.sampler, range(EVAL_SEED0, EVAL_SEED0 + int(settings.eval_samples))
     deadline = t0 + 60 * settings.time_limit_min if settings.time_limit_min is not None else None
     omegas = [float(w) for w in settings.omegas]
-    aug = float(settings.augment_p)
     grid = {"settings": asdict(settings), "bases": {}, "points": [], "not_run": []}
 
     for name, path in settings.bases.items():
         bdir = work / name
         bdir.mkdir(exist_ok=True)
         base, meta = load_model(path)
-        info = {"checkpoint": str(path), "kimg": (meta.get("training") or {}).get("kimg")}
+        augs = finetune_augment_ps(settings, path)
+        info = {"checkpoint": str(path), "kimg": (meta.get("training") or {}).get("kimg"),
+                "finetune_augment": [{"p": a, "source": src} for a, src in augs]}
         zero_file = bdir / "omega0.npz"
         if not zero_file.exists():
             t = time.time()
@@ -279,7 +282,7 @@ def run_self_improve(settings: SelfImproveSettings, work_dir, log: Callable[[str
         log(f"[{name}] FD-digits at omega 0: {zero['overall']:.3f} (floor at n={zero['n']}: {zero['floor']:.3f})")
         grid["bases"][name] = info
 
-        for s_size in settings.s_sizes:
+        for s_size, aug in [(s, a) for a, _ in augs for s in settings.s_sizes]:
             run_dir = bdir / (f"aux-s{s_size}" + (f"-aug{aug:g}" if aug else ""))
             # Budget by budget, in the order given: the fine-tune continues to the next budget only
             # once every omega of the previous one is measured (what is cut by the time limit is the tail).
@@ -291,7 +294,7 @@ def run_self_improve(settings: SelfImproveSettings, work_dir, log: Callable[[str
                     if deadline and time.time() > deadline:
                         grid["not_run"].append(f"{name}/{pname} (time limit)")
                         continue
-                    _finetune(base, path, s_size, settings, bdir, run_dir, log, name, budget)
+                    _finetune(base, path, s_size, settings, bdir, run_dir, log, name, budget, aug)
                     _trajectory(grid, base, run_dir, budget, ref, settings, omegas, name)
                     aux, _ = load_model(_budget_checkpoint(run_dir, budget))
                     t = time.time()
@@ -318,6 +321,21 @@ def run_self_improve(settings: SelfImproveSettings, work_dir, log: Callable[[str
     return grid
 
 
+def finetune_augment_ps(settings: SelfImproveSettings, base_path) -> list[tuple[float, str]]:
+    """The auxiliary fine-tune's augmentation probabilities for one base (distinct, in the order
+    given) and where each came from.
+
+    The paper fine-tunes the auxiliary with the base's recipe, so augmentation follows the base's
+    recorded recipe unless set (None). The result is always passed to the fine-tune explicitly: an
+    unset value would be resolved again by the training loop, out of sight of the point names."""
+    wanted = settings.augment_p if isinstance(settings.augment_p, (list, tuple)) else [settings.augment_p]
+    out: dict[float, str] = {}
+    for p in wanted:
+        value, source = resolve_augment_p(p, base_path)
+        out.setdefault(value, source)
+    return list(out.items())
+
+
 def _trajectory(grid, base, run_dir: Path, budget, ref, settings, omegas, name) -> None:
     """trajectory_errors of the budget's auxiliary, computed once and kept beside its checkpoints."""
     diag_file = run_dir / f"trajectory-b{budget:g}.json"
@@ -328,7 +346,8 @@ def _trajectory(grid, base, run_dir: Path, budget, ref, settings, omegas, name) 
     grid.setdefault("trajectory", {})[f"{name}/{run_dir.name}/b{budget:g}"] = json.loads(diag_file.read_text())
 
 
-def _finetune(base, base_path, s_size, settings, bdir: Path, run_dir: Path, log, name, top: float) -> None:
+def _finetune(base, base_path, s_size, settings, bdir: Path, run_dir: Path, log, name, top: float,
+              augment_p: float = 0.0) -> None:
     """S = base samples on seeds 0..s_size-1 (the base's own mix); fine-tune on S only up to `top` kimg
     (a later call with a larger budget resumes the same run)."""
     done = [n for n, _ in list_checkpoints(run_dir)] if run_dir.exists() else []
@@ -340,7 +359,7 @@ def _finetune(base, base_path, s_size, settings, bdir: Path, run_dir: Path, log,
         _save_npz(s_file, images=generate_images(base, range(s_size), settings.sampler, batch_size=settings.batch_size))
         log(f"[{name}] S of {s_size} base samples in {time.time() - t:.0f} s")
     images = np.load(s_file)["images"]
-    recipe = {**_demo_finetune_recipe(settings), "total_kimg": top}
+    recipe = {**_demo_finetune_recipe(settings, augment_p), "total_kimg": top}
     # Checkpoints at every budget: the interval is their greatest common step in kimg (e.g. 8 for {8, 32}).
     recipe["checkpoint_kimg"] = float(np.gcd.reduce([int(round(b * 1000)) for b in settings.budgets_kimg])) / 1000
     t = time.time()
@@ -349,14 +368,13 @@ def _finetune(base, base_path, s_size, settings, bdir: Path, run_dir: Path, log,
         f"({result['images_per_s']:.0f} img/s)")
 
 
-def _demo_finetune_recipe(settings) -> dict:
-    """The demo's auxiliary fine-tune (demo-shift's): the base recipe's batch/EMA, no lr ramp-up."""
+def _demo_finetune_recipe(settings, augment_p: float = 0.0) -> dict:
+    """The demo's auxiliary fine-tune (demo-shift's): the base recipe's batch/EMA, no lr ramp-up, and
+    the given augmentation probability (0 = off, stated rather than left to the base's recipe)."""
     from ..demo.assets import base_recipe
 
-    recipe = {**base_recipe(1.0), "lr": settings.finetune_lr, "lr_rampup_kimg": 0, "seed": settings.seed}
-    if settings.augment_p:
-        recipe["augment_p"] = settings.augment_p
-    return recipe
+    return {**base_recipe(1.0), "lr": settings.finetune_lr, "lr_rampup_kimg": 0, "seed": settings.seed,
+            "augment_p": float(augment_p)}
 
 
 def base_kimg(path) -> float | None:
