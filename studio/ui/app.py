@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import gradio as gr
@@ -149,38 +150,109 @@ def _wire_loading(page: Page, demo: gr.Blocks, tabs_loaders) -> None:
             tab.select(fn, ins, outs, show_progress="hidden")
 
 
+class JobsSnapshot:
+    """The newest jobs as every open page's timer sees them: read at most once per `max_age_s` for all pages
+    together (N pages ticking cost one query, not N x followers), and a tick never waits for another tick's read:
+    while one refreshes, the others take the snapshot before it (at most one refresh old)."""
+
+    def __init__(self, db, max_age_s: float = TICK_S / 2):
+        self.db, self.max_age_s = db, max_age_s
+        self._lock = threading.Lock()
+        self._at, self._views = 0.0, None
+
+    def views(self) -> list:
+        """Newest first (jobs.list_jobs's 200)."""
+        if self._views is None or time.monotonic() - self._at >= self.max_age_s:
+            # the first read waits (there is nothing older to show); later ones skip a read already under way
+            if self._lock.acquire(blocking=self._views is None):
+                try:
+                    if self._views is None or time.monotonic() - self._at >= self.max_age_s:
+                        self._views, self._at = jobs.list_jobs(self.db), time.monotonic()
+                finally:
+                    self._lock.release()
+        return self._views
+
+    def get(self, job_id) -> "jobs.JobView | None":
+        """One job: from the snapshot, else (older than the newest 200, or newer than the snapshot) from the
+        database; None when it no longer exists."""
+        jid = int(job_id)
+        for view in self._views or ():
+            if view.id == jid:
+                return view
+        try:
+            return jobs.get(self.db, jid)
+        except UserError:  # the job was deleted with its database row
+            return None
+
+    def newest(self, kinds) -> int | None:
+        """Newest job of these kinds, active ones first (common.latest_job over the snapshot)."""
+        mine = [v for v in self.views() if v.kind in kinds]
+        active = [v for v in mine if v.state not in TERMINAL]
+        return max(active or mine, key=lambda v: v.id).id if mine else None
+
+
+class LiveCache:
+    """A follower's live extras (fine-tune loss curve, stats) computed once per change of its job's row, shared by
+    every page's tick: the job's row (state, progress, message, result, updated) is the fingerprint, recomputed at
+    least every `max_age_s` for what a task writes beside its row (the loss log). A tick that finds another
+    computing them leaves those outputs unchanged until its next tick instead of waiting."""
+
+    def __init__(self, max_age_s: float = 5.0):
+        self.max_age_s = max_age_s
+        self._lock = threading.Lock()
+        self._locks: dict[int, threading.Lock] = {}
+        self._cached: dict[int, tuple] = {}  # follower index -> (fingerprint, values, monotonic time)
+
+    def values(self, index: int, follower, view) -> list:
+        fingerprint = (view.id, view.state, view.progress, view.message, view.updated_at, view.result)
+        cached = self._cached.get(index)
+        if cached is not None and cached[0] == fingerprint and time.monotonic() - cached[2] < self.max_age_s:
+            return cached[1]
+        with self._lock:
+            lock = self._locks.setdefault(index, threading.Lock())
+        if not lock.acquire(blocking=False):
+            return [gr.skip()] * len(follower.live_outputs)
+        try:
+            vals = list(follower.live(view.id))
+            self._cached[index] = (fingerprint, vals, time.monotonic())
+            return vals
+        finally:
+            lock.release()
+
+
 def _wire_timer(page: Page, demo: gr.Blocks, jobs_table) -> None:
-    """One timer refreshes every job panel (and live extras) plus the jobs table."""
+    """One timer refreshes every job panel (and live extras) plus the jobs table.
+
+    Its ticks run off Gradio's queue (queue=False: one plain POST each, no queue/data stream held open while a job
+    runs, never waiting behind other browsers' events) and only read: one shared jobs snapshot per half tick for
+    all pages, live extras once per change of their job (trigger_mode 'once': a page's next tick waits for its
+    last)."""
     db = page.db
     followers = page.followers
     live_outputs = [o for f in followers for o in f.live_outputs]
+    snapshot, live_cache = JobsSnapshot(db), LiveCache()
 
     def tick(*job_ids):
+        views = snapshot.views()
         panels, dones, lives, adopted, active = [], [], [], [], False
-        for f, jid in zip(followers, job_ids):
-            jid, new = _adopt(db, f, jid)
+        for i, (f, jid) in enumerate(zip(followers, job_ids)):
+            jid, new = _adopt(snapshot, f, jid)
             adopted.append(jid if new else gr.skip())
-            view = None
-            if jid is not None:
-                try:
-                    view = jobs.get(db, int(jid))
-                except UserError:  # the job was deleted with its database row
-                    view = None
+            view = snapshot.get(jid) if jid is not None else None
+            running = view is not None and view.state not in TERMINAL
             panels.append(job_html(view))
-            active = active or (view is not None and view.state not in TERMINAL)
+            active = active or running
             dones.append([view.id, view.state] if view is not None and view.state in TERMINAL else gr.skip())
             if f.live is not None:
-                vals = f.live(jid) if view is not None and view.state not in TERMINAL else \
-                    [gr.skip()] * len(f.live_outputs)
-                lives.extend(vals)
+                lives.extend(live_cache.values(i, f, view) if running else [gr.skip()] * len(f.live_outputs))
         # The timer runs only while some job is active: an idle page makes no requests.
-        return (*panels, *dones, *lives, *adopted, jobs_tab.table_rows(db), gr.Timer(active=active))
+        return (*panels, *dones, *lives, *adopted, jobs_tab.rows(views), gr.Timer(active=active))
 
     timer = gr.Timer(TICK_S, active=False)
     timer.tick(tick, [f.job for f in followers],
                [*[f.panel for f in followers], *[f.done for f in followers], *live_outputs,
                 *[f.job for f in followers], jobs_table, timer],
-               show_progress="hidden", concurrency_limit=None)
+               show_progress="hidden", queue=False, trigger_mode="once")
 
     def show(jid):
         view = jobs.get(db, int(jid)) if jid is not None else None
@@ -191,19 +263,17 @@ def _wire_timer(page: Page, demo: gr.Blocks, jobs_table) -> None:
         f.job.change(show, f.job, [f.panel, timer], show_progress="hidden")
 
 
-def _adopt(db, follower, jid) -> tuple[int | None, bool]:
+def _adopt(snapshot: JobsSnapshot, follower, jid) -> tuple[int | None, bool]:
     """(job to follow, changed?): a panel whose job is over (or that has none) takes up a newer active job of its
     kinds, e.g. the preview grid a finished fine-tune queues by itself."""
-    current = None
-    if jid is not None:
-        try:
-            current = jobs.get(db, int(jid))
-        except UserError:
-            current = None
+    current = snapshot.get(jid) if jid is not None else None
     if current is not None and current.state not in TERMINAL:
         return jid, False
-    newest = latest_job(db, follower.kinds)
-    if newest is None or (current is not None and newest <= current.id) or jobs.get(db, newest).state in TERMINAL:
+    newest = snapshot.newest(follower.kinds)
+    if newest is None or (current is not None and newest <= current.id):
+        return jid, False
+    view = snapshot.get(newest)
+    if view is None or view.state in TERMINAL:
         return jid, False
     return newest, True
 

@@ -7,10 +7,15 @@ from ..services import jobs
 from .common import Page, job_html, user_errors
 
 
+def rows(views) -> list[list]:
+    """Rows of the jobs table for these jobs (jobs.list_jobs's views, newest first)."""
+    return [[j.id, j.kind, j.state, f"{100 * j.progress:.0f}%", j.device or "—", j.title, j.message[:90],
+             j.created_at, j.attempts] for j in views]
+
+
 def table_rows(db) -> list[list]:
     """Rows of the jobs table (newest first)."""
-    return [[j.id, j.kind, j.state, f"{100 * j.progress:.0f}%", j.device or "—", j.title, j.message[:90],
-             j.created_at, j.attempts] for j in jobs.list_jobs(db)]
+    return rows(jobs.list_jobs(db))
 
 
 def build(page: Page) -> gr.Dataframe:

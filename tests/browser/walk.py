@@ -1,8 +1,11 @@
 """Helpers for driving the studio in Playwright (used by the browser tests and demo_walk.py)."""
+import json
 import os
 import re
 import tempfile
 import time
+import urllib.parse
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -58,14 +61,39 @@ def _is_api(url: str) -> bool:
     return "/gradio_api/" in url and "/heartbeat/" not in url
 
 
-def track_requests(pg) -> None:
-    """Keep count of the page's Gradio requests in flight and when the last one started or ended (for settle)."""
+def tick_fns(url: str) -> set[int]:
+    """fn_index of every timer-tick event the app at `url` runs off the queue (the job panels' timer): read from
+    the app's /config, the same dependency list the page itself runs on."""
+    parts = urllib.parse.urlsplit(url)
+    with urllib.request.urlopen(f"{parts.scheme}://{parts.netloc}/config", timeout=30) as r:
+        deps = json.load(r)["dependencies"]
+    return {d["id"] for d in deps if not d.get("queue", True) and any(t[1] == "tick" for t in d["targets"])}
+
+
+def _is_tick(pg, req) -> bool:
+    """A periodic timer tick: a plain POST to run/predict whose fn_index is a tick event's. Not work a test waits
+    for: it comes back every second while a job runs. (What a tick's outputs set off, such as a tab's refresh when
+    a job ends, is an ordinary event and is waited for.)"""
+    if req.method != "POST" or not req.url.split("?")[0].endswith("/run/predict") or not pg.tick_fns:
+        return False
+    try:
+        return (req.post_data_json or {}).get("fn_index") in pg.tick_fns
+    except ValueError:
+        return False
+
+
+def track_requests(pg, url: str | None = None) -> None:
+    """Keep count of the page's Gradio requests in flight and when the last one started or ended (for settle);
+    timer ticks are not counted (`url`: the app, to learn which events are ticks; default the page's)."""
+    if getattr(pg, "tick_fns", None) is None:
+        app = url or pg.url
+        pg.tick_fns = tick_fns(app) if app.startswith("http") else None  # None: not known yet (a blank page)
     if hasattr(pg, "api_inflight"):
         return
-    pg.api_inflight, pg.api_changed = set(), time.monotonic()
+    pg.api_inflight, pg.api_changed, pg.ticks_seen = set(), time.monotonic(), 0
 
     def started(req):
-        if _is_api(req.url):
+        if _is_api(req.url) and not _is_tick(pg, req):
             pg.api_inflight.add(req)
             pg.api_changed = time.monotonic()
 
@@ -73,6 +101,9 @@ def track_requests(pg) -> None:
         if req in pg.api_inflight:
             pg.api_inflight.discard(req)
             pg.api_changed = time.monotonic()
+        elif _is_tick(pg, req):  # its outputs land now and may set off events: the quiet gap starts again
+            pg.api_changed = time.monotonic()
+            pg.ticks_seen += 1
 
     def navigated(frame):
         if frame == pg.main_frame:  # a reload: the old document's requests may never report an end
@@ -85,14 +116,13 @@ def track_requests(pg) -> None:
     pg.on("framenavigated", navigated)
 
 
-def settle(pg, quiet_s: float = 0.4, timeout: float = 60.0, required: bool = True) -> None:
+def settle(pg, quiet_s: float = 0.4, timeout: float = 60.0) -> None:
     """Wait until every Gradio request of the page has been answered and none started for `quiet_s`
     (an event fired by a click, a fill or a tab change has run and its outputs are on the page).
 
     Event-driven: it waits for the next request to end (or start) rather than for a fixed time; the
-    deadline raises, naming what was still in flight. Job panels tick every second while a job runs,
-    so there is a quiet gap between ticks. required=False: at the deadline, go on (the caller then waits for
-    what it needs; a long render streaming in the background need not end first)."""
+    deadline raises, naming what was still in flight. The job panels' timer ticks (every second while a job
+    runs) are not waited for: they run off the queue and are told apart by their fn_index."""
     track_requests(pg)  # a page opened without browser_page() is tracked from now on
     end = time.monotonic() + timeout
     while True:
@@ -100,8 +130,6 @@ def settle(pg, quiet_s: float = 0.4, timeout: float = 60.0, required: bool = Tru
         if not pg.api_inflight and now - pg.api_changed >= quiet_s:
             return
         if now >= end:
-            if not required:
-                return
             raise AssertionError(f"the page did not settle in {timeout} s: "
                                  f"{[r.url for r in pg.api_inflight][:5]} still in flight")
         wait_ms = 1000 * (min(end, pg.api_changed + quiet_s) - now if not pg.api_inflight else end - now)
@@ -114,7 +142,7 @@ def settle(pg, quiet_s: float = 0.4, timeout: float = 60.0, required: bool = Tru
 def open_page(pg, url: str | None = None) -> None:
     """Go to `url` (None: reload) and wait until its load events are answered: Playwright's networkidle minus a
     gr.State heartbeat, which would keep the page from ever being idle."""
-    track_requests(pg)
+    track_requests(pg, url)
     if url is None:
         pg.reload(wait_until="load", timeout=120_000)
     else:
@@ -137,7 +165,7 @@ def tab(pg, name):
     """Open a tab by its label."""
     pg.get_by_role("tab", name=name).click()
     pg.get_by_role("tab", name=name, selected=True).wait_for(timeout=30_000)
-    settle(pg, timeout=20, required=False)  # the tab's loaders have filled it (a streaming render may go on)
+    settle(pg)  # the tab's loaders have filled it
 
 
 def fill(pg, elem_id, value):
@@ -145,7 +173,7 @@ def fill(pg, elem_id, value):
     box = pg.locator(f"#{elem_id}").locator("input, textarea").first
     box.fill(str(value))
     box.press("Enter")
-    settle(pg, required=False)  # the callers then wait for the outcome they check (a render may stream on)
+    settle(pg)  # its change/submit events have run
 
 
 def fill_slider(pg, elem_id, value, wait: bool = True):
@@ -199,9 +227,8 @@ def toast_text(pg, pattern, timeout=20_000):
 
 
 def shot(pg, name, folder: Path = SHOTS):
-    """Full-page screenshot into out/screenshots or $SIMS_SCREENSHOTS (or `folder`). A picture for the docs, not a
-    check: a background stream still open (a render of the found ω, a job panel ticking) does not fail the test."""
-    settle(pg, required=False)
+    """Full-page screenshot into out/screenshots or $SIMS_SCREENSHOTS (or `folder`), once the page has settled."""
+    settle(pg)
     pg.evaluate("() => document.fonts.ready")  # text laid out in its final font
     folder.mkdir(parents=True, exist_ok=True)
     pg.screenshot(path=str(folder / name), full_page=True)
