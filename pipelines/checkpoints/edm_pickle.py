@@ -123,13 +123,21 @@ def _check_storage_sizes(blob: bytes) -> None:
     torch's loader allocates each storage at its declared size before reading its data, so a damaged
     size field (say 2**62 elements) would allocate gigabytes before the short data is noticed. Every
     storage's data follows the pickles as an 8-byte count and the bytes, so together they cannot
-    exceed what remains of the blob; checking that first bounds what loading allocates by the blob's length."""
+    exceed what remains of the blob; checking that first bounds what loading allocates by the blob's length.
+    Each of the blob's pickles has its opcodes checked before the C unpickler reads it (see `_check_opcodes`)."""
     f = io.BytesIO(blob)
+
+    def checked(unpickler):
+        start = f.tell()
+        _check_opcodes(f)
+        f.seek(start)
+        return unpickler(f)
+
     for _ in range(3):  # magic number, protocol version, system info
-        _NoGlobals(f).load()
-    sizes = _StorageSizes(f)
+        checked(_NoGlobals).load()
+    sizes = checked(_StorageSizes)
     sizes.load()
-    _NoGlobals(f).load()  # the storage keys
+    checked(_NoGlobals).load()  # the storage keys
     declared, left = sum(sizes.nbytes.values()) + 8 * len(sizes.nbytes), len(blob) - f.tell()
     if declared > left:
         raise pickle.UnpicklingError(f"a tensor storage declares {declared:,} bytes of data but its blob holds "
@@ -152,15 +160,28 @@ def _load_storage(blob):
 
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
                        metadata=None):
-    """torch._utils._rebuild_tensor_v2 with its arguments checked; hooks and metadata are ignored."""
+    """torch._utils._rebuild_tensor_v2 with its arguments checked; hooks and metadata are ignored.
+
+    `Tensor.set_` grows a storage that is too small for the view it is given, so a damaged size, stride
+    or offset would allocate up to its declared extent; a view must lie inside its storage instead."""
     if not isinstance(storage, torch.storage.TypedStorage):
         raise pickle.UnpicklingError("tensor storage is not a torch storage")
     if not (isinstance(storage_offset, int) and _int_tuple(size) and _int_tuple(stride)):
         raise pickle.UnpicklingError("tensor geometry is not integers")
+    size, stride = tuple(size), tuple(stride)
+    if len(size) != len(stride) or storage_offset < 0 or min(size + stride, default=0) < 0:
+        raise pickle.UnpicklingError(f"tensor geometry is invalid (size {size}, stride {stride}, offset "
+                                     f"{storage_offset})")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore")  # TypedStorage deprecation chatter
+        numel, held = math.prod(size), storage.size()
+        extent = storage_offset + sum((n - 1) * s for n, s in zip(size, stride)) + 1 if numel else 0
+        if max(extent, numel) > held:  # numel too: overlapping (stride-0) views would multiply the weights
+            raise pickle.UnpicklingError(f"a tensor of shape {list(size)} (stride {list(stride)}, offset "
+                                         f"{storage_offset}) needs {max(extent, numel):,} elements but its "
+                                         f"storage holds {held:,}")
         t = torch.empty(0, dtype=storage.dtype)
-        return t.set_(storage._untyped_storage, storage_offset, tuple(size), tuple(stride))
+        return t.set_(storage._untyped_storage, storage_offset, size, stride)
 
 
 def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, state=None):
@@ -282,21 +303,36 @@ def disallowed_globals(counts: dict[str, int]) -> list[str]:
     return sorted(g for g in counts if g not in allowed)
 
 
-def _check_declared_lengths(data: bytes) -> None:
-    """Walk the opcodes once, refusing any length-prefixed argument longer than what is left of the file.
+_MEMO_PUTS = ("PUT", "BINPUT", "LONG_BINPUT")
 
-    The C unpickler allocates a BINBYTES/BINBYTES8/BYTEARRAY8 object at its declared length before
-    reading it, so a damaged length (2**40) costs that much memory first. pickletools reads each
-    argument from a BytesIO, which never returns more than is there, and raises when it is short."""
-    for _ in pickletools.genops(data):
-        pass
+
+def _check_opcodes(f) -> None:
+    """Walk one pickle's opcodes (bytes, or a stream up to its STOP) without building anything, refusing
+    the two kinds of argument that make the C unpickler allocate at a size the file merely declares:
+
+    - a length-prefixed argument longer than what is left: BINBYTES/BINBYTES8/BYTEARRAY8 objects are
+      allocated at their declared length before being read. pickletools reads each argument from the
+      stream, which never returns more than is there, and raises when it comes up short.
+    - a memo index beyond the entries stored so far: PUT/BINPUT/LONG_BINPUT with index i grows the memo
+      to 2*i slots and zero-fills them, so a damaged 4-byte index (2**28) costs 4 GB of resident memory
+      for a 9-byte file. Picklers number memo entries 0, 1, 2, ... in order, so a real index is at most
+      the count stored before it, which bounds the memo by the number of opcodes in the file."""
+    stored = 0
+    for op, arg, pos in pickletools.genops(f):
+        if op.name == "MEMOIZE":
+            stored += 1
+        elif op.name in _MEMO_PUTS:
+            if arg > stored:
+                raise pickle.UnpicklingError(f"{op.name} at byte {pos} stores memo entry {arg:,}, but only "
+                                             f"{stored:,} entries were stored before it")
+            stored = max(stored, arg + 1)
 
 
 def read_edm_pickle(path) -> Any:
     """Unpickle `path` with the restricted unpickler; returns plain containers, tensors and records."""
     data = _read_pickle_bytes(path)
     try:
-        _check_declared_lengths(data)
+        _check_opcodes(data)
         return _RestrictedUnpickler(io.BytesIO(data)).load()
     except _Refused as e:
         raise UserError(f"Refused {path}: it references the Python global {e}, which an EDM checkpoint does "
@@ -406,6 +442,12 @@ def load_edm_pickle(path) -> tuple[Precond, ModelConfig, dict]:
     except Exception as e:  # records whose fields have impossible types or values
         raise UserError(f"{path}: the network description in the pickle is malformed ({type(e).__name__}: "
                         f"{e}); the file is corrupt or not an EDM checkpoint.") from None
+    # Each view lies inside its storage and the storages are in the file, but views sharing one storage
+    # could still add up to many times the file; the network built to receive them would be that large.
+    declared, held = sum(t.numel() * t.element_size() for t in state.values()), Path(path).stat().st_size
+    if declared > held:
+        raise UserError(f"{path}: its tensors declare {declared:,} bytes of weights but the file holds {held:,} "
+                        "bytes; the file is corrupt or not an EDM checkpoint. Download it again.")
     model = build_for_weights(cfg, {k: tuple(t.shape) for k, t in state.items()}, path)
     try:
         model.load_state_dict(state, strict=True)

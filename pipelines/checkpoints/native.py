@@ -6,6 +6,7 @@ Loading never unpickles anything.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import threading
 from pathlib import Path
@@ -119,21 +120,49 @@ class _TooManyTensors(Exception):
     """The config builds more parameters/buffers than the file holds."""
 
 
+class _TooManyParameters(Exception):
+    """The config builds more scalars than the parameter budget allows."""
+
+
+# Scalars (parameters + buffers) a loaded network may have: 4 GB in float32, over 3x the largest EDM/ADM
+# network (ADM ImageNet-64, ~296M); SIMS_MAX_PARAMS raises it for a genuinely larger model.
+MAX_PARAMS = 1_000_000_000
+_SIZE_FIELDS = ("img_resolution", "img_channels", "model_channels", "channel_mult", "num_blocks",
+                "channel_mult_emb", "channel_mult_noise", "augment_dim", "hidden", "width", "depth", "layers")
+
+
+def max_params() -> int:
+    """The parameter budget: SIMS_MAX_PARAMS if set (a positive integer), else MAX_PARAMS."""
+    raw = os.environ.get("SIMS_MAX_PARAMS", "").replace("_", "").strip()
+    if not raw:
+        return MAX_PARAMS
+    if not raw.isdigit() or int(raw) <= 0:
+        raise UserError(f"SIMS_MAX_PARAMS={os.environ['SIMS_MAX_PARAMS']!r} is not a positive integer "
+                        f"(the default is {MAX_PARAMS:,}); set it to the number of parameters to allow.")
+    return int(raw)
+
+
 def build_for_weights(cfg: ModelConfig, shapes: dict[str, tuple], source) -> Precond:
     """`build_model(cfg)`, once the config is known to describe exactly the tensors in `shapes`.
 
     A corrupt or hostile file can carry a config of absurd size (millions of blocks, 2**31 channels).
     The network is first built on the "meta" device (shapes without memory), aborted as soon as it
-    registers more tensors than the file has, and its state-dict shapes must equal the file's; only
-    then is the real model allocated, whose size is that of the weights already at hand.
+    registers more tensors than the file has or more scalars than `max_params()`, and its state-dict
+    shapes must equal the file's; only then is the real model allocated, whose size is that of the
+    weights already at hand.
     """
-    limit, me, count = len(shapes) + 64, threading.get_ident(), [0]
+    limit, budget, me, count = len(shapes) + 64, max_params(), threading.get_ident(), [0, 0]
 
-    def count_tensor(_module, _name, _value):
-        if threading.get_ident() == me:  # other threads may build their own models meanwhile
+    def count_tensor(_module, _name, value):
+        # other threads may build their own models meanwhile; None registrations (bias=False, a Conv2d's
+        # absent resample filter) are no tensors: counting them refused EDM's real FFHQ/CIFAR-10 networks
+        if threading.get_ident() == me and value is not None:
             count[0] += 1
+            count[1] += value.numel()
             if count[0] > limit:
                 raise _TooManyTensors()
+            if count[1] > budget:
+                raise _TooManyParameters()
 
     hooks = [nn_module.register_module_parameter_registration_hook(count_tensor),
              nn_module.register_module_buffer_registration_hook(count_tensor)]
@@ -146,6 +175,12 @@ def build_for_weights(cfg: ModelConfig, shapes: dict[str, tuple], source) -> Pre
     except _TooManyTensors:
         raise UserError(f"{source}: its config describes a network with more tensors than the file holds "
                         f"({len(shapes)}); the file is corrupt or not a checkpoint of this model.") from None
+    except _TooManyParameters:
+        sizes = ", ".join(f"{k}={cfg.network[k]!r}" for k in _SIZE_FIELDS if k in cfg.network)
+        raise UserError(f"{source}: its network config ({sizes}, label_dim={cfg.label_dim!r}) describes more "
+                        f"than {budget:,} parameters, the limit for loading a model ({budget * 4 / 2**30:.1f} GB "
+                        "in float32). The file is corrupt, or the model really is that large: then set "
+                        "SIMS_MAX_PARAMS to a larger count if this machine has the memory.") from None
     except ImportError:  # a missing package is not the file's fault
         raise
     except Exception as e:  # a config with impossible values (zero, negative, wrong types)
