@@ -57,20 +57,43 @@ def test_streamed_preview_shows_final_pixels_early_then_caches(world):
 
 
 def test_app_streams_an_uncached_grid_then_answers_from_the_cache(world):
+    import uuid
     from studio.testing import QueueClient
     from studio.ui.app import build_ui, launch_kwargs
     st, mid, g, cks = world
     demo = build_ui(st)
     demo.queue()
     _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **launch_kwargs(st))
+
+    def request(name, data):  # an event without the queue: one POST, as the page sends it
+        r = client.http.post(url + "gradio_api/run/predict", json={
+            "data": data, "fn_index": client.fn[name], "session_hash": uuid.uuid4().hex, "event_data": None,
+            "trigger_id": None})
+        r.raise_for_status()
+        return r.json()["data"]
+
     try:
         client = QueueClient(url)
         values = [cks[-1]["id"], 2.25, "cpu", 2, 20, 2, 16, 0, False]  # 20 preview seeds: chunks of 16 + 4
+        # the scrub request also carries: the remembered picks (restored, model, every budget, find group and
+        # target; this page has restored nothing, so nothing is stored), the guide-model panel's pick and the
+        # score-vs-merge panel's (open, guide, grouping, group, target)
+        more = [None, mid, True, None, 70, "aux", 0, "aux", g["id"], None, 70]
+        out = request("scrub", values + more)
+        grid, caption, shown, render, gm_grid, gm_caption, _ = out[:7]
+        assert "render" in caption and shown == "" and isinstance(render, int)  # a render is requested
+        assert "not rendered it yet" in gm_caption
         frames = client.call("render_exact", values)
         assert len(frames) == 2  # the first 16 samples, then the whole grid
         assert "16 of 20 samples" in frames[0][1][1] and "rendered now" in frames[1][1][1]
-        scrub = client.call("scrub", values)
-        assert len(scrub) == 1 and "cached" in scrub[0][1][1]
+        out = request("scrub", values + more)
+        grid, caption, shown, render, gm_grid, gm_caption, gm_render = out[:7]
+        assert "cached" in caption and grid["url"] and shown and "value" not in render  # no render requested
+        assert gm_grid["path"] == grid["path"] and "same grid as the main preview" in gm_caption
+        assert out[7:] == [{"__type__": "update"}] * 6  # the closed score-vs-merge panel: nothing
+        after = request("reshow", [shown, *values, "aux"])
+        assert after[:3] == [{"__type__": "update"}] * 3 and "same grid" in after[4]  # the grid is on screen
+        assert "cached" in request("reshow", ["", *values, "aux"])[1]  # the page moved on meanwhile
         client.close()
     finally:
         demo.close()

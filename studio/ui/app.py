@@ -12,17 +12,17 @@ from pipelines.errors import UserError
 from ..core import Studio
 from ..services import attributes, jobs
 from . import (build_tab, export_tab, fairness_guide_panels, finetune_tab, generate_tab, guide_tab, jobs_tab,
-               merge_compare_panel, models_tab, target_tab)
+               models_tab, target_tab)
 from .common import CSS, TERMINAL, THEME, Page, job_html, latest_job, model_choices
 from .sessions import MAX_SESSIONS, SESSION_IDLE_S, idle_reload_js, start_reaper
 
 TABS = (("Models", models_tab), ("Generate & label", generate_tab), ("Target", target_tab),
         ("Build set", build_tab), ("Fine-tune", finetune_tab), ("Guide", guide_tab), ("Export", export_tab))
 TICK_S = 1.0
-# panels added below a tab's own (classifier cross-check, fairness vs target, the guide-model picker, score vs merge)
+# panels added below a tab's own (classifier cross-check, fairness vs target); the Guide builds its own panels
+# (their share of a ω move answers in its scrub request)
 EXTRAS = {"Generate & label": (fairness_guide_panels.build_crosscheck,),
-          "Target": (fairness_guide_panels.build_target,),
-          "Guide": (fairness_guide_panels.build_guide, merge_compare_panel.build)}
+          "Target": (fairness_guide_panels.build_target,)}
 
 
 def grouping_choices(db) -> list[tuple[str, int]]:

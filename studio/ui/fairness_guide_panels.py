@@ -10,8 +10,9 @@ from pipelines.errors import UserError
 from ..jobs.device_slot import SlotBusy
 from ..services import attributes, fairness_view, guide, guide_model, sets
 from . import plots
-from .common import Page, as_int, user_errors
-from .guide_tab import settings_from
+from .common import Page, as_int, hidden_id, user_errors
+from .figure_cache import figure
+from .guide_tab import Follower, render_request, settings_from
 
 
 def _target(db, model_id, g: dict, groups, values) -> dict | None:
@@ -67,67 +68,79 @@ def build_target(page: Page) -> None:
     page.loaders.append((show, ins, [md]))
 
 
-def build_guide(page: Page) -> None:
-    """Guide tab: the target's discrepancy-vs-ω curve with the table at the current ω, and the guide picker."""
-    db, settings = page.db, page.settings
-    with gr.Row():
-        with gr.Column():
-            fair_plot = gr.Plot(show_label=False, elem_id="plot-fairness")
-            fair_md = gr.Markdown(elem_id="guide-fairness")
-        with gr.Column():
-            gr.Markdown("#### Guide model: D = (1 + ω)·D_base − ω·D_guide\nThe SIMS auxiliary by default; a weaker "
-                        "version of the base (an earlier checkpoint) makes this autoguidance (Karras et al. 2024).")
-            pick = gr.Dropdown([], label="Guide model", elem_id="guide-model", allow_custom_value=True)
-            grid = gr.Image(label="Fixed seeds at this ω with the picked guide", height=300, interactive=False,
-                            elem_id="guide-model-grid", elem_classes=["pixelated"], format="png")
-            caption = gr.Markdown(elem_id="guide-model-caption")
-    ck, w, gs_inputs = page.guide_checkpoint, page.guide_omega, page.guide_settings
+class GuidePanels:
+    """Guide tab: the target's discrepancy-vs-ω curve with the table at the current ω, and the guide picker
+    with its grid. Laid out by the constructor; `follower` is its share of the Guide's scrub request,
+    `wire()` connects the rest once the Guide's own events exist."""
 
-    def fairness(ck_id, grouping_id, omega, choice, model_id, groups, *rest):
+    def __init__(self, page: Page):
+        self.page, self.db, self.settings = page, page.db, page.settings
+        with gr.Row():
+            with gr.Column():
+                self.fair_plot = gr.Plot(show_label=False, elem_id="plot-fairness")
+                self.fair_md = gr.Markdown(elem_id="guide-fairness")
+            with gr.Column():
+                gr.Markdown("#### Guide model: D = (1 + ω)·D_base − ω·D_guide\nThe SIMS auxiliary by default; a "
+                            "weaker version of the base (an earlier checkpoint) makes this autoguidance (Karras "
+                            "et al. 2024).")
+                self.pick = gr.Dropdown([], label="Guide model", elem_id="guide-model", allow_custom_value=True)
+                self.grid = gr.Image(label="Fixed seeds at this ω with the picked guide", height=300,
+                                     interactive=False, elem_id="guide-model-grid", elem_classes=["pixelated"],
+                                     format="png")
+                self.caption = gr.Markdown(elem_id="guide-model-caption")
+                self.render_req = hidden_id()  # a new number each time another guide's grid must be rendered
+        self.follower = Follower(self.after_main, (self.pick,), (self.grid, self.caption, self.render_req),
+                                 after_render=True)
+
+    def fairness(self, ck_id, grouping_id, omega, choice, model_id, groups, *rest):
+        db, settings = self.db, self.settings
         gs, values = settings_from(*rest[:6]), rest[6:]
         ckid, gid = as_int(ck_id), as_int(grouping_id)
         if ckid is None or gid is None:
-            return plots.empty("Fairness discrepancy (L2) vs ω", "pick a checkpoint and a grouping"), ""
+            return figure(plots.empty, "Fairness discrepancy (L2) vs ω", "pick a checkpoint and a grouping"), ""
         g = attributes.get_grouping(db, gid)
         tgt = _target(db, model_id, g, groups, values)
         if tgt is None:
-            return plots.empty("Fairness discrepancy (L2) vs ω", "set a target (Target tab)"), ""
+            return figure(plots.empty, "Fairness discrepancy (L2) vs ω", "set a target (Target tab)"), ""
         try:
             gd = guide_model.resolve_guide(db, settings, ckid, choice)
         except UserError as e:
-            return plots.empty("Fairness discrepancy (L2) vs ω", "guide refused"), f"**Guide refused:** {e}"
+            return figure(plots.empty, "Fairness discrepancy (L2) vs ω", "guide refused"), f"**Guide refused:** {e}"
         curve = fairness_view.discrepancy_curve(db, ckid, g, guide_model.measurement_key(gs, gd), tgt)
         if not curve:
             who = "the SIMS auxiliary" if gd is None else gd["label"]
-            return curve_figure({}, omega), f"No stored measurements with {who} at these settings yet."
+            return (figure(curve_figure, {}, float(omega or 0)),
+                    f"No stored measurements with {who} at these settings yet.")
         near = min(curve, key=lambda v: abs(v - float(omega or 0)))
-        return curve_figure(curve, float(omega or 0)), fairness_view.report_md(
+        return figure(curve_figure, curve, float(omega or 0)), fairness_view.report_md(
             curve[near], f"Measured at ω = {guide.fmt_omega(near)}")
 
-    def choices(ck_id):
+    def choices(self, ck_id):
         if as_int(ck_id) is None:
             return gr.Dropdown(choices=[], value=None)
         try:
-            opts = guide_model.guide_choices(db, settings, as_int(ck_id))
+            opts = guide_model.guide_choices(self.db, self.settings, as_int(ck_id))
         except UserError:
             return gr.Dropdown(choices=[], value=None)
         return gr.Dropdown(choices=opts, value=guide_model.AUX)
 
-    def label_of(ck_id, choice):
-        return dict((v, k) for k, v in guide_model.guide_choices(db, settings, as_int(ck_id))).get(
+    def label_of(self, ck_id, choice):
+        return dict((v, k) for k, v in guide_model.guide_choices(self.db, self.settings, as_int(ck_id))).get(
             choice or guide_model.AUX, choice)
 
+    @staticmethod
     def same_as_main(choice, omega) -> bool:
         """The SIMS auxiliary guides the main preview too (and at ω = 0 every guide gives the base alone)."""
         return (choice or guide_model.AUX) == guide_model.AUX or float(omega or 0) == 0.0
 
     @user_errors
-    def render(ck_id, omega, choice, device, *gs_vals):
+    def render(self, ck_id, omega, choice, device, *gs_vals):
+        """The picked guide's grid: from the cache, else rendered now (streamed) under the device's slot."""
         if as_int(ck_id) is None:
             yield None, "Pick an auxiliary checkpoint."
             return
         try:
-            for kind, *rest in guide_model.preview_stream(db, settings, as_int(ck_id), omega,
+            for kind, *rest in guide_model.preview_stream(self.db, self.settings, as_int(ck_id), omega,
                                                           settings_from(*gs_vals), choice, device):
                 if kind == "waiting":
                     yield gr.skip(), f"waiting for {device} (" + (", ".join(f"job #{i}: {k}" for i, k, _ in rest[0])
@@ -136,46 +149,49 @@ def build_guide(page: Page) -> None:
                     yield rest[0], f"rendering… {rest[1]} of {rest[2]} samples"
                 else:
                     out = rest[0]
-                    yield out["grid"], (f"ω = **{guide.fmt_omega(omega)}** · guide: {label_of(ck_id, choice)} · "
-                                        + ("cached" if out["cached"] else f"rendered now in {out['seconds']:.1f} s"))
+                    yield out["grid"], (f"ω = **{guide.fmt_omega(omega)}** · guide: {self.label_of(ck_id, choice)}"
+                                        " · " + ("cached" if out["cached"] else
+                                                 f"rendered now in {out['seconds']:.1f} s"))
         except SlotBusy as e:
             yield gr.skip(), f"not rendered: {e}"
 
-    def after_main(ck_id, omega, choice, device, *gs_vals):
-        """The picked guide's grid at the ω the main preview has just shown. With the SIMS auxiliary that is
-        the main grid itself: read from the cache, never rendered a second time (two renders of one grid
-        would halve the speed of both). Another guide renders its own, after the main one."""
+    def after_main(self, shown, ck_id, omega, device, gs_vals, choice):
+        """The picked guide's grid at the ω the main preview shows (`shown`: its exact cached grid, None while
+        it has none). With the SIMS auxiliary that is the main grid itself, never rendered a second time (two
+        renders of one grid would halve the speed of both). Another guide renders its own, after the main
+        one: a render request."""
         if as_int(ck_id) is None:
-            yield gr.skip(), gr.skip()
-            return
-        if not same_as_main(choice, omega):
-            yield from render(ck_id, omega, choice, device, *gs_vals)
-            return
-        near = guide.nearest_cached(db, settings, as_int(ck_id), omega, settings_from(*gs_vals), device)
-        if near is None or abs(near["omega"] - float(omega or 0)) > 1e-9:
-            yield gr.skip(), f"ω = **{guide.fmt_omega(omega)}** · the main preview has not rendered it yet"
-            return
-        yield near["grid"], (f"ω = **{guide.fmt_omega(omega)}** · guide: {label_of(ck_id, choice)} · "
-                             "same grid as the main preview (cached)")
+            return gr.skip(), gr.skip(), gr.skip()
+        if shown is None:
+            return gr.skip(), f"ω = **{guide.fmt_omega(omega)}** · the main preview has not rendered it yet", \
+                gr.skip()
+        if not self.same_as_main(choice, omega):
+            return gr.skip(), gr.skip(), render_request()
+        return shown, (f"ω = **{guide.fmt_omega(omega)}** · guide: {self.label_of(ck_id, choice)} · "
+                       "same grid as the main preview (cached)"), gr.skip()
 
-    fair_in = [ck, page.grouping, w, pick, page.model, page.target_groups, *gs_inputs, *page.target_sliders]
-    r_in = [ck, w, pick, page.device, *gs_inputs]
-    ck.change(choices, ck, pick)
-    # a database read and a figure: no queue (see guide_tab's scrub); on a ω move it runs once the main grid
-    # is on screen, so that it does not compete with the scrub for the web process
-    pick.change(fairness, fair_in, [fair_plot, fair_md], show_progress="hidden", trigger_mode="always_last",
-                queue=False)
-    page.guide_rendered.then(fairness, fair_in, [fair_plot, fair_md], show_progress="hidden",
-                             trigger_mode="always_last", queue=False)
-    # renders wait for the device's job slot inside (guide.render_slot), not in a queue lane
-    pick.change(render, r_in, [grid, caption], show_progress="hidden", trigger_mode="always_last",
-                concurrency_id="guide-model-render", concurrency_limit=None)
-    # one event per ω move, after the main preview's: its cached grid, or another guide's render
-    page.guide_rendered.then(after_main, r_in, [grid, caption], show_progress="hidden", trigger_mode="always_last",
-                             concurrency_id="guide-model-render", concurrency_limit=None)
-    page.target_groups.change(fairness, fair_in, [fair_plot, fair_md], show_progress="hidden")
-    page.loaders.append((choices, [ck], [pick]))
-    page.loaders.append((fairness, fair_in, [fair_plot, fair_md]))
+    def wire(self) -> None:
+        page = self.page
+        ck, w, gs_inputs = page.guide_checkpoint, page.guide_omega, page.guide_settings
+        fair_in = [ck, page.grouping, w, self.pick, page.model, page.target_groups, *gs_inputs,
+                   *page.target_sliders]
+        fair_out = [self.fair_plot, self.fair_md]
+        r_in = [ck, w, self.pick, page.device, *gs_inputs]
+        ck.change(self.choices, ck, self.pick)
+        # a database read and a figure: no queue (see guide_tab's `scrub`); redrawn with the Guide's curves, so
+        # once the slider is let go rather than at every position it passes
+        self.pick.change(self.fairness, fair_in, fair_out, show_progress="hidden", trigger_mode="always_last",
+                         queue=False)
+        for ev in page.guide_curves:
+            ev.then(self.fairness, fair_in, fair_out, show_progress="hidden", trigger_mode="always_last",
+                    queue=False)
+        # renders wait for the device's job slot inside (guide.render_slot), not in a queue lane; a ω move
+        # asks for one through render_req (see `after_main`)
+        for ev in (self.pick.change, self.render_req.change):
+            ev(self.render, r_in, [self.grid, self.caption], show_progress="hidden", trigger_mode="always_last",
+               concurrency_id="guide-model-render", concurrency_limit=None)
+        page.loaders.append((self.choices, [ck], [self.pick]))
+        page.loaders.append((self.fairness, fair_in, fair_out))
 
 
 def crosscheck_md(r: dict) -> str:

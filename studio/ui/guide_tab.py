@@ -1,6 +1,12 @@
 """Guide tab: scrub ω over a fixed-seed grid (cached), ω-grid job, curves vs ω, (ω, budget) heat map, find ω."""
 from __future__ import annotations
 
+import itertools
+import json
+import time
+from dataclasses import dataclass
+from typing import Callable
+
 import gradio as gr
 
 from ..services import attributes, demo, guide, honesty, sets
@@ -9,7 +15,36 @@ from . import plots
 from ..settings import DEFAULT_STEPS
 from ..jobs.device_slot import SlotBusy
 from .common import Page, as_int, hidden_id, user_errors
+from .figure_cache import figure
 from .target_tab import MAX_GROUPS
+
+COPY_JS = "(w) => w"  # the slider's value into the exact-ω box, in the browser
+
+
+_REQUESTS = itertools.count(int(time.time() * 1000))
+
+
+def render_request() -> int:
+    """A new number for a page's hidden render-request field: the field changes, so its render event fires
+    (unique within the process and across its restarts)."""
+    return next(_REQUESTS)
+
+
+def shown_key(ck, w, device, gs_vals) -> str:
+    """Names the exact grid of a checkpoint, ω, device and preview settings (what the page shows)."""
+    return json.dumps([as_int(ck), float(w or 0), device, *[str(v) for v in gs_vals]])
+
+
+@dataclass(frozen=True)
+class Follower:
+    """A panel's share of the Guide's scrub request (one request per ω move for the whole tab):
+    fn(exact, ck, ω, device, preview settings, *values of `inputs`) -> values of `outputs`, where `exact`
+    is the file of the exact cached grid the main preview shows, None while it has none. `after_render`:
+    also called once a render of the main grid ends."""
+    fn: Callable
+    inputs: tuple
+    outputs: tuple
+    after_render: bool = False
 
 
 def settings_from(preview_steps, preview_count, steps, n, skip, shared) -> guide.GuideSettings:
@@ -40,7 +75,10 @@ class GuideTab:
                     self.frac_plot = gr.Plot(show_label=False, elem_id="plot-fraction")
                     self.fd_plot = gr.Plot(show_label=False, elem_id="plot-fd")
                 self.heat = gr.Plot(show_label=False, elem_id="plot-heatmap")
+        self.render_req = hidden_id()  # a new number each time the exact grid must be rendered
+        self.shown = gr.Textbox("", visible="hidden")  # shown_key of the exact grid on screen ("" while none)
         self.gs_inputs = [self.p_steps, self.p_count, self.m_steps, self.m_n, self.skip, self.shared]
+        page.guide_checkpoint, page.guide_omega, page.guide_settings = self.ckpt, self.omega_exact, self.gs_inputs
 
     def _controls(self) -> None:
         # custom values allowed: API clients pass checkpoint ids this session never listed
@@ -89,50 +127,83 @@ class GuideTab:
                 gr.Dropdown(choices=groups, value=focus),
                 round(100 * plan[0][focus], 1) if plan else gr.skip())
 
-    def scrub(self, ck, w, device, *gs_vals):
-        """Fast path of an omega change: the exact cached grid, or the nearest cached one while it renders."""
+    def _cached_grid(self, ck, w, device, *gs_vals):
+        """Fast path of an omega change: the exact cached grid, or the nearest cached one while it renders.
+        (grid, caption, key of the exact grid shown or "", whether the exact grid still has to be rendered,
+        the exact grid's file or None)."""
         if as_int(ck) is None:
-            return None, "Finish a fine-tune (Fine-tune tab) to guide with its checkpoints."
+            return None, "Finish a fine-tune (Fine-tune tab) to guide with its checkpoints.", "", False, None
         near = guide.nearest_cached(self.db, self.settings, as_int(ck), w, settings_from(*gs_vals), device)
         if near is None:
-            return gr.skip(), f"rendering ω = **{guide.fmt_omega(w)}**…"
+            return gr.skip(), f"rendering ω = **{guide.fmt_omega(w)}**…", "", True, None
         if abs(near["omega"] - float(w)) < 1e-9:
-            return near["grid"], f"ω = **{guide.fmt_omega(w)}** · cached"
+            return (near["grid"], f"ω = **{guide.fmt_omega(w)}** · cached", shown_key(ck, w, device, gs_vals),
+                    False, near["grid"])
         return near["grid"], (f"showing cached ω = {guide.fmt_omega(near['omega'])} while ω = "
-                              f"**{guide.fmt_omega(w)}** renders…")
+                              f"**{guide.fmt_omega(w)}** renders…"), "", True, None
+
+    def scrub(self, ck, w, device, *rest):
+        """A ω (or preview-setting) change, in one request without the queue: the cached grid (a few ms of
+        database lookup), a render request only when the exact grid is not cached (the render then runs
+        in the queue), the picks remembered, and each panel's share (`Follower`)."""
+        gs_vals, (restored, model_id, every, grp, tgt), rest = rest[:6], rest[6:11], rest[11:]
+        self.remember(restored, model_id, ck, w, *gs_vals, every, grp, tgt)
+        grid, caption, key, render, exact = self._cached_grid(ck, w, device, *gs_vals)
+        return (grid, caption, key, render_request() if render else gr.skip(),
+                *self._followers(self.followers, exact, ck, w, device, gs_vals, rest))
+
+    def reshow(self, shown, ck, w, device, *rest):
+        """After a render: the exact cached grid of the ω on the page now, unless it is the one on screen (a
+        render streams the ω it was asked for; the user may have moved on to a cached ω meanwhile), and the
+        panels that follow the main grid."""
+        gs_vals, rest = rest[:6], rest[6:]
+        followers = [f for f in self.followers if f.after_render]
+        grid, caption, key, _, exact = self._cached_grid(ck, w, device, *gs_vals)
+        main = (gr.skip(),) * 3 if as_int(ck) is None or shown == key or exact is None else (grid, caption, key)
+        return (*main, *self._followers(followers, exact, ck, w, device, gs_vals, rest))
+
+    @staticmethod
+    def _followers(followers, exact, ck, w, device, gs_vals, values) -> list:
+        out = []
+        for f in followers:
+            extra, values = values[:len(f.inputs)], values[len(f.inputs):]
+            out.extend(f.fn(exact, ck, w, device, gs_vals, *extra))
+        return out
 
     @user_errors
     def render_exact(self, ck, w, device, *gs_vals):
-        """Slow path: render an uncached omega, streaming the first rows (a no-op when the fast path found it).
+        """Slow path: render an uncached omega, streaming the first rows (a no-op when it is cached by now).
         The render takes the device's job slot first, so it waits while a job samples or trains there."""
         if as_int(ck) is None:
-            yield gr.skip(), gr.skip()
+            yield gr.skip(), gr.skip(), gr.skip()
             return
-        gs = settings_from(*gs_vals)
+        gs, key = settings_from(*gs_vals), shown_key(ck, w, device, gs_vals)
         near = guide.nearest_cached(self.db, self.settings, as_int(ck), w, gs, device)
         if near is not None and abs(near["omega"] - float(w)) < 1e-9:
-            yield gr.skip(), gr.skip()
+            yield gr.skip(), gr.skip(), gr.skip()
             return
         try:
-            yield from self._stream(ck, w, device, gs)
+            for grid, caption, final in self._stream(ck, w, device, gs):
+                yield grid, caption, key if final else gr.skip()
         except SlotBusy as e:
-            yield gr.skip(), f"ω = **{guide.fmt_omega(w)}** not rendered: {e}"
+            yield gr.skip(), f"ω = **{guide.fmt_omega(w)}** not rendered: {e}", f"{key} not rendered"
 
     def _stream(self, ck, w, device, gs):
+        """(grid, caption, whether it is the finished grid) while the render waits, streams and ends."""
         said = None
         for kind, *rest in guide.preview_stream(self.db, self.settings, as_int(ck), w, gs, device):
             if kind == "waiting":
                 who = ", ".join(f"job #{i} ({k})" for i, k, _ in rest[0]) or "another render"
                 if who != said:  # one message per change of holder, not one per poll
                     said = who
-                    yield gr.skip(), f"ω = **{guide.fmt_omega(w)}** waits for {device}: {who} is using it…"
+                    yield gr.skip(), f"ω = **{guide.fmt_omega(w)}** waits for {device}: {who} is using it…", False
             elif kind == "partial":
                 image, done, total = rest
-                yield image, f"ω = **{guide.fmt_omega(w)}** · rendering… {done} of {total} samples"
+                yield image, f"ω = **{guide.fmt_omega(w)}** · rendering… {done} of {total} samples", False
             else:
                 out = rest[0]
                 how = "cached" if out["cached"] else f"rendered now in {1000 * out['seconds']:.0f} ms"
-                yield out["grid"], f"ω = **{guide.fmt_omega(w)}** · {how}"
+                yield out["grid"], f"ω = **{guide.fmt_omega(w)}** · {how}", True
 
     def _target(self, model_id, g: dict, groups, values) -> dict | None:
         """The Target tab's target when its sliders are loaded for this grouping, else the last S's plan."""
@@ -157,8 +228,8 @@ class GuideTab:
         ckid, gid = as_int(ck), as_int(grouping_id)
         if ckid is None or gid is None:
             note = "pick a checkpoint and a grouping"
-            return (plots.empty("Group fraction vs ω", note), plots.empty("Distance vs ω", note),
-                    plots.empty("Fraction over (ω, budget)", note), "")
+            return (figure(plots.empty, "Group fraction vs ω", note), figure(plots.empty, "Distance vs ω", note),
+                    figure(plots.empty, "Fraction over (ω, budget)", note), "")
         g = attributes.get_grouping(self.db, gid)
         tgt = self._target(model_id, g, groups, values)
         c = guide.curves(self.db, ckid, gid, gs)
@@ -169,8 +240,8 @@ class GuideTab:
         if c["fd_group"] and counts and (fdw := honesty.small_fd(metric, min(counts))):
             warns.append(fdw)
         text = "".join(f"\n- ⚠ {w}" for w in warns)
-        return (plots.fraction_vs_omega(c, tgt, float(w)), plots.fd_vs_omega(c, metric, float(w)),
-                plots.heatmap(h, focus, tgt.get(focus) if tgt else None, metric),
+        return (figure(plots.fraction_vs_omega, c, tgt, float(w)), figure(plots.fd_vs_omega, c, metric, float(w)),
+                figure(plots.heatmap, h, focus, tgt.get(focus) if tgt else None, metric),
                 f"**This measurement may mislead:**{text}" if warns else "")
 
     @user_errors
@@ -236,52 +307,64 @@ class GuideTab:
         return gr.Slider(maximum=max(min(int(preview_steps or 2), int(steps or 2)) - 1, 1))
 
     # -- events --------------------------------------------------------------------------------------
-    def wire(self) -> None:
-        """Connect the components to the handlers; expose the picks for the Export tab."""
+    def wire(self, followers: tuple[Follower, ...] = ()) -> None:
+        """Connect the components to the handlers (the panels' `followers` answer in the scrub request);
+        expose the picks for the Export tab."""
         page = self.page
+        self.followers = followers
         fig_in = [self.ckpt, page.grouping, self.omega_exact, page.target_groups, page.model, *self.gs_inputs,
                   *page.target_sliders[:MAX_GROUPS]]
         fig_out = [self.frac_plot, self.fd_plot, self.heat, self.warn_md]
         scrub_in, scrub_out = [self.ckpt, self.omega_exact, page.device, *self.gs_inputs], [self.grid, self.caption]
-        # a user moving the slider sets the exact ω; a program setting the slider (find ω) does not
-        self.omega.input(lambda w: w, self.omega, self.omega_exact, show_progress="hidden", trigger_mode="always_last")
-        # The scrub is a few milliseconds of database lookup: it skips the queue (one HTTP request, no event
-        # stream, no concurrency lane shared with other tabs). render_exact has no queue limit of its own:
-        # renders queue for the device's job slot inside it (guide.render_slot), so the no-op calls after a
-        # cached scrub never wait behind a rendering one.
-        self.rendered = self.omega_exact.change(self.scrub, scrub_in, scrub_out, trigger_mode="always_last",
-                                                show_progress="hidden", queue=False).then(
-            self.render_exact, scrub_in, scrub_out, show_progress="hidden", concurrency_id="render",
-            concurrency_limit=None, trigger_mode="always_last")
-        self.omega.release(lambda w: w, self.omega, self.omega_exact, show_progress="hidden").then(
-            self.figures, fig_in, fig_out, show_progress="hidden")
-        self.omega_exact.submit(self.figures, fig_in, fig_out, show_progress="hidden")
-        for comp in (self.ckpt, self.skip, self.shared, self.p_steps, self.p_count):
-            comp.change(self.scrub, scrub_in, scrub_out, show_progress="hidden", queue=False).then(
-                self.render_exact, scrub_in, scrub_out, show_progress="minimal", concurrency_id="render",
-                concurrency_limit=None)
-        self.ckpt.change(self.figures, fig_in, fig_out)
+        remembered = [page.model, self.ckpt, self.omega_exact, *self.gs_inputs, self.all_budgets, self.f_group,
+                      self.f_target]
+        self.restored = hidden_id()  # 1 once this page has restored the remembered picks
+        # A user moving the slider sets the exact ω, in the browser (no request); a program setting the
+        # slider (find ω) does not.
+        self.omega.input(None, self.omega, self.omega_exact, js=COPY_JS, show_progress="hidden",
+                         trigger_mode="always_last")
+        # A cached ω costs one request for the whole tab: `scrub` reads the cache (a few ms), remembers the
+        # picks, answers for the panels and skips the queue. Only an uncached grid changes render_req, whose
+        # event renders in the queue (no lane limit: renders wait for the device's job slot inside,
+        # guide.render_slot); after it, `reshow` puts the page's current ω back if the user moved on to a
+        # cached one while it rendered, and updates the panels that follow the main grid.
+        extra = [c for f in followers for c in f.inputs]
+        extra_out = [c for f in followers for c in f.outputs]
+        scrub_all_in = [*scrub_in, self.restored, page.model, self.all_budgets, self.f_group, self.f_target, *extra]
+        for comp in (self.omega_exact, self.ckpt, self.skip, self.shared, self.p_steps, self.p_count):
+            comp.change(self.scrub, scrub_all_in, [*scrub_out, self.shown, self.render_req, *extra_out],
+                        show_progress="hidden", trigger_mode="always_last", queue=False)
+        after = [f for f in followers if f.after_render]
+        self.render_req.change(self.render_exact, scrub_in, [*scrub_out, self.shown], show_progress="hidden",
+                               concurrency_id="render", concurrency_limit=None, trigger_mode="always_last").then(
+            self.reshow, [self.shown, *scrub_in, *[c for f in after for c in f.inputs]],
+            [*scrub_out, self.shown, *[c for f in after for c in f.outputs]], show_progress="hidden", queue=False)
+        # The curves (and the panels drawn with them) follow ω once the hand leaves the slider, not at every
+        # position it passes. A few ms of database reads (figures come from studio.ui.figure_cache): no queue.
+        curves = dict(show_progress="hidden", queue=False)
+        self.curves = [self.omega.release(None, self.omega, self.omega_exact, js=COPY_JS,
+                                          show_progress="hidden").then(self.figures, fig_in, fig_out, **curves),
+                       self.omega_exact.submit(self.figures, fig_in, fig_out, **curves),
+                       self.ckpt.change(self.figures, fig_in, fig_out, **curves)]
         self.ckpt.change(self.queue_previews, [self.ckpt, page.device, *self.gs_inputs], None,
                          show_progress="hidden")
         # the Target tab loads its groups and sliders after this tab's first draw: redraw with the target
-        page.target_groups.change(self.figures, fig_in, fig_out, show_progress="hidden")
+        self.curves.append(page.target_groups.change(self.figures, fig_in, fig_out, **curves))
         for comp in (self.p_steps, self.m_steps):
             comp.change(self.skip_limit, [self.p_steps, self.m_steps], self.skip)
         self.sweep_btn.click(self.do_sweep, [self.ckpt, page.grouping, self.all_budgets, page.device,
                                              *self.gs_inputs], self.follow.job)
         self.find_btn.click(self.do_find, [self.ckpt, page.grouping, self.f_group, self.f_target, page.device,
                                            *self.gs_inputs], self.follow.job)
-        self.follow.done.change(self.after_job, [self.follow.job, self.omega],
-                                [self.find_md, self.omega_exact, self.omega]).then(self.figures, fig_in, fig_out)
-        remembered = [page.model, self.ckpt, self.omega_exact, *self.gs_inputs, self.all_budgets, self.f_group,
-                      self.f_target]
-        self.restored = hidden_id()  # 1 once this page has restored the remembered picks
-        for comp in remembered[1:]:
+        self.curves.append(self.follow.done.change(self.after_job, [self.follow.job, self.omega],
+                                                   [self.find_md, self.omega_exact, self.omega]).then(
+            self.figures, fig_in, fig_out, **curves))
+        for comp in (self.m_steps, self.m_n, self.all_budgets, self.f_group, self.f_target):  # the rest: `scrub`
             # no queue: a file write under a lock (guide.save_view), applied in the order the requests arrive,
             # so the last pick made is the one remembered; a queue lane of one served every browser in turn
             # (20 scrubbing clients waited 5 s in it)
-            comp.change(self.remember, [self.restored, *remembered], None, show_progress="hidden", trigger_mode="always_last",
-                        queue=False)
+            comp.change(self.remember, [self.restored, *remembered], None, show_progress="hidden",
+                        trigger_mode="always_last", queue=False)
         restored = [self.ckpt, self.omega_exact, self.omega, *self.gs_inputs, self.all_budgets, self.f_group,
                     self.f_target, self.restored]
         for ev in (page.model.change, page.grouping.change):
@@ -290,10 +373,16 @@ class GuideTab:
         page.loaders.append((self.refresh, [page.model, page.grouping], [self.ckpt, self.f_group, self.f_target]))
         page.loaders.append((self.restore, [page.model, self.ckpt], restored))
         page.loaders.append((self.figures, fig_in, fig_out))
-        page.guide_checkpoint, page.guide_omega, page.guide_settings = self.ckpt, self.omega_exact, self.gs_inputs
-        page.guide_rendered = self.rendered  # the ω change's grid is cached (or failed) once this event ends
+        page.guide_curves = self.curves  # events after which the curves vs ω are redrawn (panels chain theirs)
 
 
 def build(page: Page) -> None:
-    """Lay out the tab and wire its events."""
-    GuideTab(page).wire()
+    """Lay out the tab and the panels below it (fairness and guide model, score space vs merge), then wire
+    them: the panels' share of a ω move answers in the tab's own scrub request."""
+    from .fairness_guide_panels import GuidePanels  # they build on this module
+    from .merge_compare_panel import ComparePanel
+    tab = GuideTab(page)
+    panels = (GuidePanels(page), ComparePanel(page))
+    tab.wire(tuple(p.follower for p in panels))
+    for p in panels:
+        p.wire()

@@ -12,6 +12,7 @@ from ..services import attributes, guide, guide_model, merge_guide
 from ..services.evaluate import metric_name
 from . import plots
 from .common import Page, as_int, hidden_id, user_errors
+from .guide_tab import Follower
 
 DASH = {"score": "solid", "merged": "dash"}
 SHORT = {"score": "score space", "merged": "merged"}
@@ -131,6 +132,11 @@ class ComparePanel:
                 self.fd_plot = gr.Plot(show_label=False, elem_id="plot-compare-fd")
             self.found = gr.Markdown(elem_id="compare-found")
         self.acc, self.opened = acc, hidden_id()  # 1 while open; not gr.State: it holds a heartbeat open
+        # a ω move answers in the Guide's scrub request, off the queue (an open panel renders under the
+        # device slot, which already limits concurrent renders)
+        self.follower = Follower(self.on_omega, (self.opened, self.guide, page.grouping, self.group, self.target),
+                                 (self.grid_score, self.grid_merged, self.caption, self.frac_plot, self.fd_plot,
+                                  self.found))
 
     # -- handlers ------------------------------------------------------------------------------------
     def choices(self, ck, grouping_id):
@@ -190,6 +196,14 @@ class ComparePanel:
         return (fraction_figure(by_mode, group, tgt, float(w or 0)),
                 fd_figure(by_mode, metric_name(g["classifier"]), float(w or 0)), found_md(found))
 
+    def on_omega(self, exact, ck, w, device, gs_vals, opened, choice, grouping_id, group, target):
+        """Its share of the Guide's scrub request (a `Follower`): both grids and the curves at the new ω
+        (`grids` then `figures`); nothing while the panel is closed."""
+        if not opened:  # a closed panel costs nothing at each ω move
+            return (gr.skip(),) * 6
+        return (*self.grids(opened, ck, w, choice, device, *gs_vals),
+                *self.figures(opened, ck, grouping_id, w, choice, group, target, *gs_vals))
+
     @user_errors
     def do_sweep(self, ck, grouping_id, choice, device, *gs_vals):
         """Queue the ω grid of both modes on the same seeds."""
@@ -231,21 +245,12 @@ class ComparePanel:
         for ev in (self.opened.change, self.guide.change):
             ev(self.grids, grid_in, grid_out, show_progress="hidden", trigger_mode="always_last",
                concurrency_id="compare-render", concurrency_limit=1)
-        # every ω move fires these: off the queue, so a closed panel never waits behind other browsers' events
-        # (an open one renders under the device slot, which already limits concurrent renders)
-        w.change(self.grids, grid_in, grid_out, show_progress="hidden", trigger_mode="always_last", queue=False)
         for ev in (self.opened.change, self.guide.change, self.group.change, self.target.submit,
                    self.follow.done.change):
             ev(self.figures, fig_in, fig_out, show_progress="hidden", trigger_mode="always_last")
-        w.change(self.figures, fig_in, fig_out, show_progress="hidden", trigger_mode="always_last", queue=False)
         dev = [page.device, *gs_inputs]
         self.sweep_btn.click(self.do_sweep, [ck, page.grouping, self.guide, *dev], self.follow.job)
         find_in = [ck, page.grouping, self.guide, self.group, self.target, *dev]
         self.find_score.click(self.do_find_score, find_in, self.follow.job)
         self.find_merged.click(self.do_find_merged, find_in, self.follow.job)
         page.loaders.append((self.choices, [ck, page.grouping], [self.guide, self.group]))
-
-
-def build(page: Page) -> None:
-    """Lay out the panel below the Guide tab and wire its events."""
-    ComparePanel(page).wire()
