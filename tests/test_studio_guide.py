@@ -76,9 +76,9 @@ def test_app_streams_an_uncached_grid_then_answers_from_the_cache(world):
         client = QueueClient(url)
         values = [cks[-1]["id"], 2.25, "cpu", 2, 20, 2, 16, 0, False]  # 20 preview seeds: chunks of 16 + 4
         # the scrub request also carries: the remembered picks (restored, model, every budget, find group and
-        # target; this page has restored nothing, so nothing is stored), the guide-model panel's pick and the
-        # score-vs-merge panel's (open, guide, grouping, group, target)
-        more = [None, mid, True, None, 70, "aux", 0, "aux", g["id"], None, 70]
+        # target; this page has restored nothing, so nothing is stored), the guide-model panel's pick and
+        # whether the score-vs-merge panel is open
+        more = [None, mid, True, None, 70, "aux", 0]
         out = request("scrub", values + more)
         grid, caption, shown, render, gm_grid, gm_caption, _ = out[:7]
         assert "render" in caption and shown == "" and isinstance(render, int)  # a render is requested
@@ -90,7 +90,8 @@ def test_app_streams_an_uncached_grid_then_answers_from_the_cache(world):
         grid, caption, shown, render, gm_grid, gm_caption, gm_render = out[:7]
         assert "cached" in caption and grid["url"] and shown and "value" not in render  # no render requested
         assert gm_grid["path"] == grid["path"] and "same grid as the main preview" in gm_caption
-        assert out[7:] == [{"__type__": "update"}] * 6  # the closed score-vs-merge panel: nothing
+        assert out[7:] == [{"__type__": "update"}]  # the closed score-vs-merge panel: nothing
+        assert isinstance(request("scrub", values + more[:-1] + [1])[7], int)  # open: its own events redraw it
         after = request("reshow", [shown, *values, "aux"])
         assert after[:3] == [{"__type__": "update"}] * 3 and "same grid" in after[4]  # the grid is on screen
         assert "cached" in request("reshow", ["", *values, "aux"])[1]  # the page moved on meanwhile

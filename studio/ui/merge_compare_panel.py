@@ -12,7 +12,7 @@ from ..services import attributes, guide, guide_model, merge_guide
 from ..services.evaluate import metric_name
 from . import plots
 from .common import Page, as_int, hidden_id, user_errors
-from .guide_tab import Follower
+from .guide_tab import Follower, render_request
 
 DASH = {"score": "solid", "merged": "dash"}
 SHORT = {"score": "score space", "merged": "merged"}
@@ -134,9 +134,8 @@ class ComparePanel:
         self.acc, self.opened = acc, hidden_id()  # 1 while open; not gr.State: it holds a heartbeat open
         # a ω move answers in the Guide's scrub request, off the queue (an open panel renders under the
         # device slot, which already limits concurrent renders)
-        self.follower = Follower(self.on_omega, (self.opened, self.guide, page.grouping, self.group, self.target),
-                                 (self.grid_score, self.grid_merged, self.caption, self.frac_plot, self.fd_plot,
-                                  self.found))
+        self.omega_req = hidden_id()  # a new number at each ω move while the panel is open
+        self.follower = Follower(self.on_omega, (self.opened,), (self.omega_req,))
 
     # -- handlers ------------------------------------------------------------------------------------
     def choices(self, ck, grouping_id):
@@ -196,13 +195,11 @@ class ComparePanel:
         return (fraction_figure(by_mode, group, tgt, float(w or 0)),
                 fd_figure(by_mode, metric_name(g["classifier"]), float(w or 0)), found_md(found))
 
-    def on_omega(self, exact, ck, w, device, gs_vals, opened, choice, grouping_id, group, target):
-        """Its share of the Guide's scrub request (a `Follower`): both grids and the curves at the new ω
-        (`grids` then `figures`); nothing while the panel is closed."""
-        if not opened:  # a closed panel costs nothing at each ω move
-            return (gr.skip(),) * 6
-        return (*self.grids(opened, ck, w, choice, device, *gs_vals),
-                *self.figures(opened, ck, grouping_id, w, choice, group, target, *gs_vals))
+    def on_omega(self, exact, ck, w, device, gs_vals, opened):
+        """Its share of the Guide's scrub request (a `Follower`): nothing while the panel is closed; when open,
+        a request that redraws both grids and the curves at the new ω in events of their own (the grids may
+        render: the main grid must not wait for them)."""
+        return (render_request() if opened else gr.skip(),)
 
     @user_errors
     def do_sweep(self, ck, grouping_id, choice, device, *gs_vals):
@@ -245,6 +242,12 @@ class ComparePanel:
         for ev in (self.opened.change, self.guide.change):
             ev(self.grids, grid_in, grid_out, show_progress="hidden", trigger_mode="always_last",
                concurrency_id="compare-render", concurrency_limit=1)
+        # a ω move while open (see `on_omega`): off the queue, as the renders wait for the device slot, which
+        # already limits concurrent renders
+        self.omega_req.change(self.grids, grid_in, grid_out, show_progress="hidden", trigger_mode="always_last",
+                              queue=False)
+        self.omega_req.change(self.figures, fig_in, fig_out, show_progress="hidden", trigger_mode="always_last",
+                              queue=False)
         for ev in (self.opened.change, self.guide.change, self.group.change, self.target.submit,
                    self.follow.done.change):
             ev(self.figures, fig_in, fig_out, show_progress="hidden", trigger_mode="always_last")
