@@ -64,7 +64,11 @@ def start_app(data_dir: Path, log: Path, tries: int = 3, root: Path = ROOT) -> t
     of localhost (which a loaded machine can fail: the app then exits and is started again)."""
     for attempt in range(tries):
         port = free_port()
-        proc = _start_app(data_dir, port, log, root)
+        try:
+            proc = _start_app(data_dir, port, log, root)
+        except SystemExit as e:  # exited before its page answered (the same check, failed sooner)
+            print(f"the app did not start (attempt {attempt + 1}): {str(e)[-300:]!r}")
+            continue
         deadline = time.monotonic() + 15  # the check retries for a few seconds after the page answers
         while time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.5)
