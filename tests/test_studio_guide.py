@@ -60,6 +60,7 @@ def test_app_streams_an_uncached_grid_then_answers_from_the_cache(world):
     import uuid
     from studio.testing import QueueClient
     from studio.ui.app import build_ui, launch_kwargs
+    from studio.ui.target_tab import MAX_GROUPS
     st, mid, g, cks = world
     demo = build_ui(st)
     demo.queue()
@@ -95,6 +96,11 @@ def test_app_streams_an_uncached_grid_then_answers_from_the_cache(world):
         after = request("reshow", [shown, *values, "aux"])
         assert after[:3] == [{"__type__": "update"}] * 3 and "same grid" in after[4]  # the grid is on screen
         assert "cached" in request("reshow", ["", *values, "aux"])[1]  # the page moved on meanwhile
+        # the curves and the fairness panel drawn with them: one request
+        targets = [50, 50] + [0] * (MAX_GROUPS - 2)
+        curves = request("draw_curves", [cks[-1]["id"], g["id"], 2.25, list(g["groups"]), mid, *values[3:],
+                                         *targets, "aux"])
+        assert len(curves) == 6 and curves[0]["plot"] and curves[4]["plot"] and "measure" in curves[5].lower()
         client.close()
     finally:
         demo.close()

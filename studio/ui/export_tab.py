@@ -142,8 +142,8 @@ def build(page: Page) -> None:
             return f"**Cannot export yet:** {e}"
 
     plan_in = [page.guide_checkpoint, page.guide_omega, page.grouping, *page.guide_settings]
-    for comp in (page.guide_checkpoint, page.guide_omega, *page.guide_settings):
-        comp.change(show_plan, plan_in, plan_view, show_progress="hidden", trigger_mode="always_last")
+    for comp in (page.guide_checkpoint, page.guide_omega, *page.guide_settings):  # database reads: no queue
+        comp.change(show_plan, plan_in, plan_view, show_progress="hidden", trigger_mode="always_last", queue=False)
     page.loaders.append((show_plan, plan_in, [plan_view]))
     b_btn.click(do_bundle, [page.guide_checkpoint, page.guide_omega, page.grouping, b_kind, b_name,
                             *page.guide_settings],

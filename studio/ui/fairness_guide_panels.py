@@ -91,6 +91,7 @@ class GuidePanels:
                 self.render_req = hidden_id()  # a new number each time another guide's grid must be rendered
         self.follower = Follower(self.after_main, (self.pick,), (self.grid, self.caption, self.render_req),
                                  after_render=True)
+        self.curves_follower = Follower(self.fairness_with_curves, (self.pick,), (self.fair_plot, self.fair_md))
 
     def fairness(self, ck_id, grouping_id, omega, choice, model_id, groups, *rest):
         db, settings = self.db, self.settings
@@ -114,6 +115,12 @@ class GuidePanels:
         near = min(curve, key=lambda v: abs(v - float(omega or 0)))
         return figure(curve_figure, curve, float(omega or 0)), fairness_view.report_md(
             curve[near], f"Measured at ω = {guide.fmt_omega(near)}")
+
+    def fairness_with_curves(self, curves_values, choice):
+        """`fairness` from the values of the Guide's curves inputs (checkpoint, grouping, ω, target groups,
+        model, preview and measurement settings, target sliders) and the picked guide."""
+        ck_id, grouping_id, omega, groups, model_id, *rest = curves_values
+        return self.fairness(ck_id, grouping_id, omega, choice, model_id, groups, *rest)
 
     def choices(self, ck_id):
         if as_int(ck_id) is None:
@@ -178,13 +185,10 @@ class GuidePanels:
         fair_out = [self.fair_plot, self.fair_md]
         r_in = [ck, w, self.pick, page.device, *gs_inputs]
         ck.change(self.choices, ck, self.pick)
-        # a database read and a figure: no queue (see guide_tab's `scrub`); redrawn with the Guide's curves, so
-        # once the slider is let go rather than at every position it passes
+        # a database read and a figure: no queue (see guide_tab's `scrub`); otherwise drawn in the Guide's
+        # curves request (`curves_follower`), so once the slider is let go, not at every position it passes
         self.pick.change(self.fairness, fair_in, fair_out, show_progress="hidden", trigger_mode="always_last",
                          queue=False)
-        for ev in page.guide_curves:
-            ev.then(self.fairness, fair_in, fair_out, show_progress="hidden", trigger_mode="always_last",
-                    queue=False)
         # renders wait for the device's job slot inside (guide.render_slot), not in a queue lane; a ω move
         # asks for one through render_req (see `after_main`)
         for ev in (self.pick.change, self.render_req.change):

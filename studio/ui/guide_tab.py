@@ -37,10 +37,11 @@ def shown_key(ck, w, device, gs_vals) -> str:
 
 @dataclass(frozen=True)
 class Follower:
-    """A panel's share of the Guide's scrub request (one request per ω move for the whole tab):
-    fn(exact, ck, ω, device, preview settings, *values of `inputs`) -> values of `outputs`, where `exact`
-    is the file of the exact cached grid the main preview shows, None while it has none. `after_render`:
-    also called once a render of the main grid ends."""
+    """A panel's share of one of the Guide's requests, so that the whole tab costs one request per ω move
+    and one per redraw of its curves. A scrub follower is called fn(exact, ck, ω, device, preview settings,
+    *values of `inputs`), where `exact` is the file of the exact cached grid the main preview shows (None
+    while it has none), a curves follower fn(values of the curves' inputs, *values of `inputs`); both return
+    the values of `outputs`. `after_render`: a scrub follower also called once a render of the main grid ends."""
     fn: Callable
     inputs: tuple
     outputs: tuple
@@ -244,6 +245,16 @@ class GuideTab:
                 figure(plots.heatmap, h, focus, tgt.get(focus) if tgt else None, metric),
                 f"**This measurement may mislead:**{text}" if warns else "")
 
+    def draw_curves(self, *values):
+        """`figures` and the panels drawn with them (curves followers), in one request."""
+        n = len(self.curves_in)
+        out = list(self.figures(*values[:n]))
+        extra = values[n:]
+        for f in self.curve_followers:
+            out.extend(f.fn(values[:n], *extra[:len(f.inputs)]))
+            extra = extra[len(f.inputs):]
+        return tuple(out)
+
     @user_errors
     def do_sweep(self, ck, grouping_id, every_budget, device, *gs_vals):
         """Queue the ω-grid job."""
@@ -307,14 +318,16 @@ class GuideTab:
         return gr.Slider(maximum=max(min(int(preview_steps or 2), int(steps or 2)) - 1, 1))
 
     # -- events --------------------------------------------------------------------------------------
-    def wire(self, followers: tuple[Follower, ...] = ()) -> None:
-        """Connect the components to the handlers (the panels' `followers` answer in the scrub request);
-        expose the picks for the Export tab."""
+    def wire(self, followers: tuple[Follower, ...] = (), curve_followers: tuple[Follower, ...] = ()) -> None:
+        """Connect the components to the handlers (the panels' `followers` answer in the scrub request, their
+        `curve_followers` in the curves' request); expose the picks for the Export tab."""
         page = self.page
-        self.followers = followers
-        fig_in = [self.ckpt, page.grouping, self.omega_exact, page.target_groups, page.model, *self.gs_inputs,
-                  *page.target_sliders[:MAX_GROUPS]]
-        fig_out = [self.frac_plot, self.fd_plot, self.heat, self.warn_md]
+        self.followers, self.curve_followers = followers, curve_followers
+        self.curves_in = [self.ckpt, page.grouping, self.omega_exact, page.target_groups, page.model,
+                          *self.gs_inputs, *page.target_sliders[:MAX_GROUPS]]
+        curves_in = [*self.curves_in, *[c for f in curve_followers for c in f.inputs]]
+        curves_out = [self.frac_plot, self.fd_plot, self.heat, self.warn_md,
+                      *[c for f in curve_followers for c in f.outputs]]
         scrub_in, scrub_out = [self.ckpt, self.omega_exact, page.device, *self.gs_inputs], [self.grid, self.caption]
         remembered = [page.model, self.ckpt, self.omega_exact, *self.gs_inputs, self.all_budgets, self.f_group,
                       self.f_target]
@@ -342,23 +355,23 @@ class GuideTab:
         # The curves (and the panels drawn with them) follow ω once the hand leaves the slider, not at every
         # position it passes. A few ms of database reads (figures come from studio.ui.figure_cache): no queue.
         curves = dict(show_progress="hidden", queue=False)
-        self.curves = [self.omega.release(None, self.omega, self.omega_exact, js=COPY_JS,
-                                          show_progress="hidden").then(self.figures, fig_in, fig_out, **curves),
-                       self.omega_exact.submit(self.figures, fig_in, fig_out, **curves),
-                       self.ckpt.change(self.figures, fig_in, fig_out, **curves)]
+        self.omega.release(None, self.omega, self.omega_exact, js=COPY_JS, show_progress="hidden").then(
+            self.draw_curves, curves_in, curves_out, **curves)
+        self.omega_exact.submit(self.draw_curves, curves_in, curves_out, **curves)
+        self.ckpt.change(self.draw_curves, curves_in, curves_out, **curves)
         self.ckpt.change(self.queue_previews, [self.ckpt, page.device, *self.gs_inputs], None,
                          show_progress="hidden")
         # the Target tab loads its groups and sliders after this tab's first draw: redraw with the target
-        self.curves.append(page.target_groups.change(self.figures, fig_in, fig_out, **curves))
+        page.target_groups.change(self.draw_curves, curves_in, curves_out, **curves)
         for comp in (self.p_steps, self.m_steps):
             comp.change(self.skip_limit, [self.p_steps, self.m_steps], self.skip)
         self.sweep_btn.click(self.do_sweep, [self.ckpt, page.grouping, self.all_budgets, page.device,
                                              *self.gs_inputs], self.follow.job)
         self.find_btn.click(self.do_find, [self.ckpt, page.grouping, self.f_group, self.f_target, page.device,
                                            *self.gs_inputs], self.follow.job)
-        self.curves.append(self.follow.done.change(self.after_job, [self.follow.job, self.omega],
-                                                   [self.find_md, self.omega_exact, self.omega]).then(
-            self.figures, fig_in, fig_out, **curves))
+        self.follow.done.change(self.after_job, [self.follow.job, self.omega],
+                                [self.find_md, self.omega_exact, self.omega]).then(
+            self.draw_curves, curves_in, curves_out, **curves)
         for comp in (self.m_steps, self.m_n, self.all_budgets, self.f_group, self.f_target):  # the rest: `scrub`
             # no queue: a file write under a lock (guide.save_view), applied in the order the requests arrive,
             # so the last pick made is the one remembered; a queue lane of one served every browser in turn
@@ -372,8 +385,7 @@ class GuideTab:
                 self.restore, [page.model, self.ckpt], restored)
         page.loaders.append((self.refresh, [page.model, page.grouping], [self.ckpt, self.f_group, self.f_target]))
         page.loaders.append((self.restore, [page.model, self.ckpt], restored))
-        page.loaders.append((self.figures, fig_in, fig_out))
-        page.guide_curves = self.curves  # events after which the curves vs ω are redrawn (panels chain theirs)
+        page.loaders.append((self.figures, self.curves_in, curves_out[:4]))
 
 
 def build(page: Page) -> None:
@@ -383,6 +395,6 @@ def build(page: Page) -> None:
     from .merge_compare_panel import ComparePanel
     tab = GuideTab(page)
     panels = (GuidePanels(page), ComparePanel(page))
-    tab.wire(tuple(p.follower for p in panels))
+    tab.wire(tuple(p.follower for p in panels), (panels[0].curves_follower,))
     for p in panels:
         p.wire()
