@@ -173,9 +173,10 @@ def measure(st, ck, omegas, gs, device: str, http: bool = True) -> dict[str, lis
                 add("cpu http", time.process_time() - c0)
                 add("http uncached first", frames[0])
                 add("http uncached full", frames[-1])
-                # the page's scrub event also takes the picks it remembers (none: this page restored nothing)
-                picks = [None, None, ck, w, *values(w)[3:], True, None, 70]
-                add("http cached", browser.call("scrub", values(w) + picks)[-1][0])
+                # the page's scrub request also carries: restored, model, every budget, find group and target
+                # (nothing is remembered: this page restored nothing), the guide-model pick, compare panel open
+                more = [None, None, True, None, 70, "aux", 0]
+                add("http cached", browser.call("scrub", values(w) + more)[-1][0])
     finally:
         if app is not None:
             app[1].close()

@@ -15,8 +15,10 @@ input values; events that run in the browser only (a `js` copy of the slider's v
 request; every image an event shows is fetched, as a browser does.
   scrub   — seconds from the click to the cached grid fetched (what the user waits for);
   chain   — seconds until every event of the click, follow-ups included, has finished.
-Prints p50 / p95 of both, errors, requests per click (queued / not) and the median time of each
-event, with the machine's load average. Target: scrub p95 <= 0.2 s on a quiet 2-core machine.
+Prints p50 / p95 of both, errors, requests per click (queued / not), the app's CPU time per click
+(read from /proc: all its threads, its idle background included), the clicks served per second and
+the median time of each event, with the machine's load average. Target: scrub p95 <= 0.2 s on a
+quiet 2-core machine.
 
 --compare DIR measures a second checkout of the app (e.g. `git worktree add /tmp/before HEAD~3`) on
 the same data, both apps running, side by side: for each N the runs alternate (this checkout, then
@@ -304,7 +306,7 @@ def run_clients(page: Page, omegas: list[float], n: int, scrubs: int, seed: int,
         c = Client(page, random.Random(seed * 1000 + i))
         c.open()
         clients.append(c)
-    load, cpu = os.getloadavg()[0], cpu_seconds(app_pid)
+    load, cpu, t0 = os.getloadavg()[0], cpu_seconds(app_pid), time.perf_counter()
 
     def one(c):
         out = []
@@ -317,7 +319,7 @@ def run_clients(page: Page, omegas: list[float], n: int, scrubs: int, seed: int,
 
     with ThreadPoolExecutor(n) as ex:
         moves = [m for ms in ex.map(one, clients) for m in ms]
-    return {"load": (load, os.getloadavg()[0]), "cpu": cpu_seconds(app_pid) - cpu,
+    return {"load": (load, os.getloadavg()[0]), "cpu": cpu_seconds(app_pid) - cpu, "wall": time.perf_counter() - t0,
             "events": [e for m in moves for e in m["events"]],
             "scrub": [m["scrub"] for m in moves if m["scrub"] is not None],
             "chain": [m["chain"] for m in moves], "errors": [e for m in moves for e in m["errors"]],
@@ -337,13 +339,13 @@ def report(label: str, n: int, r: dict) -> dict:
     """Print one run's line and its events; its statistics."""
     s, c = r["scrub"] or [float("nan")], r["chain"]
     stats = {"scrub p50": statistics.median(s), "scrub p95": pct(s, 95), "chain p50": statistics.median(c),
-             "chain p95": pct(c, 95), "app CPU/click": r["cpu"] / r["moves"]}
+             "chain p95": pct(c, 95), "app CPU/click": r["cpu"] / r["moves"], "clicks/s": r["moves"] / r["wall"]}
     queued = sum(q for _, _, q in r["events"])
     print(f"{label:>8} clients {n:>3}: scrub p50 {1000 * stats['scrub p50']:6.0f} ms  p95 "
           f"{1000 * stats['scrub p95']:6.0f} ms | chain p50 {1000 * stats['chain p50']:6.0f} ms  p95 "
           f"{1000 * stats['chain p95']:6.0f} ms | moves {r['moves']}, errors {len(r['errors'])}, no grid "
           f"{r['no_grid']} | requests/click {len(r['events']) / r['moves']:.1f} ({queued / r['moves']:.1f} queued)"
-          f" | app CPU/click {1000 * stats['app CPU/click']:.0f} ms"
+          f" | app CPU/click {1000 * stats['app CPU/click']:.0f} ms, {stats['clicks/s']:.1f} clicks/s served"
           f" | load avg {r['load'][0]:.1f} -> {r['load'][1]:.1f}", flush=True)
     per: dict[str, list[float]] = {}
     for name, sec, _ in r["events"]:
