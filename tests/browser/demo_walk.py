@@ -22,23 +22,19 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from playwright.sync_api import sync_playwright  # noqa: E402
+from walk import (DOC_SHOTS, browser_page, fill, fill_slider, finetune, run_job, serving, settle, shot, tab,  # noqa: E402
+                  wait_text)
 
-from walk import ARGS, CHROMIUM, DOC_SHOTS, fill, fill_slider, open_page, run_job, settle, shot, tab, wait_text  # noqa: E402
 
-
-def start_studio(data_dir: Path):
-    """The real first run: demo registered, runner started, app served on a free port."""
+def demo_studio(data_dir: Path):
+    """The real first run on `data_dir`: demo registered, job runner started (serve it with walk.serving)."""
     from studio.core import open_studio
     from studio.settings import Settings
-    from studio.ui.app import build_ui, launch_kwargs
     st = open_studio(Settings(data_dir=data_dir))
     if st.notes:
+        st.close()
         raise SystemExit("demo assets missing: " + "; ".join(st.notes))
-    demo = build_ui(st)
-    demo.queue()
-    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **launch_kwargs(st))
-    return st, demo, url
+    return st
 
 
 def walk(pg, args, out: Path) -> None:
@@ -79,11 +75,7 @@ def walk(pg, args, out: Path) -> None:
     settle(pg)
     shot(pg, "demo-04-build-set.png", out)
     step("S built")
-    tab(pg, "Fine-tune")
-    fill(pg, "ft-budget", args.budget_kimg)
-    fill(pg, "ft-every", args.budget_kimg / 4)
-    state, text = run_job(pg, "ft-start", "finetune", timeout=7200)
-    assert state == "succeeded", text
+    finetune(pg, args.budget_kimg, args.budget_kimg / 4, timeout=7200)
     pg.locator("#ft-loss .js-plotly-plot").wait_for(timeout=60_000)
     shot(pg, "demo-05-finetune.png", out)
     step("fine-tuned")
@@ -121,18 +113,9 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", default=None, help="data directory (default: a new temp folder)")
     args = p.parse_args(argv)
     data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="sims-demo-walk-")) / "data"
-    st, demo, url = start_studio(data_dir)
-    print(f"studio on {url}, data in {data_dir}", flush=True)
-    try:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-            pg = browser.new_page(viewport={"width": 1440, "height": 1000})
-            open_page(pg, url)
-            walk(pg, args, Path(args.out))
-            browser.close()
-    finally:
-        demo.close()
-        st.close(terminate_jobs=True)
+    with serving(demo_studio(data_dir)) as url, browser_page(url) as pg:
+        print(f"studio on {url}, data in {data_dir}", flush=True)
+        walk(pg, args, Path(args.out))
     return 0
 
 

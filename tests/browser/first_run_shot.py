@@ -16,9 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from demo_walk import start_studio  # noqa: E402
-from playwright.sync_api import sync_playwright  # noqa: E402
-from walk import ARGS, CHROMIUM, DOC_SHOTS, fill_slider, open_page, settle, shot, tab, wait_text  # noqa: E402
+from demo_walk import demo_studio  # noqa: E402
+from walk import DOC_SHOTS, browser_page, fill_slider, serving, settle, shot, tab, wait_text  # noqa: E402
 
 
 def main() -> int:
@@ -26,14 +25,11 @@ def main() -> int:
     p.add_argument("--out", default=str(DOC_SHOTS), help="folder for first-run-guide.png")
     args = p.parse_args()
     t0 = time.perf_counter()
-    st, demo, url = start_studio(Path(tempfile.mkdtemp(prefix="sims-first-run-")) / "data")
-    print(f"studio up (demo and bundled example registered) in {time.perf_counter() - t0:.1f} s: {url}")
-    try:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-            pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-            t1 = time.perf_counter()
-            open_page(pg, url)
+    st = demo_studio(Path(tempfile.mkdtemp(prefix="sims-first-run-")) / "data")
+    with serving(st) as url:
+        print(f"studio up (demo and bundled example registered) in {time.perf_counter() - t0:.1f} s: {url}")
+        with browser_page(url, viewport={"width": 1400, "height": 1000}) as pg:
+            t1 = time.perf_counter() - pg.open_s  # from the page's navigation on (chromium's start not counted)
             tab(pg, "Guide")
             wait_text(pg, "guide-banner", "Bundled example")
             for w in (0.5, 2.5, 1.5):
@@ -45,10 +41,6 @@ def main() -> int:
             settle(pg)  # the curves redrawn after the release
             shot(pg, "first-run-guide.png", Path(args.out))
             print(f"wrote {Path(args.out) / 'first-run-guide.png'}")
-            browser.close()
-    finally:
-        demo.close()
-        st.close(terminate_jobs=True)
     return 0
 
 

@@ -3,32 +3,22 @@
 Run: python -m pytest -q tests/browser/test_curation_browser.py -m browser
 """
 import re
-from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
+from walk import pick, run_job, shot, tab, toast_text, wait_text
+
+from studio.testing import wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-if not Path("/usr/bin/chromium").exists():
-    pytest.skip("chromium is not installed (apt-get install -y chromium)", allow_module_level=True)
-playwright = pytest.importorskip("playwright.sync_api")
-
-from walk import browser_page, serving, pick, run_job, shot, tab, toast_text, wait_text  # noqa: E402
-from studio.testing import wait_until  # noqa: E402
-
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def world(tmp_path_factory):
+    """A tiny studio with a labelled pool of 48."""
     from studio.testing import tiny_studio
     st, mid = tiny_studio(tmp_path_factory.mktemp("curation-browser") / "data", n_pool=48)
-    with serving(st) as url:
-        yield url, st, mid
-
-
-@pytest.fixture(scope="module")
-def page(server):
-    with browser_page(server[0]) as pg:
-        yield pg
+    return {"st": st, "model": mid}
 
 
 def _selection(pg) -> str:
@@ -60,7 +50,7 @@ def _grouping(st):
 
 
 def test_lasso_on_the_map_filters_the_gallery_then_bulk_relabel_and_undo(page, server):
-    pg, (_, st, mid) = page, server
+    pg, st, mid = page, server["st"], server["model"]
     tab(pg, "Generate & label")
     wait_text(pg, "page-info", "48")
     assert run_job(pg, "emb-compute", "embed", timeout=240)[0] == "succeeded"
@@ -112,7 +102,7 @@ def test_shift_click_selects_a_range_and_select_all_matching(page, server):
     pg.locator("#select-mode input").check()
     thumbs = pg.get_by_role("button", name=re.compile(r"^Thumbnail"))
     thumbs.nth(2).click()
-    playwright.expect(pg.locator("#selection textarea")).to_have_value("3", timeout=30_000)  # the anchor landed
+    expect(pg.locator("#selection textarea")).to_have_value("3", timeout=30_000)  # the anchor landed
     thumbs.nth(6).click(modifiers=["Shift"])
     pg.wait_for_function("() => (document.querySelector('#selection textarea')?.value || '') === '3-7'",
                          timeout=20_000)
@@ -120,7 +110,7 @@ def test_shift_click_selects_a_range_and_select_all_matching(page, server):
     pg.locator("#select-all").click()
     toast_text(pg, "samples selected")
     from studio.services import curation
-    want = curation.matching_ids(server[1].db, server[2], _grouping(server[1])["id"], group="0-4")
+    want = curation.matching_ids(server["st"].db, server["model"], _grouping(server["st"])["id"], group="0-4")
     wait_until(lambda: _ids(_selection(pg)) == want, 30, f"the selection to hold the {len(want)} matching samples")
     pick(pg, "filter-group", "any")
     pg.locator("#select-mode input").uncheck()

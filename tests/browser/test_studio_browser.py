@@ -7,29 +7,10 @@ import re
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
+from walk import fill, fill_all, fill_slider, finetune, pick, run_job, settle, shot, tab, toast_text, wait_text
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-if not Path("/usr/bin/chromium").exists():
-    pytest.skip("chromium is not installed (apt-get install -y chromium)", allow_module_level=True)
-playwright = pytest.importorskip("playwright.sync_api")
-
-from walk import (browser_page, serving, fill, fill_slider, pick, run_job, settle, shot, tab, toast_text,  # noqa: E402
-                  wait_text)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    from studio.testing import tiny_studio
-    st, _ = tiny_studio(tmp_path_factory.mktemp("browser") / "data")
-    with serving(st) as url:
-        yield url, st
-
-
-@pytest.fixture(scope="module")
-def page(server):
-    with browser_page(server[0]) as pg:
-        yield pg
 
 
 # ----------------------------------------------------------------------------- flows
@@ -43,7 +24,7 @@ def test_1_models(page, server):
     state, text = run_job(pg, "import-btn", "import_model", timeout=120)
     assert state == "failed" and "--allow-private-urls" in text  # loopback: refused (SSRF guard)
     # a non-image upload as reference images is refused with a message
-    bad = Path(server[1].settings.data_dir).parent / "notes.txt"
+    bad = Path(server["st"].settings.data_dir).parent / "notes.txt"
     bad.write_text("not an image")
     pg.get_by_text("Real reference images").click()
     pg.locator("#ref-upload input[type=file]").set_input_files(str(bad))
@@ -75,8 +56,7 @@ def test_2_generate_and_label(page):
     pg.locator("#select-mode input").check()
     thumbs.nth(1).click()
     thumbs.nth(2).click()
-    playwright.expect(pg.locator("#selection textarea, #selection input").first).to_have_value("2, 3",
-                                                                                             timeout=30_000)
+    expect(pg.locator("#selection textarea, #selection input").first).to_have_value("2, 3", timeout=30_000)
     pick(pg, "bulk-class", "2")
     pg.locator("#bulk-relabel").click()
     toast_text(pg, "2 samples relabelled")
@@ -130,12 +110,7 @@ def test_4_build_set(page):
 
 def test_5_finetune(page):
     pg = page
-    tab(pg, "Fine-tune")
-    fill(pg, "ft-budget", 0.096)
-    fill(pg, "ft-every", 0.032)
-    fill(pg, "ft-batch", 8)
-    state, text = run_job(pg, "ft-start", "finetune", timeout=300)
-    assert state == "succeeded", text
+    finetune(pg, 0.096, 0.032, batch=8)
     wait_text(pg, "ft-checkpoints", "0.032 kimg")
     pg.locator("#ft-loss .js-plotly-plot").wait_for(timeout=20_000)
     shot(pg, "05-finetune.png")
@@ -145,10 +120,7 @@ def test_6_guide(page):
     pg = page
     tab(pg, "Guide")
     pg.get_by_text("Sampling and measurement").click()
-    fill(pg, "guide-psteps", 4)
-    fill(pg, "guide-pcount", 16)
-    fill(pg, "guide-msteps", 2)
-    fill(pg, "guide-n", 16)
+    fill_all(pg, {"guide-psteps": 4, "guide-pcount": 16, "guide-msteps": 2, "guide-n": 16})
     fill_slider(pg, "omega", 1.5)
     wait_text(pg, "guide-caption", "+1.50 · rendered now")
     fill_slider(pg, "omega", 0)
@@ -187,3 +159,4 @@ def test_8_jobs(page):
     wait_text(pg, "jobs-panel", "--allow-private-urls")  # the loopback import of test_1, refused
     shot(pg, "08-jobs.png")
     assert page.page_errors == []
+    assert pg.ticks_seen > 0  # the job panels ticked while the flows ran, and settle() told those ticks apart

@@ -4,23 +4,16 @@ A tiny fine-tuned world is built in-process first (seconds), so each check start
 Run: python -m pytest -q tests/browser/test_studio_state.py
 """
 import re
-from pathlib import Path
 
 import pytest
+from walk import fill, fill_all, finetune, job_card, open_page, pick, run_job, settle, tab, toast_text, wait_text
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-if not Path("/usr/bin/chromium").exists():
-    pytest.skip("chromium is not installed (apt-get install -y chromium)", allow_module_level=True)
-playwright = pytest.importorskip("playwright.sync_api")
-
-from walk import (browser_page, serving, fill, job_card, open_page, pick, run_job, settle, tab, toast_text,  # noqa: E402
-                  wait_text)
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """Tiny model, labelled pool of 40, two sets (S #1 is the older), a fine-tune with two budgets, the UI."""
+    """Tiny model, labelled pool of 40, two sets (S #1 is the older), a fine-tune with two budgets, a sweep."""
     from studio.services import attributes, finetune, guide, sets
     from studio.testing import run_now, tiny_studio
     st, mid = tiny_studio(tmp_path_factory.mktemp("state") / "data", n_pool=40)
@@ -38,15 +31,7 @@ def world(tmp_path_factory):
     cks = finetune.checkpoints(st.db, ft)
     assert run_now(st, guide.submit_sweep(st.db, cks[-1]["id"], g["id"], gs, all_budgets=False,
                                           metric_omegas=[0, 1])).state == "succeeded"
-    with serving(st) as url:
-        yield {"url": url, "st": st, "model": mid, "grouping": g, "sets": set_ids,
-               "ckpts": finetune.checkpoints(st.db, ft)}
-
-
-@pytest.fixture(scope="module")
-def page(world):
-    with browser_page(world["url"]) as pg:
-        yield pg
+    return {"st": st, "model": mid, "grouping": g, "sets": set_ids, "finetune": ft, "ckpts": cks}
 
 
 def value(pg, elem_id):
@@ -60,11 +45,11 @@ def wait_value(pg, elem_id, expected, timeout=60_000):
                          arg=[elem_id, str(expected)], timeout=timeout)
 
 
-def reopen(pg, url):
+def reopen(pg):
     """The studio opened again in a new tab, as after a reload (reloading the shared page left Playwright
     waiting on a navigation for its later clicks); close it when done."""
     fresh = pg.context.browser.new_page(viewport={"width": 1440, "height": 1000})
-    open_page(fresh, url)
+    open_page(fresh, pg.url)
     return fresh
 
 
@@ -73,8 +58,7 @@ def guide_settings(pg):
     tab(pg, "Guide")
     if not pg.locator("#guide-n input").count():  # the accordion is closed
         pg.get_by_text("Sampling and measurement").click()
-    for elem, v in (("guide-psteps", 2), ("guide-pcount", 4), ("guide-msteps", 2), ("guide-n", 16)):
-        fill(pg, elem, v)
+    fill_all(pg, {"guide-psteps": 2, "guide-pcount": 4, "guide-msteps": 2, "guide-n": 16})
 
 
 # ----------------------------------------------------------------------------- checks
@@ -133,9 +117,7 @@ def test_double_start_gives_one_job_and_reload_keeps_its_form(page, world):
     tab(pg, "Fine-tune")
     pg.locator("#ft-set input").first.click()
     pg.get_by_role("option", name=f"S #{older} ").first.click()
-    fill(pg, "ft-budget", 4)
-    fill(pg, "ft-every", 2)
-    fill(pg, "ft-batch", 8)
+    fill_all(pg, {"ft-budget": 4, "ft-every": 2, "ft-batch": 8})
     before = {r["id"] for r in finetune.list_runs(st.db)}
     shown = job_card(pg, "finetune")[0]
     pg.locator("#ft-start").dblclick()
@@ -146,7 +128,7 @@ def test_double_start_gives_one_job_and_reload_keeps_its_form(page, world):
     assert len(new) == 1, new
     job = new[0]["id"]
     assert job_card(pg, "finetune")[0] == str(job)
-    again = reopen(pg, world["url"])
+    again = reopen(pg)
     try:
         tab(again, "Fine-tune")
         wait_text(again, "job-finetune", f"#{job}")
@@ -220,19 +202,16 @@ def test_size_zero_set_is_refused_and_the_table_survives(page):
 
 def test_preview_job_queued_by_a_finetune_shows_in_the_guide_panel(page):
     pg = page
-    tab(pg, "Fine-tune")
-    fill(pg, "ft-budget", 0.016)
-    fill(pg, "ft-every", 0.016)
-    fill(pg, "ft-batch", 8)
-    state, text = run_job(pg, "ft-start", "finetune", timeout=300)
-    assert state == "succeeded", text
+    finetune(pg, 0.016, 0.016, batch=8)
     tab(pg, "Guide")
     wait_text(pg, "job-sweep", "Previews for checkpoint", timeout=120_000)  # picked up without a reload
 
 
-def test_card_warns_on_a_small_measurement(page):
+def test_card_warns_on_a_small_measurement(page, world):
     pg = page
     guide_settings(pg)
+    # the measured checkpoint (a later test's fine-tune may have left its own, unmeasured one picked)
+    pick(pg, "guide-ckpt", f"run #{world['finetune']} · {world['ckpts'][-1]['kimg']:g} kimg")
     fill(pg, "omega-exact", 1)
     wait_text(pg, "guide-warnings", "only 16 samples per ω")  # under the grid
     tab(pg, "Export")

@@ -20,34 +20,42 @@ ROOT = Path(__file__).resolve().parents[2]
 SHOTS = Path(os.environ.get("SIMS_SCREENSHOTS") or ROOT / "out" / "screenshots")
 DOC_SHOTS = ROOT / "docs" / "screenshots"
 TERMINAL = ("succeeded", "failed", "cancelled", "interrupted")
+_SERVED = []  # the Blocks serving() runs in this process (for what a page waits on when it does not settle)
 
 
 @contextmanager
 def serving(st):
-    """Start the studio's job runner and UI on a prepared studio; yields the URL and closes both after."""
+    """Serve the studio's UI, with a job runner (started here unless the studio has one); yields the URL and
+    closes the UI, the runner and the studio after."""
     from studio.jobs.runner import JobRunner
     from studio.ui.app import build_ui, launch_kwargs
-    st.runner = JobRunner(st.db, st.settings, poll_s=0.2).start()
+    if st.runner is None:
+        st.runner = JobRunner(st.db, st.settings, poll_s=0.2).start()
     demo = build_ui(st)
     demo.queue()
     _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **launch_kwargs(st))
+    _SERVED.append(demo)
     try:
         yield url
     finally:
+        _SERVED.remove(demo)
         demo.close()
         st.close(terminate_jobs=True)
 
 
 @contextmanager
-def browser_page(url):
-    """A chromium page on `url`, with the page's JavaScript errors collected in `page.page_errors`."""
+def browser_page(url, viewport: dict | None = None):
+    """A chromium page opened on `url` (1440x1000 unless `viewport`), with the page's JavaScript errors collected
+    in `page.page_errors` and the seconds its opening took in `page.open_s`."""
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        pg = browser.new_page(viewport={"width": 1440, "height": 1000})
+        pg = browser.new_page(viewport=viewport or {"width": 1440, "height": 1000})
         errors = []
         pg.on("pageerror", lambda e: errors.append(str(e)))
+        t0 = time.perf_counter()
         open_page(pg, url)
+        pg.open_s = time.perf_counter() - t0
         pg.page_errors = errors
         try:
             yield pg
@@ -121,22 +129,59 @@ def settle(pg, quiet_s: float = 0.4, timeout: float = 60.0) -> None:
     (an event fired by a click, a fill or a tab change has run and its outputs are on the page).
 
     Event-driven: it waits for the next request to end (or start) rather than for a fixed time; the
-    deadline raises, naming what was still in flight. The job panels' timer ticks (every second while a job
-    runs) are not waited for: they run off the queue and are told apart by their fn_index."""
+    deadline raises, naming what was still in flight. Not waited for: the job panels' timer ticks (every second
+    while a job runs; they run off the queue and are told apart by their fn_index), and a queue stream the server
+    holds open with no event of the page's session left to report (see idle_stream)."""
     track_requests(pg)  # a page opened without browser_page() is tracked from now on
     end = time.monotonic() + timeout
     while True:
         now = time.monotonic()
-        if not pg.api_inflight and now - pg.api_changed >= quiet_s:
+        busy = [r for r in pg.api_inflight if not idle_stream(r.url)]
+        if not busy and now - pg.api_changed >= quiet_s:
             return
         if now >= end:
             raise AssertionError(f"the page did not settle in {timeout} s: "
-                                 f"{[r.url for r in pg.api_inflight][:5]} still in flight")
-        wait_ms = 1000 * (min(end, pg.api_changed + quiet_s) - now if not pg.api_inflight else end - now)
+                                 f"{[r.url for r in busy][:5]} still in flight{server_queue(busy)}")
+        # a stream turns idle without a request event: look again at least every half second
+        wait_s = min(end, pg.api_changed + quiet_s) - now if not busy else min(end - now, 0.5)
         try:
-            pg.wait_for_event("requestfinished" if pg.api_inflight else "request", timeout=max(1.0, wait_ms))
+            pg.wait_for_event("requestfinished" if busy else "request", timeout=max(1.0, 1000 * wait_s))
         except PlaywrightTimeout:
-            pass  # quiet for long enough (or the deadline: checked above)
+            pass  # quiet for long enough, or time to look again (or the deadline: checked above)
+
+
+def _session(url: str) -> str | None:
+    """The session hash of a queue/data stream's URL (None for any other request)."""
+    parts = urllib.parse.urlsplit(url)
+    if not parts.path.endswith("/queue/data"):
+        return None
+    return (urllib.parse.parse_qs(parts.query).get("session_hash") or [None])[0]
+
+
+def idle_stream(url: str) -> bool:
+    """A queue/data stream of a studio served in this process whose session has no event left to report.
+
+    Gradio's server closes a session's stream only when it delivers an event's completion and none is pending;
+    when a page's events end on one stream while the client has opened another, the other stays open (heartbeats
+    only) until the session's next queued event: no work is waiting on it."""
+    session = _session(url)
+    queues = [demo._queue for demo in _SERVED]
+    if session is None or not queues:
+        return False
+    return not any(q.pending_event_ids_session.get(session) for q in queues)
+
+
+def server_queue(busy=()) -> str:
+    """The Gradio queue of the studios served here: events running and waiting by handler name, and the events
+    still to be reported to the sessions of the streams in `busy`."""
+    out = []
+    for demo in _SERVED:
+        q = demo._queue
+        running = [e.fn.name for job in getattr(q, "active_jobs", ()) if job for e in job]
+        waiting = [e.fn.name for eq in q.event_queue_per_concurrency_id.values() for e in eq.queue]
+        pending = {s: list(q.pending_event_ids_session.get(s, ())) for s in map(_session, [r.url for r in busy]) if s}
+        out.append(f"; server queue: running {running}, waiting {waiting}, unreported {pending}")
+    return "".join(out)
 
 
 def open_page(pg, url: str | None = None) -> None:
@@ -176,6 +221,12 @@ def fill(pg, elem_id, value):
     settle(pg)  # its change/submit events have run
 
 
+def fill_all(pg, values: dict):
+    """fill() each box of a form in turn: {elem_id: value}."""
+    for elem_id, value in values.items():
+        fill(pg, elem_id, value)
+
+
 def fill_slider(pg, elem_id, value, wait: bool = True):
     """Move a slider like a user dragging it (fires its input and change events); `wait`: until the page settles
     (False when the caller times what the move shows)."""
@@ -211,6 +262,16 @@ def run_job(pg, button_id, kind, timeout=240):
         raise AssertionError(f"job from #{button_id} did not finish in {timeout} s: "
                              f"{pg.locator(f'#job-{kind}').inner_text()}") from None
     return job_card(pg, kind)[1], pg.locator(f"#job-{kind}").inner_text()
+
+
+def finetune(pg, budget_kimg, every_kimg, batch=None, timeout=300) -> str:
+    """Start a fine-tune on the Fine-tune tab (its picked set; checkpoints every `every_kimg`) and wait until it has
+    succeeded; returns its panel's text."""
+    tab(pg, "Fine-tune")
+    fill_all(pg, {"ft-budget": budget_kimg, "ft-every": every_kimg, **({"ft-batch": batch} if batch else {})})
+    state, text = run_job(pg, "ft-start", "finetune", timeout=timeout)
+    assert state == "succeeded", text
+    return text
 
 
 def toast_text(pg, pattern, timeout=20_000):
