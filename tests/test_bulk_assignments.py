@@ -13,7 +13,7 @@ from sqlalchemy import delete, select
 from studio.models import Assignment, Classifier, Grouping, Label, LabelSource, Sample
 from studio.services import attributes, curation, labels
 
-from conftest import pooled_studio
+from tests.testkit import pooled_studio
 
 pytestmark = pytest.mark.usefixtures("db_backend")
 world = pooled_studio(n_pool=30)

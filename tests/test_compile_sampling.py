@@ -10,7 +10,7 @@ import torch
 
 from pipelines import compiling
 from pipelines.errors import UserError
-from tests.conftest import scaled_demo_pair
+from tests.testkit import scaled_demo_pair
 
 
 def test_mode_is_cuda_graphs_on_cuda_only():

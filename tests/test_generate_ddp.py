@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from pipelines.checkpoints.native import save_model
-from tests.conftest import make_mlp
+from tests.testkit import make_mlp
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "assets" / "demo" / "digits_base.safetensors"

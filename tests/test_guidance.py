@@ -165,7 +165,7 @@ def test_guide_of_the_wrong_shape_is_refused_with_both_shapes():
 
 
 def test_guide_with_other_preconditioning_is_refused(mlp_pair):
-    from conftest import make_mlp
+    from tests.testkit import make_mlp
     base, _, _ = mlp_pair
     with pytest.raises(UserError, match=r"preconditioning.* differ \(base preconditioning EDMPrecond"):
         SIMSDenoiser(base, make_mlp(2, precond="vp")[0], 1.0)

@@ -50,7 +50,7 @@ def test_paired_call_equals_two_calls_to_float_rounding(tmp_path):
     from pipelines.generate import generate_batches
     from pipelines.guidance import SIMSDenoiser
     from pipelines.paired import PairedSIMSDenoiser
-    from tests.conftest import make_mlp, scaled_demo_pair
+    from tests.testkit import make_mlp, scaled_demo_pair
 
     base, aux = scaled_demo_pair()
     for kw in ({}, {"interval": (0.28, 1.61)}):

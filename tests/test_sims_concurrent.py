@@ -10,7 +10,7 @@ from pipelines.generate import generate_batches, generate_sims
 from pipelines.guidance import SIMSDenoiser
 from pipelines.paired import PairedSIMSDenoiser
 from pipelines.sampler import SamplerConfig
-from tests.conftest import scaled_demo_pair
+from tests.testkit import scaled_demo_pair
 
 SAMPLER = SamplerConfig(**{**DEMO_SAMPLER.__dict__, "num_steps": 4})
 

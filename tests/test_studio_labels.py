@@ -7,7 +7,7 @@ from pipelines.errors import UserError
 from studio.services import attributes, labels, pool
 from studio.testing import run_now, tiny_studio
 
-from conftest import pooled_studio
+from tests.testkit import pooled_studio
 
 # every test here runs on SQLite and on PostgreSQL (tests/conftest.py)
 pytestmark = pytest.mark.usefixtures("db_backend")
