@@ -135,3 +135,17 @@ def test_finetune_augmentation_follows_the_base_recipe_unless_set_and_is_passed_
         tuned = sorted((tmp_path / name).glob("checkpoint-*.safetensors"))[-1]
         # off stays off even though the base's recipe used augmentation (the loop would inherit an unset p)
         assert read_metadata(tuned)["training"]["config"]["augment_p"] == p
+
+
+def test_kaleido_png_has_the_figure_layout_size(tmp_path):
+    # kaleido draws 700x500 unless given the size: a four-panel heat map came out unreadable
+    import plotly.graph_objects as go
+    from PIL import Image
+
+    from pipelines.experiments.mad.report import write_figures
+
+    fig = go.Figure(go.Heatmap(z=[[1, 2], [3, 4]]), layout={"width": 900, "height": 300})
+    out = write_figures({"map": fig}, tmp_path, png="auto", prefix="t_")
+    if out["png_renderer"] != "kaleido":
+        pytest.skip(f"kaleido not usable here ({out['png_renderer']})")
+    assert Image.open(tmp_path / "t_map.png").size == (900, 300)

@@ -166,7 +166,9 @@ def write_figures(figs: dict, out_dir, png: str = "auto", prefix: str = "fig4_")
         try:
             import plotly.io as pio
             paths = [out_dir / f"{prefix}{n}.png" for n in figs]
-            pio.write_images(list(figs.values()), paths)
+            # kaleido renders at 700x500 unless told: hand it each figure's own layout size
+            pio.write_images(list(figs.values()), paths, width=[f.layout.width for f in figs.values()],
+                             height=[f.layout.height for f in figs.values()])
             files += [str(p) for p in paths]
             renderer = "kaleido"
         except Exception as e:  # kaleido missing or no Chrome: say so, then draw with matplotlib
