@@ -82,6 +82,16 @@ class EDMStylePickler(pickle.Pickler):
         return self.persistence._reconstruct_persistent_obj, (meta,)
 
 
+def damaging_pickler(damage):
+    """An EDMStylePickler that pickles what `damage(obj)` returns a reduction for that way (a test's
+    corruption), everything else as EDM does."""
+    class Damaging(EDMStylePickler):
+        def reducer_override(self, obj):
+            reduction = damage(obj)
+            return super().reducer_override(obj) if reduction is None else reduction
+    return Damaging
+
+
 def edm_init_kwargs(model, cfg: ModelConfig) -> dict:
     """The constructor kwargs EDM records on the wrapper and on the SongUNet."""
     net = dict(cfg.network)
@@ -92,15 +102,18 @@ def edm_init_kwargs(model, cfg: ModelConfig) -> dict:
                                   **net)}
 
 
-def write_edm_pickle(path, persistence, model, cfg, module_src=MODULE_SRC, class_names=None, extra=None):
-    """Write `model` as an EDM training snapshot pickle; returns the path."""
+def write_edm_pickle(path, persistence, model, cfg, module_src=MODULE_SRC, class_names=None, extra=None,
+                     pickler=None, init_kwargs=None):
+    """Write `model` as an EDM training snapshot pickle (with `pickler`, an EDMStylePickler subclass that
+    damages something on the way); returns the path."""
     top = {"ema": model, "loss_fn": FakeEDMLoss(), "augment_pipe": None,
            "dataset_kwargs": {"class_name": "training.dataset.ImageFolderDataset", "path": "datasets/toy.zip",
                               "use_labels": cfg.label_dim > 0, "xflip": False, "resolution": 8},
            **(extra or {})}
     names = {**EDM_CLASS_NAMES, FakeEDMLoss: "EDMLoss", **(class_names or {})}
     with open(path, "wb") as f:
-        EDMStylePickler(f, persistence, module_src, edm_init_kwargs(model, cfg), names).dump(top)
+        (pickler or EDMStylePickler)(f, persistence, module_src, init_kwargs or edm_init_kwargs(model, cfg),
+                                     names).dump(top)
     return path
 
 

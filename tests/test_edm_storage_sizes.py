@@ -2,7 +2,6 @@
 
 torch's legacy loader allocates each storage at its declared size and only then reads the data, so a damaged
 size field (a bit flip in a download, or a crafted file) used to allocate up to gigabytes first."""
-import io
 import pickle
 
 import pytest
@@ -10,8 +9,7 @@ import torch
 
 from pipelines.checkpoints import edm_pickle
 from pipelines.errors import UserError
-from test_edm_import import (EDM_CLASS_NAMES, MODULE_SRC, EDMStylePickler, FakeEDMLoss, edm_init_kwargs,
-                             fake_persistence, tiny_model)
+from test_edm_import import damaging_pickler, fake_persistence, tiny_model, write_edm_pickle
 
 __all__ = ["fake_persistence"]  # the fixture, imported for this module's tests
 
@@ -46,26 +44,19 @@ def test_a_file_with_an_oversized_storage_is_a_user_error(tmp_path, fake_persist
     model, cfg = tiny_model()
     first = []
 
-    class Oversized(EDMStylePickler):
-        """Pickles the model as EDM does, but the first storage declares 2**40 floats."""
+    def declare_2_40_floats(obj):  # the first storage declares 2**40 floats
+        if isinstance(obj, torch.storage.TypedStorage) and not first:
+            first.append(obj)
+            fn, (blob,) = obj.__reduce__()
+            n = obj.size()
+            code = (b"K" + bytes([n]) if n < 256 else b"M" + n.to_bytes(2, "little") if n < 65536
+                    else b"J" + n.to_bytes(4, "little")) + b"N"
+            assert blob.count(code) == 1
+            return fn, (blob.replace(code, b"\x8a\x09" + (2 ** 40).to_bytes(9, "little") + b"N"),)
+        return None
 
-        def reducer_override(self, obj):
-            if isinstance(obj, torch.storage.TypedStorage) and not first:
-                first.append(obj)
-                fn, (blob,) = obj.__reduce__()
-                n = obj.size()
-                code = (b"K" + bytes([n]) if n < 256 else b"M" + n.to_bytes(2, "little") if n < 65536
-                        else b"J" + n.to_bytes(4, "little")) + b"N"
-                assert blob.count(code) == 1
-                return fn, (blob.replace(code, b"\x8a\x09" + (2 ** 40).to_bytes(9, "little") + b"N"),)
-            return super().reducer_override(obj)
-
-    top = {"ema": model, "loss_fn": FakeEDMLoss(), "augment_pipe": None, "dataset_kwargs": {"resolution": 8}}
-    buf = io.BytesIO()
-    Oversized(buf, fake_persistence, MODULE_SRC, edm_init_kwargs(model, cfg),
-              {**EDM_CLASS_NAMES, FakeEDMLoss: "EDMLoss"}).dump(top)
-    path = tmp_path / "oversized.pkl"
-    path.write_bytes(buf.getvalue())
+    path = write_edm_pickle(tmp_path / "oversized.pkl", fake_persistence, model, cfg,
+                            pickler=damaging_pickler(declare_2_40_floats))
     assert first
     with pytest.raises(UserError, match=r"oversized.pkl could not be read.*declares [\d,]+ bytes of data but its "
                                         r"blob holds [\d,]+.*download it again"):

@@ -8,7 +8,6 @@
   anything is allocated.
 """
 import collections
-import io
 import pickle
 import struct
 
@@ -20,8 +19,8 @@ from pipelines.checkpoints.native import load_model, save_model
 from pipelines.errors import UserError
 from pipelines.models import ModelConfig, build_model
 from pipelines.networks.songunet import songunet_config
-from test_edm_import import (EDM_CLASS_NAMES, MODULE_SRC, EDMStylePickler, FakeEDMLoss, edm_init_kwargs,
-                             fake_persistence, tiny_model)
+from test_edm_import import (edm_init_kwargs,
+                             damaging_pickler, fake_persistence, tiny_model, write_edm_pickle)
 from test_edm_storage_sizes import storage_blob
 
 __all__ = ["fake_persistence"]  # the fixture, imported for this module's tests
@@ -93,30 +92,22 @@ def test_views_inside_their_storage_still_rebuild():
     assert edm_pickle._rebuild_tensor_v2(_six_floats(), 6, (0,), (1,)).numel() == 0
 
 
-def _dump(path, persistence, model, cfg, pickler=EDMStylePickler, init_kwargs=None):
-    top = {"ema": model, "loss_fn": FakeEDMLoss(), "augment_pipe": None, "dataset_kwargs": {"resolution": 8}}
-    buf = io.BytesIO()
-    pickler(buf, persistence, MODULE_SRC, init_kwargs or edm_init_kwargs(model, cfg),
-            {**EDM_CLASS_NAMES, FakeEDMLoss: "EDMLoss"}).dump(top)
-    path.write_bytes(buf.getvalue())
-    return path
+def _dump(path, persistence, model, cfg, pickler=None, init_kwargs=None):
+    return write_edm_pickle(path, persistence, model, cfg, pickler=pickler, init_kwargs=init_kwargs)
 
 
 def test_a_file_whose_tensor_stride_was_damaged_is_a_user_error(tmp_path, fake_persistence):
     model, cfg = tiny_model()
     damaged = []
 
-    class Strided(EDMStylePickler):
-        """The first weight matrix is pickled with a stride 1000x its real one."""
+    def stride_1000x(obj):  # the first weight matrix, pickled with a stride 1000x its real one
+        if type(obj) is torch.Tensor and obj.dim() == 2 and not damaged:
+            fn, args = obj.__reduce_ex__(4)
+            damaged.append(args[3])
+            return fn, (args[0], args[1], args[2], (args[3][0] * 1000, args[3][1]), *args[4:])
+        return None
 
-        def reducer_override(self, obj):
-            if type(obj) is torch.Tensor and obj.dim() == 2 and not damaged:
-                fn, args = obj.__reduce_ex__(4)
-                damaged.append(args[3])
-                return fn, (args[0], args[1], args[2], (args[3][0] * 1000, args[3][1]), *args[4:])
-            return super().reducer_override(obj)
-
-    path = _dump(tmp_path / "strided.pkl", fake_persistence, model, cfg, Strided)
+    path = _dump(tmp_path / "strided.pkl", fake_persistence, model, cfg, damaging_pickler(stride_1000x))
     assert damaged
     with pytest.raises(UserError, match=r"strided.pkl could not be read.*a tensor of shape \[\d+, \d+\] .*needs "
                                         r"[\d,]+ elements but its storage holds [\d,]+"):
@@ -130,16 +121,13 @@ def test_tensors_sharing_a_storage_beyond_the_file_size_are_refused(tmp_path, fa
         model.model.register_buffer(f"extra{i}", shared[:])
     one = torch.storage.TypedStorage(wrap_storage=shared.untyped_storage(), dtype=torch.float32, _internal=True)
 
-    class Sharing(EDMStylePickler):
-        """Pickles every view of `shared` against one storage object, so the storage is in the file once."""
+    def one_storage(obj):  # every view of `shared` against one storage object: the storage is in the file once
+        if isinstance(obj, torch.Tensor) and obj.data_ptr() == shared.data_ptr():
+            return torch._utils._rebuild_tensor_v2, (one, 0, tuple(obj.shape), obj.stride(), False,
+                                                     collections.OrderedDict())
+        return None
 
-        def reducer_override(self, obj):
-            if isinstance(obj, torch.Tensor) and obj.data_ptr() == shared.data_ptr():
-                return torch._utils._rebuild_tensor_v2, (one, 0, tuple(obj.shape), obj.stride(), False,
-                                                         collections.OrderedDict())
-            return super().reducer_override(obj)
-
-    path = _dump(tmp_path / "shared.pkl", fake_persistence, model, cfg, Sharing)
+    path = _dump(tmp_path / "shared.pkl", fake_persistence, model, cfg, damaging_pickler(one_storage))
     held = path.stat().st_size
     assert held < 10 * 10 ** 6
     with pytest.raises(UserError, match=rf"shared.pkl: its tensors declare [\d,]+ bytes of weights but the file "
