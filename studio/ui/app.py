@@ -13,7 +13,7 @@ from ..core import Studio
 from ..services import attributes, jobs
 from . import (build_tab, export_tab, fairness_guide_panels, finetune_tab, generate_tab, guide_tab, jobs_tab,
                models_tab, target_tab)
-from .common import CSS, TERMINAL, THEME, Page, job_html, latest_job, model_choices
+from .common import CSS, TERMINAL, THEME, Page, job_html, latest_job, model_choices, newest_job
 from .sessions import MAX_SESSIONS, SESSION_IDLE_S, idle_reload_js, start_reaper
 
 TABS = (("Models", models_tab), ("Generate & label", generate_tab), ("Target", target_tab),
@@ -185,10 +185,8 @@ class JobsSnapshot:
             return None
 
     def newest(self, kinds) -> int | None:
-        """Newest job of these kinds, active ones first (common.latest_job over the snapshot)."""
-        mine = [v for v in self.views() if v.kind in kinds]
-        active = [v for v in mine if v.state not in TERMINAL]
-        return max(active or mine, key=lambda v: v.id).id if mine else None
+        """Newest job of these kinds, active ones first (common.latest_job's rule over the snapshot)."""
+        return newest_job(self.views(), kinds)
 
 
 class LiveCache:

@@ -131,11 +131,14 @@ def job_html(job) -> str:
 
 def latest_job(db, kinds) -> int | None:
     """Newest job of these kinds (active ones first)."""
-    views = [j for k in kinds for j in jobs_service.list_jobs(db, kind=k, limit=5)]
-    if not views:
-        return None
-    active = [j for j in views if j.state not in TERMINAL]
-    return max(active or views, key=lambda j: j.id).id
+    return newest_job([j for k in kinds for j in jobs_service.list_jobs(db, kind=k, limit=5)], kinds)
+
+
+def newest_job(views, kinds) -> int | None:
+    """The id of the newest of `views` of these kinds, active ones first; None when there is none."""
+    mine = [v for v in views if v.kind in kinds]
+    active = [v for v in mine if v.state not in TERMINAL]
+    return max(active or mine, key=lambda v: v.id).id if mine else None
 
 
 THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="orange", neutral_hue="slate",
